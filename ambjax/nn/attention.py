@@ -1,0 +1,151 @@
+"""Differential graph attention (DESIGN.md section 4) over padded `jraph.GraphsTuple`s.
+
+For a layer of width `out` on a graph with nodes H [N, D] and typed edges j -> i:
+
+    Wh = H W;  [P | Q] = split(Wh, 2)                              # [N, out/2] each
+    e1_ij = LeakyReLU_0.2(a1_L . P_i + a1_R . P_j + b1 . r_ij)      # r_ij = RelEmb(type_ij)
+    e2_ij = LeakyReLU_0.2(a2_L . Q_i + a2_R . Q_j + b2 . r_ij)
+    alpha_k = softmax of e_k over the in-edges of i
+    lambda = exp(lL1 . lR1) - exp(lL2 . lR2) + lambda_init
+    A = Dropout(alpha1 - lambda alpha2)                            # not renormalised
+    H' = GELU(Norm(sum_j A_ij Wh_j) * (1 - lambda_init))
+
+"Left" scores belong to the receiving node i, "right" to the sender j, as in the release (its
+dense score matrix has the receiver on the row). The release's choices are the defaults:
+`lambda_init = 0.8 - 0.6 exp(-0.3 depth)` with depth 1 for every layer (0.3555...), a full-width
+LayerNorm (eps 1e-5) and the exact (erf) GELU. Switches give the DIFF-Transformer reading of the
+paper: `norm="rmsnorm"` (RMSNorm over each of the two halves, i.e. per head) and a
+layer-dependent depth (set by the caller through `lambda_init`). `differential=False` pins
+lambda to 0 and drops the second map: ordinary (relational) graph attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from ambjax.graphs.edges import NUM_EDGE_TYPES
+
+RELATION_DIM = 10
+NEGATIVE_SLOPE = 0.2
+
+
+def lambda_init_for_depth(depth: int) -> float:
+    """DIFF-Transformer's lambda_init = 0.8 - 0.6 exp(-0.3 depth); the release uses depth 1."""
+    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+
+
+LAMBDA_INIT_OFFICIAL = lambda_init_for_depth(1)
+
+
+def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """Softmax of `scores` [E] within each segment (the in-edges of one receiver).
+
+    Args:
+      scores: float [E].
+      segment_ids: int32 [E] receiver of each edge.
+      num_segments: static number of nodes N.
+
+    Returns:
+      float [E]; entries of one segment sum to 1.
+    """
+    chex.assert_rank([scores, segment_ids], 1)
+    peak = jax.ops.segment_max(scores, segment_ids, num_segments=num_segments)
+    exp = jnp.exp(scores - jax.lax.stop_gradient(peak)[segment_ids])
+    total = jax.ops.segment_sum(exp, segment_ids, num_segments=num_segments)
+    return exp / total[segment_ids]
+
+
+def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: jax.Array,
+                        lambda_k2: jax.Array, lambda_init: float) -> jax.Array:
+    """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a scalar)."""
+    return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1)) - jnp.exp(jnp.sum(lambda_q2 * lambda_k2))
+            + lambda_init)
+
+
+def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_scores: jax.Array,
+                   graph: jraph.GraphsTuple) -> jax.Array:
+    """Attention weights alpha [E] of one map: segment softmax of the LeakyReLU edge scores.
+
+    Args:
+      half: float [N, out/2] (P or Q).
+      a_left, a_right: float [out/2] receiver and sender score vectors.
+      rel_scores: float [NUM_EDGE_TYPES] score of each edge type (b . RelEmb).
+      graph: the graph (senders, receivers, edges["type"]).
+    """
+    left = half @ a_left
+    right = half @ a_right
+    scores = left[graph.receivers] + right[graph.senders] + rel_scores[graph.edges["type"]]
+    scores = jax.nn.leaky_relu(scores, NEGATIVE_SLOPE)
+    return segment_softmax(scores, graph.receivers, half.shape[0])
+
+
+def aggregate(weights: jax.Array, values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
+    """sum_j A_ij values_j: weights [E], values [N, F] -> [N, F]."""
+    return jax.ops.segment_sum(weights[:, None] * values[graph.senders], graph.receivers,
+                               num_segments=values.shape[0])
+
+
+class DifferentialGraphAttention(nn.Module):
+    """One differential graph attention layer (DESIGN.md section 4).
+
+    Attributes:
+      features: output width `out` (even).
+      lambda_init: see module docstring (default: the release's 0.3555...).
+      dropout_rate: dropout on the attention weights A (rng stream "dropout").
+      differential: False pins lambda to 0 (plain relational graph attention).
+      norm: "layernorm" (release, over all `out` features) or "rmsnorm" (per half/head).
+
+    Call:
+      graph: `jraph.GraphsTuple` with nodes float [N, D], edges {"type": int32 [E]},
+        senders/receivers int32 [E] (every real node needs an in-edge, e.g. its self-loop).
+      deterministic: disables dropout.
+      Returns float [N, features].
+    """
+
+    features: int
+    lambda_init: float = LAMBDA_INIT_OFFICIAL
+    dropout_rate: float = 0.2
+    differential: bool = True
+    norm: str = "layernorm"
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jax.Array:
+        h = graph.nodes
+        chex.assert_rank(h, 2)
+        if self.features % 2:
+            raise ValueError(f"features must be even, got {self.features}")
+        half = self.features // 2
+        xavier = nn.initializers.variance_scaling(1.414 ** 2, "fan_avg", "uniform")
+        w = self.param("W", xavier, (h.shape[-1], self.features))
+        wh = h @ w
+        rel_table = self.param("relation_embedding", nn.initializers.normal(1.0),
+                               (NUM_EDGE_TYPES, RELATION_DIM))
+        vec = nn.initializers.normal(0.1)
+        maps = [("pos", wh[:, :half])] + ([("neg", wh[:, half:])] if self.differential else [])
+        alphas = []
+        for name, part in maps:
+            a_left = self.param(f"a_left_{name}", vec, (half,))
+            a_right = self.param(f"a_right_{name}", vec, (half,))
+            a_rel = self.param(f"a_rel_{name}", vec, (RELATION_DIM,))
+            alphas.append(edge_attention(part, a_left, a_right, rel_table @ a_rel, graph))
+        weights = alphas[0]
+        if self.differential:
+            lam = differential_lambda(*(self.param(n, vec, (half,)) for n in (
+                "lambda_left1", "lambda_right1", "lambda_left2", "lambda_right2")),
+                lambda_init=self.lambda_init)
+            weights = weights - lam * alphas[1]
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        out = aggregate(weights, wh, graph)
+        if self.norm == "layernorm":
+            out = nn.LayerNorm(epsilon=1e-5, name="norm")(out)
+        elif self.norm == "rmsnorm":
+            out = nn.RMSNorm(epsilon=1e-5, name="norm")(out.reshape(-1, 2, half)).reshape(out.shape)
+        else:
+            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        return nn.gelu(out * (1.0 - self.lambda_init), approximate=False)

@@ -1,0 +1,61 @@
+"""The differential relational block (DESIGN.md section 5), d -> d:
+
+    R = H;  H = Dropout(H);  H = concat_k DiffGAT_k(H)      # `num_heads` layers, each d -> d
+    H = Dropout(H);  H = DiffGAT_out(H)                    # num_heads * d -> d
+    H = GELU(H);  H = Linear(H);  H = LayerNorm(H + R)
+
+The GELU after `DiffGAT_out` is the release's second exact GELU (the layer already ends in one).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention
+
+
+class DifferentialRelationalBlock(nn.Module):
+    """Multi-head differential graph attention with an output layer and a residual.
+
+    Attributes:
+      features: width d of input and output.
+      num_heads: parallel attention layers (release: 2).
+      dropout_rate: dropout before each attention stage and inside the layers (release: 0.2).
+      lambda_init: lambda_init of the head layers; `out_lambda_init` that of the output layer
+        (default: the same).
+      differential, norm: forwarded to `DifferentialGraphAttention`.
+
+    Call:
+      graph: `jraph.GraphsTuple` with nodes float [N, d]. Returns float [N, d].
+    """
+
+    features: int
+    num_heads: int = 2
+    dropout_rate: float = 0.2
+    lambda_init: float = LAMBDA_INIT_OFFICIAL
+    out_lambda_init: float | None = None
+    differential: bool = True
+    norm: str = "layernorm"
+
+    @nn.compact
+    def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jax.Array:
+        residual = graph.nodes
+        drop = nn.Dropout(self.dropout_rate)
+
+        def layer(name, lambda_init):
+            return DifferentialGraphAttention(
+                self.features, lambda_init=lambda_init, dropout_rate=self.dropout_rate,
+                differential=self.differential, norm=self.norm, name=name)
+
+        h = drop(residual, deterministic=deterministic)
+        h = jnp.concatenate([layer(f"attention_{k}", self.lambda_init)(
+            graph._replace(nodes=h), deterministic=deterministic)
+            for k in range(self.num_heads)], axis=-1)
+        h = drop(h, deterministic=deterministic)
+        out_init = self.lambda_init if self.out_lambda_init is None else self.out_lambda_init
+        h = layer("out_att", out_init)(graph._replace(nodes=h), deterministic=deterministic)
+        h = nn.Dense(self.features, name="fc")(nn.gelu(h, approximate=False))
+        return nn.LayerNorm(epsilon=1e-5, name="norm")(h + residual)

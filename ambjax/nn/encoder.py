@@ -1,0 +1,111 @@
+"""Audio/visual context encoder and the sigmoid gate (DESIGN.md sections 3 and 5).
+
+Release numerics: the sinusoid table has sine on even and cosine on odd features (base 10000);
+one pre-norm transformer layer whose attention is scaled by 1/sqrt(d / heads), fills padded keys
+with -1e10, adds its output to the un-normalised input, and whose feed-forward (width d) uses
+LayerNorm(eps=1e-6) and the tanh-approximate GELU.
+
+Nodes live in the flat layout of a `DialogueBatch`; the transformer runs on the dense
+[G, L, d] view given by `globals["dense_index"]` and scatters back, so attention never crosses
+dialogues and padding keys are masked.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+MASK_FILL = -1e10
+
+
+def sinusoid_position_encoding(positions: jax.Array, features: int) -> jax.Array:
+    """Standard sinusoid encoding: int [N] positions -> float32 [N, features]."""
+    div_term = jnp.exp(jnp.arange(0, features, 2, dtype=jnp.float32)
+                       * -(jnp.log(10000.0) / features))
+    angles = positions.astype(jnp.float32)[:, None] * div_term[None, :]
+    out = jnp.zeros((positions.shape[0], features), jnp.float32)
+    out = out.at[:, 0::2].set(jnp.sin(angles))
+    return out.at[:, 1::2].set(jnp.cos(angles[:, : features // 2]))
+
+
+def to_dense(x: jax.Array, dense_index: jax.Array) -> jax.Array:
+    """Flat nodes [N, F] -> dense [G, L, F] (padding entries hold a padding node's row)."""
+    return x[dense_index]
+
+
+def from_dense(x: jax.Array, graph: jax.Array, position: jax.Array) -> jax.Array:
+    """Dense [G, L, F] -> flat nodes [N, F] (node n reads row graph[n], position[n])."""
+    return x[graph, position]
+
+
+class DialogueSelfAttention(nn.Module):
+    """Multi-head self-attention inside each dialogue with a key-padding mask.
+
+    Call: x float [G, L, d], key_mask bool [G, L] (True = real key). Returns [G, L, d].
+    """
+
+    num_heads: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array, *, deterministic: bool) -> jax.Array:
+        g, l, d = x.shape
+        dh = d // self.num_heads
+
+        def project(name):
+            return nn.Dense(d, name=name)(x).reshape(g, l, self.num_heads, dh).transpose(0, 2, 1, 3)
+
+        k, v, q = project("key"), project("value"), project("query")
+        scores = (q / jnp.sqrt(jnp.float32(dh))) @ k.transpose(0, 1, 3, 2)  # [G, heads, L, L]
+        scores = jnp.where(key_mask[:, None, None, :], scores, MASK_FILL)
+        attn = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
+                                             deterministic=deterministic)
+        context = (attn @ v).transpose(0, 2, 1, 3).reshape(g, l, d)
+        return nn.Dense(d, name="out")(context)
+
+
+class ContextEncoder(nn.Module):
+    """X = Dropout(X + sinusoid(position) + speaker_emb); one transformer encoder layer.
+
+    Attributes:
+      num_heads: attention heads (release 8).
+      dropout_rate: the encoder dropout p (release: IEMOCAP 0.5, MELD 0.11).
+
+    Call:
+      x: float [N, d] projected modality features (flat nodes).
+      speaker_embedding: float [N, d].
+      nodes: the batch's node dict (uses "position", "graph", "mask").
+      dense_index: int32 [G, L] from the batch globals.
+      Returns float [N, d].
+    """
+
+    num_heads: int = 8
+    dropout_rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x, speaker_embedding, nodes, dense_index, *, deterministic: bool):
+        chex.assert_equal_shape([x, speaker_embedding])
+        d = x.shape[-1]
+        drop = nn.Dropout(self.dropout_rate)
+        x = x + sinusoid_position_encoding(nodes["position"], d) + speaker_embedding
+        x = drop(x, deterministic=deterministic)
+        dense = to_dense(x, dense_index)
+        key_mask = to_dense(nodes["mask"], dense_index)
+        context = DialogueSelfAttention(self.num_heads, self.dropout_rate, name="self_attn")(
+            dense, key_mask, deterministic=deterministic)
+        out = drop(context, deterministic=deterministic) + dense
+        inner = nn.LayerNorm(epsilon=1e-6, name="ffn_norm")(out)
+        inner = drop(nn.gelu(nn.Dense(d, name="ffn_in")(inner), approximate=True),
+                     deterministic=deterministic)
+        out = drop(nn.Dense(d, name="ffn_out")(inner), deterministic=deterministic) + out
+        return from_dense(out, nodes["graph"], nodes["position"])
+
+
+class SigmoidGate(nn.Module):
+    """g(x) = sigmoid(W x + b) * x, float [..., d] -> [..., d]."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.sigmoid(nn.Dense(x.shape[-1], name="dense")(x)) * x

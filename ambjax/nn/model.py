@@ -1,0 +1,198 @@
+"""The AMB-DSGDN model (DESIGN.md sections 3-7) over a padded `DialogueBatch`.
+
+Per modality m (separate parameters, shared graph topology):
+
+    X_t = Linear(x_t)                                            # text: no transformer
+    X_m = ContextEncoder(Linear(x_m))                            # audio, visual
+    Z_m = Block_intra(Block_inter(X_m))                          # inter first
+    Z_m = sigmoid(W Z_m + b) * Z_m                               # audio, visual only
+    l_m = Linear(Dropout(ReLU(Z_m)));  l = sum_m l_m
+
+In training with balancing active, P_m (weighted F1 of l_m over the global batch), q_m and
+`ModalityDropout` act on Z_m and the logits are recomputed from the kept features.
+
+Release behaviours kept as defaults (switches in `ModelConfig`): every differential layer uses
+depth 1 for lambda_init (`depth_dependent_lambda`), full-width LayerNorm in each layer (`norm`),
+the transformer only on audio/visual, the balancing's rectified weighted sum (see
+`ambjax.nn.balance`). The release's unused parameters (the transformer layer's own LayerNorm,
+which it applies only from the second layer on) are not created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ambjax.graphs.batching import DialogueBatch
+from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, lambda_init_for_depth
+from ambjax.nn.balance import (ModalityDropout, confusion_matrix, drop_probabilities,
+                               weighted_f1)
+from ambjax.nn.block import DifferentialRelationalBlock
+from ambjax.nn.encoder import ContextEncoder, SigmoidGate
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of `AMBDSGDN`.
+
+    Attributes:
+      input_dims: ((modality, width), ...) of the modalities used, e.g. (("text", 1024), ...).
+      num_classes: C.
+      num_speakers: speaker slots S (the embedding table has S + 1 rows; row S is padding).
+      hidden_dim: d (release 512).
+      num_heads: transformer heads (release 8).
+      graph_heads: differential attention layers per block (release 2).
+      dropout: encoder/head dropout p (release IEMOCAP 0.5, MELD 0.11).
+      graph_dropout: dropout inside the relational blocks (release 0.2).
+      differential: False = plain graph attention (ablation "no differential term").
+      norm: "layernorm" (release) or "rmsnorm" (DIFF-Transformer per-head norm).
+      depth_dependent_lambda: lambda_init from each layer's depth (1-based, counted through the
+        inter then intra block) instead of the release's depth 1 everywhere.
+      graphs: which relational blocks run, in order (ablations: ("inter",), ("intra",)).
+      balance: enable adaptive modality balancing in training (ablation "no balancing").
+      q_base, lam, p_exe: balancing constants (IEMOCAP 0.3 / 0.9 / 0.5, MELD 0.2 / 0.9 / 0.2).
+      dtype: computation dtype of the dense layers (parameters stay float32).
+    """
+
+    input_dims: tuple[tuple[str, int], ...]
+    num_classes: int
+    num_speakers: int
+    hidden_dim: int = 512
+    num_heads: int = 8
+    graph_heads: int = 2
+    dropout: float = 0.5
+    graph_dropout: float = 0.2
+    differential: bool = True
+    norm: str = "layernorm"
+    depth_dependent_lambda: bool = False
+    graphs: tuple[str, ...] = ("inter", "intra")
+    balance: bool = True
+    q_base: float = 0.3
+    lam: float = 0.9
+    p_exe: float = 0.5
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m, _ in self.input_dims)
+
+
+class AMBDSGDN(nn.Module):
+    """AMB-DSGDN over a padded `DialogueBatch`.
+
+    Call:
+      batch: `DialogueBatch` with N node slots, G graph slots.
+      train: enables dropout (rng stream "dropout").
+      balance_active: bool scalar (may be traced): run modality balancing (train only; rng
+        stream "balance"). The trainer sets it after the warm-up epochs.
+      axis_name: pmap axis over which confusion counts are summed (None: single device).
+
+    Returns a dict:
+      "logits": float32 [N, C] fused (summed) logits;
+      "modality_logits": {m: float32 [N, C]} per-modality logits (after balancing);
+      "modality_f1": float32 [M] P_m of the first-pass logits (train only, else zeros);
+      "q": float32 [M] drop probabilities used (zeros unless balancing ran);
+      "keep": float32 [G, M] per-dialogue modality keep mask (ones unless dropping ran).
+    Rows of padding nodes are finite and meaningless; mask with nodes["mask"].
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.speaker_embedding = nn.Embed(c.num_speakers + 1, c.hidden_dim,
+                                          name="speaker_embedding")
+        self.inputs = {m: nn.Dense(c.hidden_dim, name=f"input_{m}") for m in c.modalities}
+        self.encoders = {m: ContextEncoder(c.num_heads, c.dropout, name=f"encoder_{m}")
+                         for m in c.modalities if m != "text"}
+        self.gates = {m: SigmoidGate(name=f"gate_{m}") for m in c.modalities if m != "text"}
+        blocks = {}
+        for m in c.modalities:
+            for depth, kind in enumerate(c.graphs):
+                if c.depth_dependent_lambda:
+                    first = depth * 2 + 1  # heads at depth `first`, output layer at first + 1
+                    inits = (lambda_init_for_depth(first), lambda_init_for_depth(first + 1))
+                else:
+                    inits = (LAMBDA_INIT_OFFICIAL, LAMBDA_INIT_OFFICIAL)
+                blocks[f"{kind}_{m}"] = DifferentialRelationalBlock(
+                    c.hidden_dim, num_heads=c.graph_heads, dropout_rate=c.graph_dropout,
+                    lambda_init=inits[0], out_lambda_init=inits[1],
+                    differential=c.differential, norm=c.norm, name=f"{kind}_{m}")
+        self.blocks = blocks
+        self.heads = {m: nn.Dense(c.num_classes, name=f"head_{m}") for m in c.modalities}
+        self.head_dropout = nn.Dropout(c.dropout)
+        self.modality_dropout = ModalityDropout(c.p_exe)
+
+    def encode(self, batch: DialogueBatch, *, train: bool = False) -> dict[str, jax.Array]:
+        """Final per-modality representations Z_m: {m: float32 [N, d]}."""
+        c = self.config
+        nodes, glob = batch.nodes, batch.globals
+        det = not train
+        speaker = nodes["speaker"]
+        spk = self.speaker_embedding(speaker) * (speaker < c.num_speakers)[:, None]
+        out = {}
+        for m in c.modalities:
+            x = nodes["features"][m]
+            chex.assert_shape(x, (nodes["mask"].shape[0], dict(c.input_dims)[m]))
+            h = self.inputs[m](x)
+            if m in self.encoders:
+                h = self.encoders[m](h, spk, nodes, glob["dense_index"], deterministic=det)
+            for kind in c.graphs:
+                h = self.blocks[f"{kind}_{m}"](batch.graph(kind, nodes=h), deterministic=det)
+            if m in self.gates:
+                h = self.gates[m](h)
+            out[m] = h
+        return out
+
+    def classify(self, features: dict[str, jax.Array], *, train: bool = False) -> dict:
+        """Per-modality logits l_m = Linear(Dropout(ReLU(Z_m))): {m: float32 [N, C]}."""
+        return {m: self.heads[m](self.head_dropout(jax.nn.relu(z), deterministic=not train))
+                for m, z in features.items()}
+
+    def __call__(self, batch: DialogueBatch, *, train: bool = False, balance_active=False,
+                 axis_name: str | None = None) -> dict:
+        c = self.config
+        nodes = batch.nodes
+        z = self.encode(batch, train=train)
+        logits = self.classify(z, train=train)
+        n_mod = len(c.modalities)
+        n_graph = batch.globals["mask"].shape[0]
+        f1 = jnp.zeros((n_mod,), jnp.float32)
+        q = jnp.zeros((n_mod,), jnp.float32)
+        keep = jnp.ones((n_graph, n_mod), jnp.float32)
+        if train and c.balance and n_mod > 1:
+            conf = jnp.stack([confusion_matrix(nodes["label"], jnp.argmax(logits[m], -1),
+                                               nodes["mask"], c.num_classes)
+                              for m in c.modalities])
+            if axis_name is not None:
+                conf = jax.lax.psum(conf, axis_name)
+            f1 = jax.lax.stop_gradient(weighted_f1(conf))
+            active = jnp.asarray(balance_active)
+            q = jnp.where(active, drop_probabilities(f1, c.q_base, c.lam), 0.0)
+            stacked = jnp.stack([z[m] for m in c.modalities])
+            dropped, keep, executed = self.modality_dropout(
+                stacked, q, f1, nodes["graph"], n_graph, deterministic=False)
+            executed = active & executed
+            keep = jnp.where(executed, keep, 1.0)
+            relogits = self.classify(dict(zip(c.modalities, dropped)), train=True)
+            logits = {m: jnp.where(executed, relogits[m], logits[m]) for m in c.modalities}
+        fused = sum(logits[m] for m in c.modalities)
+        return {"logits": fused, "modality_logits": logits, "modality_f1": f1, "q": q,
+                "keep": keep}
+
+
+def count_parameters(params) -> int:
+    """Total number of scalars in a parameter tree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def create_model(dims: Mapping[str, int] | Sequence[tuple[str, int]], num_classes: int,
+                 num_speakers: int, **overrides) -> AMBDSGDN:
+    """`AMBDSGDN` for the given input widths; `overrides` are `ModelConfig` fields."""
+    items = tuple(dims.items()) if isinstance(dims, Mapping) else tuple(dims)
+    return AMBDSGDN(ModelConfig(input_dims=items, num_classes=num_classes,
+                                num_speakers=num_speakers, **overrides))
