@@ -73,7 +73,7 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graphs_per_batch: int,
-                 *, growth: float = 1.25) -> tuple[Budget, ...]:
+                 *, growth: float | None = 1.25) -> tuple[Budget, ...]:
     """A small ladder of budgets that fits any batch of `graphs_per_batch` dialogues.
 
     Node budgets grow geometrically (factor `growth`, rounded up to multiples of 16, or 64 above
@@ -85,7 +85,8 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
       lengths: utterances per dialogue of the whole dataset.
       edges_per_node: "intra"/"inter" -> max over dialogues of edges / utterances.
       graphs_per_batch: dialogues per (device) batch.
-      growth: ratio between successive node budgets (> 1).
+      growth: ratio between successive node budgets (> 1); None gives a single budget (one
+        compiled shape, more padding).
 
     Returns:
       Budgets sorted by size.
@@ -97,7 +98,7 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
     size = hi
     while True:
         sizes.append(_round_up(size, 64 if size > 512 else 16))
-        if size <= lo:
+        if size <= lo or growth is None:
             break
         size = max(lo, int(size / growth))
     out = []
@@ -216,10 +217,12 @@ class GraphBatcher:
       n_devices: shards per batch; with more than one, batches get a leading device axis and
         every shard uses the same budget.
       modalities: modalities to carry (default: all of the dataset's).
+      growth: node-budget ratio between buckets (see `plan_budgets`; None: one bucket).
     """
 
     def __init__(self, dataset: DialogueDataset, *, window: int, batch_size: int,
-                 n_devices: int = 1, modalities: Sequence[str] | None = None):
+                 n_devices: int = 1, modalities: Sequence[str] | None = None,
+                 growth: float | None = 1.25):
         if batch_size < n_devices:
             raise ValueError(f"batch_size {batch_size} is smaller than the {n_devices} devices")
         self.dataset = dataset
@@ -232,7 +235,8 @@ class GraphBatcher:
         ratio = {kind: max(len(self.edges[kind][vid].types) / len(d)
                            for vid, d in dataset.dialogues.items()) for kind in GRAPH_KINDS}
         lengths = [len(d) for d in dataset.dialogues.values()]
-        self.budgets = plan_budgets(lengths, ratio, math.ceil(batch_size / n_devices))
+        self.budgets = plan_budgets(lengths, ratio, math.ceil(batch_size / n_devices),
+                                    growth=growth)
 
     def budget_for(self, n_utterances: int) -> Budget:
         """The smallest budget holding `n_utterances` (plus the spare padding node)."""

@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state.
+
+Each epoch saves the state (params, optimiser state, step, RNG) and a JSON record (epoch, best
+score and epoch, config fingerprint, input widths). The manager keeps the last `keep` epochs and
+the best one. Orbax writes into a temporary folder and renames it when complete, so a crash
+mid-save never leaves a checkpoint that `latest_step` would pick up.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not belong to this configuration or data."""
+
+
+def create_manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
+    """A manager in `directory` keeping the `keep` latest checkpoints and the best one."""
+    policy = ocm.AnyPreservationPolicy([
+        ocm.LatestN(keep),
+        ocm.BestN(get_metric_fn=lambda metrics: metrics["score"], n=1,
+                  keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, epoch: int, state, meta: dict, score: float) -> None:
+    """Save `state` (host copy) and `meta` as checkpoint `epoch` with metric `score`."""
+    host_state = jax.tree.map(np.asarray, jax.device_get(state))
+    manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                                meta=ocp.args.JsonSave(meta)),
+                 metrics={"score": float(score)})
+    manager.wait_until_finished()
+
+
+def read_meta(manager: ocp.CheckpointManager, epoch: int) -> dict:
+    """The JSON record saved with checkpoint `epoch`."""
+    return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def best_step(manager: ocp.CheckpointManager) -> int | None:
+    """Epoch of the best checkpoint (by the selection score), None if nothing is saved."""
+    latest = manager.latest_step()
+    if latest is None:
+        return None
+    best = read_meta(manager, latest)["best_epoch"]
+    return best if best in manager.all_steps() else latest
+
+
+def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerprint: str,
+            dims: dict) -> tuple:
+    """Restore checkpoint `epoch` into the structure of `target_state`.
+
+    Raises:
+      CheckpointError: the checkpoint was written by another model configuration, or for data
+        of other feature widths.
+    """
+    meta = read_meta(manager, epoch)
+    where = os.path.join(str(manager.directory), str(epoch))
+    if meta.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{where}: checkpoint of another model configuration "
+                              f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); "
+                              "use the run's own config or a new --out folder")
+    if meta.get("dims") != dict(dims):
+        raise CheckpointError(f"{where}: checkpoint expects feature widths {meta.get('dims')}, "
+                              f"the data has {dict(dims)}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target_state))
+    state = manager.restore(epoch, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"]
+    return state, meta

@@ -1,0 +1,92 @@
+"""Run reports: report.json, report.md (the table of DESIGN.md section 9's form, per-class F1,
+confusion matrix) and, when matplotlib is installed, plots of the learning curves, the
+per-modality F1 and q over epochs, and the confusion matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def report_markdown(report: dict) -> str:
+    """The report as Markdown."""
+    test, valid = report["test"], report["valid"]
+    names = report["label_names"]
+    lines = [
+        f"# AMB-DSGDN on {report['dataset']} ({report['layout']})", "",
+        f"Model selection: {report['selection_note']}; best epoch {report['best_epoch']} of "
+        f"{report['epochs']}. {report['parameters']:,} parameters, {report['devices']} "
+        f"{report['platform']} device(s).", "",
+        "| split | accuracy | weighted F1 | macro F1 |", "|---|---|---|---|",
+        f"| valid | {_pct(valid['accuracy'])} | {_pct(valid['weighted_f1'])} | "
+        f"{_pct(valid['macro_f1'])} |",
+        f"| test | {_pct(test['accuracy'])} | {_pct(test['weighted_f1'])} | "
+        f"{_pct(test['macro_f1'])} |", "",
+        "Per-class F1 (test):", "",
+        "| " + " | ".join(names) + " |", "|" + "---|" * len(names),
+        "| " + " | ".join(_pct(test["per_class_f1"][n]) for n in names) + " |", "",
+        "Per-modality weighted F1 (test): " + ", ".join(
+            f"{m} {_pct(v)}" for m, v in test["modality_f1"].items()), "",
+        "Confusion matrix (test; rows = true, columns = predicted):", "",
+        "| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+    ]
+    lines += [f"| {n} | " + " | ".join(str(v) for v in row) + " |"
+              for n, row in zip(names, test["confusion"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
+    """Learning curves, per-modality F1/q and the confusion matrix as PNGs (needs matplotlib;
+    returns False without it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(epochs, [h["train"]["loss"] for h in history], label="train")
+    axes[0].plot(epochs, [h["valid"]["loss"] for h in history], label="valid")
+    axes[0].set_title("loss")
+    for split in ("valid", "test"):
+        axes[1].plot(epochs, [h[split]["weighted_f1"] for h in history], label=split)
+    axes[1].set_title("weighted F1")
+    modalities = list(history[0]["valid"]["modality_f1"]) if history else []
+    for k, m in enumerate(modalities):
+        axes[2].plot(epochs, [h["valid"]["modality_f1"][m] for h in history], label=f"F1 {m}")
+        axes[2].plot(epochs, [h["train"]["q"][k] for h in history], "--", label=f"q {m}")
+    axes[2].set_title("per-modality F1 (valid) and q (train)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(report["test"]["confusion"], cmap="Blues")
+    names = report["label_names"]
+    ax.set_xticks(range(len(names)), names, rotation=45)
+    ax.set_yticks(range(len(names)), names)
+    for i, row in enumerate(report["test"]["confusion"]):
+        for j, v in enumerate(row):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "confusion.png"))
+    plt.close(fig)
+    return True
+
+
+def write_report(out_dir: str, report: dict, history: list[dict]) -> None:
+    """Write report.json, report.md and (optionally) the plots into `out_dir`."""
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write(report_markdown(report))
+    write_plots(out_dir, report, history)

@@ -1,0 +1,119 @@
+"""Pure train and eval steps, and their jit / pmap wrappers.
+
+`make_train_step(...)` returns `train_step(state, batch, balance_active) -> (state, metrics)`:
+forward (dropout, modality balancing when `balance_active`), the AMB-DSGDN loss, gradients and
+the optax update. With `axis_name` set it is meant for `jax.pmap`: gradients are summed from
+per-device surrogates (exactly the global-batch gradient), confusion counts and loss sums are
+reduced over the axis, so the balancing sees the global batch.
+
+metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
+"utterances" int32 [] (real utterances in the global batch).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ambjax.losses import amb_loss
+from ambjax.nn.balance import confusion_matrix
+from ambjax.nn.model import AMBDSGDN
+from ambjax.train.state import TrainState
+
+AXIS = "batch"
+
+
+def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
+                    class_weights=None, unimodal_weight: float = 0.1,
+                    axis_name: str | None = None) -> Callable:
+    """Build the pure train step (see module docstring)."""
+    num_classes = model.config.num_classes
+
+    def train_step(state: TrainState, batch, balance_active):
+        key = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        dropout_key, balance_key = jax.random.split(key)
+        nodes = batch.nodes
+
+        def loss_fn(params):
+            out = model.apply({"params": params}, batch, train=True,
+                              balance_active=balance_active, axis_name=axis_name,
+                              rngs={"dropout": dropout_key, "balance": balance_key})
+            objective, aux = amb_loss(out["logits"], out["modality_logits"], nodes["label"],
+                                      nodes["mask"], class_weights=class_weights,
+                                      unimodal_weight=unimodal_weight, axis_name=axis_name)
+            return objective, (aux, out)
+
+        grads, (aux, out) = jax.grad(loss_fn, has_aux=True)(state.params)
+        conf = confusion_matrix(nodes["label"], jnp.argmax(out["logits"], -1), nodes["mask"],
+                                num_classes)
+        count = nodes["mask"].sum(dtype=jnp.int32)
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
+            conf, count = jax.lax.psum((conf, count), axis_name)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                                  opt_state=opt_state)
+        metrics = {"loss": aux["loss"], "confusion": conf, "modality_f1": out["modality_f1"],
+                   "q": out["q"], "utterances": count}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: AMBDSGDN, *, class_weights=None, unimodal_weight: float = 0.1,
+                   axis_name: str | None = None) -> Callable:
+    """Build `eval_step(params, batch) -> metrics` (no dropout, no balancing).
+
+    metrics: "loss_sum" (loss times real utterances, for averaging over batches),
+    "confusion" int32 [C, C], "modality_confusion" int32 [M, C, C], "utterances" int32 [].
+    """
+    num_classes = model.config.num_classes
+
+    def eval_step(params, batch):
+        nodes = batch.nodes
+        out = model.apply({"params": params}, batch, train=False)
+        _, aux = amb_loss(out["logits"], out["modality_logits"], nodes["label"], nodes["mask"],
+                          class_weights=class_weights, unimodal_weight=unimodal_weight,
+                          axis_name=axis_name)
+        conf = confusion_matrix(nodes["label"], jnp.argmax(out["logits"], -1), nodes["mask"],
+                                num_classes)
+        mod_conf = jnp.stack([confusion_matrix(nodes["label"], jnp.argmax(lm, -1),
+                                               nodes["mask"], num_classes)
+                              for lm in out["modality_logits"].values()])
+        count = nodes["mask"].sum(dtype=jnp.int32)
+        if axis_name is not None:
+            conf, mod_conf, count = jax.lax.psum((conf, mod_conf, count), axis_name)
+        return {"loss_sum": aux["loss"] * count, "confusion": conf,
+                "modality_confusion": mod_conf, "utterances": count}
+
+    return eval_step
+
+
+def replicate(tree, n_devices: int):
+    """Give every leaf a leading device axis of size `n_devices` (for `jax.pmap`)."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_devices,) + jnp.shape(x)), tree)
+
+
+def unreplicate(tree):
+    """The first device's copy of a replicated tree."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def compile_steps(model: AMBDSGDN, optimizer: optax.GradientTransformation, n_devices: int, *,
+                  class_weights=None, unimodal_weight: float = 0.1):
+    """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
+    "batch") for more. With pmap the state, params and step outputs carry a leading device axis
+    (use `replicate` / `unreplicate`); the train state's buffers are donated."""
+    kwargs = dict(class_weights=class_weights, unimodal_weight=unimodal_weight)
+    if n_devices == 1:
+        return (jax.jit(make_train_step(model, optimizer, **kwargs), donate_argnums=0),
+                jax.jit(make_eval_step(model, **kwargs)))
+    train = jax.pmap(make_train_step(model, optimizer, axis_name=AXIS, **kwargs),
+                     axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0)
+    evaluate = jax.pmap(make_eval_step(model, axis_name=AXIS, **kwargs), axis_name=AXIS)
+    return train, evaluate
