@@ -56,7 +56,8 @@ _ALLOWED_GLOBALS = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS:
+        # Python 2 (and protocol <= 2) pickles name builtins "__builtin__"
+        if (module.replace("__builtin__", "builtins"), name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(
             f"refusing to load {module}.{name}: feature files hold only builtins and numpy arrays")

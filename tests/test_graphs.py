@@ -1,0 +1,119 @@
+"""Dialogue edges, relation matrices, padded batches and buckets."""
+
+import numpy as np
+import pytest
+
+from ambjax.data import make_synthetic
+from ambjax.graphs import (GraphBatcher, dialogue_edges, edges_from_relation_matrix,
+                           relation_matrix, stack_for_devices)
+
+SPEAKERS = [0, 1, 1, 0, 0, 1, 0]
+
+# Worked by hand from DESIGN.md section 2 with window 2 (row i = receiver, column j = sender).
+INTRA_W2 = np.array([
+    [1, 0, 0, 0, 0, 0, 0],
+    [0, 1, 3, 0, 0, 0, 0],
+    [0, 2, 1, 0, 0, 0, 0],
+    [0, 0, 0, 1, 3, 0, 0],
+    [0, 0, 0, 2, 1, 0, 3],
+    [0, 0, 0, 0, 0, 1, 0],
+    [0, 0, 0, 0, 2, 0, 1]])
+INTER_W2 = np.array([
+    [1, 4, 4, 0, 0, 0, 0],
+    [5, 1, 0, 4, 0, 0, 0],
+    [5, 0, 1, 4, 4, 0, 0],
+    [0, 5, 5, 1, 0, 4, 0],
+    [0, 0, 5, 0, 1, 4, 0],
+    [0, 0, 0, 5, 5, 1, 4],
+    [0, 0, 0, 0, 0, 5, 1]])
+
+
+def test_hand_worked_relation_matrices():
+    np.testing.assert_array_equal(relation_matrix(SPEAKERS, 2, "intra"), INTRA_W2)
+    np.testing.assert_array_equal(relation_matrix(SPEAKERS, 2, "inter"), INTER_W2)
+
+
+def test_window_zero_and_large():
+    for g in ("intra", "inter"):
+        np.testing.assert_array_equal(relation_matrix(SPEAKERS, 0, g), np.eye(7, dtype=int))
+    full = relation_matrix(SPEAKERS, 100, "intra")
+    assert full[6, 0] == 2 and full[0, 6] == 3 and full[6, 1] == 0
+
+
+@pytest.mark.parametrize("window", [0, 1, 3, 20])
+def test_sparse_edges_match_dense_and_cover_both_directions(window):
+    rng = np.random.default_rng(window)
+    speakers = rng.integers(0, 3, size=25)
+    for g in ("intra", "inter"):
+        e = dialogue_edges(speakers, window, g)
+        dense = relation_matrix(speakers, window, g)
+        assert len(e.types) == np.count_nonzero(dense)
+        np.testing.assert_array_equal(dense[e.receivers, e.senders], e.types)
+        assert (np.abs(e.receivers - e.senders) <= window).all()
+        same = speakers[e.receivers] == speakers[e.senders]
+        selfloop = e.receivers == e.senders
+        if g == "intra":
+            assert same.all()
+            np.testing.assert_array_equal(e.types, np.where(selfloop, 1, np.where(
+                e.senders > e.receivers, 3, 2)))
+        else:
+            assert (~same | selfloop).all()
+            np.testing.assert_array_equal(e.types, np.where(selfloop, 1, np.where(
+                e.senders > e.receivers, 4, 5)))
+        # an edge j -> i exists iff i -> j exists (with the mirrored type)
+        assert ((dense > 0) == (dense.T > 0)).all()
+        back = edges_from_relation_matrix(dense)
+        np.testing.assert_array_equal(relation_matrix(speakers, window, g)[back.receivers, back.senders], back.types)
+
+
+def test_padded_batch_structure(iemocap_small):
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=3)
+    dialogues = iemocap_small.split("train")[:3]
+    batch = gb.build(dialogues)
+    nodes, glob = batch.nodes, batch.globals
+    n_real = sum(len(d) for d in dialogues)
+    n_node = nodes["mask"].shape[0]
+    assert nodes["mask"].sum() == n_real and nodes["mask"][:n_real].all()
+    assert batch.intra.n_node.sum() == n_node and glob["mask"].tolist() == [True] * 3 + [False]
+    for kind in ("intra", "inter"):
+        g = batch.graph(kind)
+        real_edge = g.edges["type"] > 0
+        assert real_edge.sum() == sum(len(gb.edges[kind][d.id].types) for d in dialogues)
+        # padding edges never touch a real node; real edges stay inside one dialogue
+        assert not nodes["mask"][g.senders[~real_edge]].any()
+        assert not nodes["mask"][g.receivers[~real_edge]].any()
+        assert (nodes["graph"][g.senders[real_edge]] == nodes["graph"][g.receivers[real_edge]]).all()
+        assert g.n_edge.sum() == len(g.senders)
+    # dense index round-trips every real node; its padding points at a padding node
+    dense = glob["dense_index"]
+    for gi, d in enumerate(dialogues):
+        idx = dense[gi, :len(d)]
+        np.testing.assert_array_equal(nodes["label"][idx], d.labels)
+        np.testing.assert_array_equal(nodes["features"]["audio"][idx], d.features["audio"])
+        assert not nodes["mask"][dense[gi, len(d):]].any()
+    assert (nodes["speaker"][~nodes["mask"]] == iemocap_small.num_speakers).all()
+    assert (nodes["features"]["text"][~nodes["mask"]] == 0).all()
+
+
+@pytest.mark.parametrize("preset,window,batch_size", [("iemocap", 20, 16), ("meld", 6, 64)])
+def test_few_distinct_shapes_per_epoch(preset, window, batch_size):
+    ds = make_synthetic(preset, dims={"text": 4, "audio": 4, "visual": 4})
+    gb = GraphBatcher(ds, window=window, batch_size=batch_size)
+    for epoch in range(2):
+        shapes = {b.nodes["mask"].shape + b.intra.senders.shape + b.inter.senders.shape
+                  for split in ("train", "valid", "test")
+                  for b in gb.batches(split, shuffle=split == "train", epoch=epoch)}
+        assert len(shapes) <= 6, shapes
+
+
+def test_every_dialogue_once_per_epoch_and_device_stacking(meld_small):
+    gb = GraphBatcher(meld_small, window=6, batch_size=8, n_devices=4)
+    total = 0
+    for batch in gb.batches("train", shuffle=True, seed=1, epoch=0):
+        assert batch.nodes["mask"].shape[0] == 4 and batch.intra.senders.shape[0] == 4
+        total += int(batch.globals["mask"].sum())
+    assert total == len(meld_small.splits["train"])
+    one = GraphBatcher(meld_small, window=6, batch_size=2)
+    b = one.build(meld_small.split("test")[:2])
+    stacked = stack_for_devices([b, b])
+    assert stacked.nodes["features"]["text"].shape == (2,) + b.nodes["features"]["text"].shape
