@@ -134,7 +134,8 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
 
 
 def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Sequence[str],
-                num_speakers: int, edges: dict[str, Sequence[DialogueEdges]]) -> DialogueBatch:
+                num_speakers: int, edges: dict[str, Sequence[DialogueEdges]],
+                dims: dict[str, int] | None = None) -> DialogueBatch:
     """Pack dialogues into one padded `DialogueBatch` of exactly `budget`'s shapes.
 
     Args:
@@ -143,6 +144,8 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
       modalities: feature modalities to carry.
       num_speakers: speaker slots; padding nodes get slot `num_speakers`.
       edges: "intra"/"inter" -> the `dialogue_edges` of each dialogue, in order.
+      dims: modality -> feature width (needed when `dialogues` is empty, e.g. an idle device
+        shard of the last batch; otherwise read from the first dialogue).
 
     Returns:
       A `DialogueBatch` of numpy arrays (see the module docstring for shapes).
@@ -160,7 +163,8 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
     offsets[1:] = np.cumsum(lengths)[:-1]
     features = {}
     for m in modalities:
-        x = np.zeros((nn_, dialogues[0].features[m].shape[1] if n_real else 0), np.float32)
+        width = dims[m] if dims else dialogues[0].features[m].shape[1]
+        x = np.zeros((nn_, width), np.float32)
         if n_real:
             x[:total] = np.concatenate([d.features[m] for d in dialogues])
         features[m] = x
@@ -250,7 +254,7 @@ class GraphBatcher:
         shards = shard_dialogues(dialogues, self.n_devices)
         budget = self.budget_for(max(sum(len(d) for d in s) for s in shards))
         batches = [build_batch(s, budget, modalities=self.modalities,
-                               num_speakers=self.dataset.num_speakers,
+                               num_speakers=self.dataset.num_speakers, dims=self.dataset.dims,
                                edges={k: [self.edges[k][d.id] for d in s] for k in GRAPH_KINDS})
                    for s in shards]
         return batches[0] if self.n_devices == 1 else stack_for_devices(batches)

@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ambjax.losses import amb_loss
@@ -95,8 +96,13 @@ def make_eval_step(model: AMBDSGDN, *, class_weights=None, unimodal_weight: floa
 
 
 def replicate(tree, n_devices: int):
-    """Give every leaf a leading device axis of size `n_devices` (for `jax.pmap`)."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n_devices,) + jnp.shape(x)), tree)
+    """Give every leaf a leading device axis of size `n_devices` (for `jax.pmap`).
+
+    Goes through host memory: `jax.pmap` places host arrays itself, whereas a device array
+    that already carries a sharding must match the one pmap expects.
+    """
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_devices,) + np.shape(x)),
+                        jax.device_get(tree))
 
 
 def unreplicate(tree):

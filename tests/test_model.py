@@ -1,0 +1,296 @@
+"""The model: parity with the authors' release, invariants, balancing, metrics."""
+
+import glob
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+import pytest
+
+from ambjax.convert import release_forward, release_q
+from ambjax.graphs import Budget, GraphBatcher, build_batch, dialogue_edges
+from ambjax.losses import amb_loss
+from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout, ModelConfig,
+                       confusion_matrix, count_parameters, create_model, drop_probabilities,
+                       per_class_f1, weighted_f1)
+
+# Copies of the release fixtures (shared/fixtures) ship in tests/fixtures; AMBJAX_FIXTURES may
+# name another folder of files with the same key scheme.
+FIXTURE_DIR = os.environ.get("AMBJAX_FIXTURES", os.path.join(os.path.dirname(__file__), "fixtures"))
+FIXTURES = sorted(glob.glob(os.path.join(FIXTURE_DIR, "release_*.npz")))
+
+
+def test_fixtures_present():
+    assert FIXTURES, f"no release_*.npz parity fixtures in {FIXTURE_DIR}"
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=os.path.basename)
+def test_release_parity(path):
+    d = np.load(path)
+    state_dict = {k[len("param/"):]: d[k] for k in d.files if k.startswith("param/")}
+    inputs = {k: d[k] for k in d.files if k.startswith("input/")}
+    out = release_forward(state_dict, inputs, num_heads=int(d["meta/n_head"]))
+    real = d["input/umask"].astype(bool)
+    for key in ("fused", "text", "audio", "visual", "fused_logits", "text_logits",
+                "audio_logits", "visual_logits", "fused_prob"):
+        ref, got = d[f"output/{key}"][real], out[f"output/{key}"][real]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5, err_msg=key)
+    assert out["output/fused"].shape == d["output/fused"].shape
+    np.testing.assert_array_equal(out["output/update_flag"], d["output/update_flag"])
+    q = release_q(d["q/perf"], float(d["q/q_base"]), float(d["q/lam"]))
+    np.testing.assert_array_equal(q, d["q/out"])
+    np.testing.assert_array_equal(
+        release_q(d["q/fixture_f1"].astype(np.float32), float(d["q/q_base"]), float(d["q/lam"])),
+        d["q/fixture_q"])
+    # in-graph (XLA) version: equal up to the last bit of float32
+    np.testing.assert_allclose(jax.vmap(lambda p: drop_probabilities(
+        p, float(d["q/q_base"]), float(d["q/lam"])))(d["q/perf"]), d["q/out"], atol=1e-6)
+    # the device-side weighted F1 equals the release's scikit-learn figures
+    labels = d["input/label"][real]
+    for k, m in enumerate(("text", "visual", "audio")):
+        conf = confusion_matrix(jnp.asarray(labels), jnp.asarray(d[f"output/{m}_logits"][real].argmax(-1)),
+                                jnp.ones(labels.shape, bool), int(d["meta/n_classes"]))
+        assert abs(float(weighted_f1(conf)) - d["q/fixture_f1"][k]) < 1e-6
+
+
+def test_parameter_count_of_release_config():
+    model = create_model({"text": 1024, "audio": 1582, "visual": 342}, 6, 2, hidden_dim=512)
+    batch = _tiny_batch(model.config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))["params"]
+    n = count_parameters(shapes)
+    assert abs(n - 13_133_234) / 13_133_234 < 0.01, n
+
+
+def _tiny_batch(config):
+    from ambjax.convert import _dummy_batch
+    return _dummy_batch(config)
+
+
+@pytest.fixture(scope="module")
+def small(iemocap_small):
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.3)
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=4)
+    dialogues = iemocap_small.split("train")[:4]
+    budget = gb.budget_for(sum(len(d) for d in dialogues))
+    batch = gb.build(dialogues)
+    params = model.init(jax.random.PRNGKey(0), batch)["params"]
+    apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
+    return dict(model=model, gb=gb, dialogues=dialogues, budget=budget, batch=batch,
+                params=params, apply=apply, dataset=iemocap_small)
+
+
+def _build(small, dialogues, budget, window=3):
+    edges = {k: [dialogue_edges(d.speakers, window, k) for d in dialogues] for k in ("intra", "inter")}
+    return build_batch(dialogues, budget, modalities=small["model"].config.modalities,
+                       num_speakers=2, edges=edges)
+
+
+def _real_rows(batch, x):
+    return np.asarray(x)[np.asarray(batch.nodes["mask"])]
+
+
+def test_padding_does_not_change_real_outputs(small):
+    base = small["apply"](small["params"], small["batch"])
+    b = small["budget"]
+    bigger = Budget(b.n_node + 37, b.n_edge_intra + 50, b.n_edge_inter + 11, b.n_graph + 2,
+                    b.max_len + 5)
+    padded = _build(small, small["dialogues"], bigger)
+    out = small["apply"](small["params"], padded)
+    for key in ("logits",):
+        np.testing.assert_allclose(_real_rows(padded, out[key]),
+                                   _real_rows(small["batch"], base[key]), rtol=1e-5, atol=1e-5)
+    for m in ("text", "audio", "visual"):
+        np.testing.assert_allclose(_real_rows(padded, out["modality_logits"][m]),
+                                   _real_rows(small["batch"], base["modality_logits"][m]),
+                                   rtol=1e-5, atol=1e-5)
+    # garbage in padding node features changes nothing either
+    nodes = dict(padded.nodes)
+    feats = {m: np.where(nodes["mask"][:, None], x, 1e3) for m, x in nodes["features"].items()}
+    nodes["features"] = feats
+    noisy = padded._replace(intra=padded.intra._replace(nodes=nodes))
+    out2 = small["apply"](small["params"], noisy)
+    np.testing.assert_allclose(_real_rows(noisy, out2["logits"]), _real_rows(padded, out["logits"]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_shuffling_dialogues_permutes_outputs(small):
+    base = small["apply"](small["params"], small["batch"])
+    order = [2, 0, 3, 1]
+    shuffled = _build(small, [small["dialogues"][i] for i in order], small["budget"])
+    out = small["apply"](small["params"], shuffled)
+    lengths = [len(d) for d in small["dialogues"]]
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    expected = np.concatenate([np.asarray(base["logits"])[starts[i]:starts[i + 1]] for i in order])
+    np.testing.assert_allclose(_real_rows(shuffled, out["logits"]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_self_loop_only_nodes_are_finite(small):
+    lonely = _build(small, small["dialogues"], small["budget"], window=0)
+    assert (lonely.intra.edges["type"] > 0).sum() == lonely.nodes["mask"].sum()
+    out = small["apply"](small["params"], lonely)
+    assert np.isfinite(np.asarray(out["logits"])).all()
+
+
+def test_gradients_reach_every_parameter(small):
+    model, batch = small["model"], small["batch"]
+
+    def loss(params):
+        out = model.apply({"params": params}, batch, train=True, balance_active=True,
+                          rngs={"dropout": jax.random.PRNGKey(1), "balance": jax.random.PRNGKey(2)})
+        return amb_loss(out["logits"], out["modality_logits"], batch.nodes["label"],
+                        batch.nodes["mask"])[0]
+
+    grads = jax.jit(jax.grad(loss))(small["params"])
+    for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+        g = np.asarray(g)
+        assert np.isfinite(g).all(), path
+        if "speaker_embedding" in jax.tree_util.keystr(path):
+            assert np.abs(g[:2]).sum() > 0 and np.abs(g[2]).sum() == 0  # padding row unused
+        else:
+            assert np.abs(g).sum() > 0, jax.tree_util.keystr(path)
+
+
+def test_compiles_once_per_bucket(small):
+    model = small["model"]
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(params, batch):
+        return model.apply({"params": params}, batch)["logits"]
+
+    gb = small["gb"]
+    budget = small["budget"]
+    train = small["dataset"].split("train")
+    calls = 0
+    for start in range(0, len(train) - 1, 2):
+        group = train[start:start + 2]
+        if sum(len(d) for d in group) < budget.n_node:
+            forward(small["params"], _build(small, group, budget))
+            calls += 1
+    assert calls >= 2
+    with pytest.raises(AssertionError):  # a second bucket is a second trace
+        forward(small["params"], gb.build(train[:1]))
+
+
+def test_lambda_zero_is_ordinary_graph_attention():
+    rng = np.random.default_rng(0)
+    n, din, out = 6, 5, 4
+    speakers = np.array([0, 1, 0, 0, 1, 1])
+    e = dialogue_edges(speakers, 2, "inter")
+    graph = jraph.GraphsTuple(nodes=jnp.asarray(rng.normal(size=(n, din)), jnp.float32),
+                              edges={"type": jnp.asarray(e.types)}, senders=jnp.asarray(e.senders),
+                              receivers=jnp.asarray(e.receivers), globals=None,
+                              n_node=jnp.array([n]), n_edge=jnp.array([len(e.types)]))
+    layer = DifferentialGraphAttention(out, lambda_init=0.0)
+    params = layer.init(jax.random.PRNGKey(0), graph)["params"]
+    for k in ("lambda_left1", "lambda_right1", "lambda_left2", "lambda_right2"):
+        params[k] = jnp.zeros_like(params[k])  # lambda = exp(0) - exp(0) + 0 = 0
+    got = np.asarray(layer.apply({"params": params}, graph))
+    # dense reference: softmax over in-neighbours of the first map only
+    p = {k: np.asarray(v) for k, v in params.items() if not isinstance(v, dict)}
+    wh = np.asarray(graph.nodes) @ p["W"]
+    half = wh[:, : out // 2]
+    rel = p["relation_embedding"] @ p["a_rel_pos"]
+    dense = np.zeros((n, n), int)
+    dense[e.receivers, e.senders] = e.types
+    scores = (half @ p["a_left_pos"])[:, None] + (half @ p["a_right_pos"])[None, :] + rel[dense]
+    scores = np.where(scores > 0, scores, 0.2 * scores)
+    scores = np.where(dense > 0, scores, -np.inf)
+    alpha = np.exp(scores - scores.max(1, keepdims=True))
+    alpha /= alpha.sum(1, keepdims=True)
+    agg = alpha @ wh
+    ln = (agg - agg.mean(1, keepdims=True)) / np.sqrt(agg.var(1, keepdims=True) + 1e-5)
+    ln = ln * np.asarray(params["norm"]["scale"]) + np.asarray(params["norm"]["bias"])
+    ref = np.asarray(jax.nn.gelu(jnp.asarray(ln), approximate=False))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    plain = DifferentialGraphAttention(out, lambda_init=0.0, differential=False)
+    pp = {k: v for k, v in params.items() if "neg" not in k and not k.startswith("lambda")}
+    np.testing.assert_allclose(np.asarray(plain.apply({"params": pp}, graph)), ref, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_modality_dropout_identity_in_eval_and_unbiased_in_train():
+    m, n, d, g = 3, 40, 8, 10
+    feats = jnp.asarray(np.random.default_rng(0).normal(size=(m, n, d)) + 3.0, jnp.float32)
+    graph_index = jnp.arange(n) % g
+    q = jnp.full((m,), 0.2)
+    strength = jnp.array([0.5, 0.4, 0.3])
+    layer = ModalityDropout(p_exe=1.0)
+    out, keep, executed = layer.apply({}, feats, q, strength, graph_index, g, deterministic=True)
+    np.testing.assert_array_equal(out, feats)
+    assert not bool(executed) and (np.asarray(keep) == 1).all()
+
+    def once(key):
+        out, keep, _ = layer.apply({}, feats, q, strength, graph_index, g, deterministic=False,
+                                   rngs={"balance": key})
+        return out, keep
+
+    outs, keeps = jax.jit(jax.vmap(once))(jax.random.split(jax.random.PRNGKey(0), 4000))
+    ratio = np.asarray(outs).mean(0) / np.asarray(feats)
+    assert abs(ratio.mean() - 1.0) < 0.03  # E[keep / (1 - theta)] = 1 with equal q
+    assert (np.asarray(keeps).max(-1) == 1).all()  # never all modalities of a dialogue dropped
+    dropped = 1 - np.asarray(keeps).mean()
+    assert 0.15 < dropped < 0.22
+
+
+def _f1_reference(labels, preds, num_classes):
+    scores, supports = [], []
+    for c in range(num_classes):
+        tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
+        fp = sum(1 for y, p in zip(labels, preds) if y != c and p == c)
+        fn = sum(1 for y, p in zip(labels, preds) if y == c and p != c)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+        supports.append(tp + fn)
+    total = sum(supports)
+    return scores, (sum(s * w for s, w in zip(scores, supports)) / total if total else 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_f1_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(2, 8))
+    n = int(rng.integers(1, 60))
+    labels = rng.integers(0, c, n)
+    preds = np.where(rng.random(n) < 0.5, labels, rng.integers(0, c, n))
+    mask = rng.random(n) < 0.8
+    conf = confusion_matrix(jnp.asarray(labels), jnp.asarray(preds), jnp.asarray(mask), c)
+    per_class, weighted = _f1_reference(labels[mask], preds[mask], c)
+    np.testing.assert_allclose(per_class_f1(conf), per_class, atol=1e-6)
+    np.testing.assert_allclose(float(weighted_f1(conf)), weighted, atol=1e-6)
+
+
+def test_drop_probabilities_properties():
+    q = drop_probabilities(jnp.array([0.9, 0.5, 0.2]), 0.3, 0.9)
+    assert q[0] > q[1] > 0 and q[2] == 0  # the strongest is dropped most, the weakest never
+    assert (drop_probabilities(jnp.array([0.5, 0.5, 0.5]), 0.3, 0.9) == 0).all()
+    assert (drop_probabilities(jnp.array([0.7]), 0.3, 0.9) == 0).all()
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(differential=False), dict(graphs=("intra",)), dict(graphs=("inter",)),
+    dict(norm="rmsnorm", depth_dependent_lambda=True), dict(balance=False)])
+def test_variants_and_ablations_build(overrides, small):
+    config = ModelConfig(**{**small["model"].config.__dict__, **overrides})
+    model = AMBDSGDN(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), small["batch"]))
+    out = jax.eval_shape(lambda p: model.apply(p, small["batch"], train=True, balance_active=True,
+                                               rngs={"dropout": jax.random.PRNGKey(0),
+                                                     "balance": jax.random.PRNGKey(1)}), shapes)
+    assert out["logits"].shape == (small["budget"].n_node, 6)
+    if not overrides.get("differential", True):
+        assert "a_left_neg" not in shapes["params"]["inter_text"]["attention_0"]
+
+
+def test_single_modality_model(iemocap_small):
+    model = create_model({"text": 12}, 6, 2, hidden_dim=16, num_heads=2)
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=2, modalities=("text",))
+    batch = gb.build(iemocap_small.split("test")[:2])
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
+    assert set(shapes["params"]) == {"speaker_embedding", "input_text", "inter_text",
+                                     "intra_text", "head_text"}

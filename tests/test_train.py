@@ -1,0 +1,154 @@
+"""Train step (jit and pmap), checkpoints and resume, experiment scripts, bad input."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ambjax.data import write_pickle
+from ambjax.graphs import GraphBatcher
+from ambjax.train import (CheckpointError, ConfigError, RunFolderError,
+                          create_train_state, make_config, make_train_step, replicate,
+                          train_and_evaluate, unreplicate)
+from ambjax.train.loop import evaluate_checkpoint
+from ambjax.nn import create_model
+from experiments.train import main as train_main
+
+QUIET = dict(log=lambda *_: None)
+
+
+def test_pmap_step_equals_single_device_step(iemocap_small):
+    n_dev = 4
+    assert jax.local_device_count() >= n_dev
+    # no dropout, so that the two runs draw no different masks; balancing active: q is
+    # computed from confusion counts summed over the devices, as on the global batch
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.0,
+                         graph_dropout=0.0, p_exe=0.0)
+    # plain SGD: Adam's first step is ~lr * sign(g), which blows up float noise in tiny gradients
+    opt = optax.sgd(1.0)
+    dialogues = iemocap_small.split("train")[:8]
+    single_gb = GraphBatcher(iemocap_small, window=3, batch_size=8, growth=None)
+    multi_gb = GraphBatcher(iemocap_small, window=3, batch_size=8, n_devices=n_dev, growth=None)
+    single = single_gb.build(dialogues)
+    multi = multi_gb.build(dialogues)
+    weights = jnp.arange(1.0, 7.0)
+    state = create_train_state(model, single, opt, seed=0)
+    step1 = jax.jit(make_train_step(model, opt, class_weights=weights))
+    stepn = jax.pmap(make_train_step(model, opt, class_weights=weights, axis_name="batch"),
+                     axis_name="batch", in_axes=(0, 0, None))
+    s1, m1 = step1(state, single, jnp.asarray(True))
+    sn, mn = stepn(replicate(state, n_dev), multi, jnp.asarray(True))
+    sn, mn = unreplicate(sn), unreplicate(mn)
+    np.testing.assert_allclose(mn["loss"], m1["loss"], rtol=1e-5)
+    np.testing.assert_array_equal(mn["confusion"], m1["confusion"])
+    np.testing.assert_allclose(mn["q"], m1["q"], atol=1e-6)
+    assert float(np.max(m1["q"])) > 0  # balancing acted
+    for a, b in zip(jax.tree.leaves(sn.params), jax.tree.leaves(s1.params)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    moved = sum(float(np.abs(a - b).sum()) for a, b in zip(jax.tree.leaves(s1.params),
+                                                         jax.tree.leaves(state.params)))
+    assert moved > 0
+
+
+def _tiny(**overrides):
+    return make_config("tiny", {k: str(v) for k, v in overrides.items()})
+
+
+def _params(run_dir, step=None):
+    import orbax.checkpoint as ocp
+    from ambjax.train import checkpoint as ckpt
+    manager = ckpt.create_manager(str(run_dir / "checkpoints"))
+    step = step or manager.latest_step()
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    manager.close()
+    return state
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    report = train_and_evaluate(_tiny(epochs=3), str(out), **QUIET)
+    return out, report
+
+
+def test_run_folder_and_report(three_epochs):
+    out, report = three_epochs
+    assert {"selection", "best_epoch", "devices", "valid", "test"} <= set(report)
+    assert report["selection"] == "valid" and report["devices"] == jax.local_device_count()
+    for key in ("accuracy", "weighted_f1", "macro_f1", "per_class_f1", "confusion"):
+        assert key in report["test"]
+    assert 0 <= report["test"]["weighted_f1"] <= 1
+    assert np.sum(report["test"]["confusion"]) == report["test"]["support"]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert json.loads((out / "report.json").read_text())["best_epoch"] == report["best_epoch"]
+    assert "Confusion matrix" in (out / "report.md").read_text()
+    assert json.loads((out / "config.json").read_text())["epochs"] == 3
+
+
+def test_resume_is_bit_for_bit(three_epochs, tmp_path):
+    straight, _ = three_epochs
+    out = tmp_path / "resumed"
+    train_and_evaluate(_tiny(epochs=2), str(out), **QUIET)
+    train_and_evaluate(_tiny(epochs=3), str(out), resume=True, **QUIET)
+    a, b = _params(straight, 3), _params(out, 3)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_refuses_to_reuse_or_mix_runs(three_epochs, tmp_path):
+    straight, _ = three_epochs
+    with pytest.raises(RunFolderError, match="already holds a run"):
+        train_and_evaluate(_tiny(epochs=3), str(straight), **QUIET)
+    with pytest.raises(RunFolderError, match="another model configuration"):
+        train_and_evaluate(_tiny(epochs=4, hidden_dim=8), str(straight), resume=True, **QUIET)
+
+
+def test_checkpoint_evaluation_and_dims_mismatch(three_epochs, tmp_path):
+    straight, report = three_epochs
+    result = evaluate_checkpoint(str(straight))
+    assert result["checkpoint_epoch"] == report["best_epoch"]
+    assert result["test"]["weighted_f1"] == pytest.approx(report["test"]["weighted_f1"])
+    from ambjax.data import make_synthetic
+    other = make_synthetic("iemocap", scale=0.05, dims={"text": 24, "audio": 16, "visual": 9})
+    path = tmp_path / "other.pkl"
+    write_pickle(other, path)
+    with pytest.raises(CheckpointError, match="feature widths"):
+        evaluate_checkpoint(str(straight), data=str(path))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    cases = [
+        ["--preset", "nope"],
+        ["--preset", "tiny", "--set", "no_such_key=1"],
+        ["--preset", "tiny", "--set", "epochs=abc"],
+        ["--preset", "tiny", "--data", str(tmp_path / "absent.pkl")],
+        ["--preset", "tiny", "--ablation", "nope"],
+    ]
+    for argv in cases:
+        assert train_main(argv + ["--out", str(tmp_path / "x")]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), (argv, err)
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"not a pickle")
+    assert train_main(["--preset", "tiny", "--data", str(bad), "--out", str(tmp_path / "y")]) == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_presets_and_overrides():
+    iemocap, meld = make_config("iemocap"), make_config("meld")
+    assert (iemocap.lr, iemocap.l2, iemocap.batch_size, iemocap.epochs, iemocap.window) == (
+        6.8e-5, 5e-5, 16, 61, 20)
+    assert (meld.lr, meld.l2, meld.batch_size, meld.epochs, meld.window, meld.dropout) == (
+        5e-5, 7.5e-5, 64, 20, 6, 0.11)
+    cfg = make_config("iemocap", {"hidden_dim": "64", "balance": "false", "data": "x.pkl"},
+                      "no_inter")
+    assert cfg.hidden_dim == 64 and cfg.balance is False and cfg.graphs == "intra"
+    with pytest.raises(ConfigError):
+        make_config("iemocap", {"selection": "train"})
+    assert dataclasses.replace(cfg, lr=1.0).fingerprint() == cfg.fingerprint()
