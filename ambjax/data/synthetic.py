@@ -82,6 +82,7 @@ PRESETS: dict[str, SyntheticPreset] = {
         text_pairs=(0, 1, 2, 3, 4, 6, 6), window=6),
 }
 _LATENT = 32
+_NOISE = 2.5  # per-utterance latent noise: no modality is enough on its own
 
 
 def _speaker_sequence(rng: np.random.Generator, n: int, k: int, switch: float) -> np.ndarray:
@@ -157,7 +158,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     project = {m: rng.normal(size=(_LATENT, d)) / np.sqrt(_LATENT) for m, d in widths.items()}
     shared_project = {m: rng.normal(size=(_LATENT, d)) / np.sqrt(_LATENT)
                       for m, d in widths.items()}
-    strength = {"text": 1.6, "audio": 0.9, "visual": 0.7}
+    strength = {"text": 1.0, "audio": 0.4, "visual": 0.35}
     text_groups = np.asarray(p.text_pairs)
 
     dialogues = {}
@@ -177,7 +178,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
                 latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown]
             else:
                 latent = own[m][labels]
-            latent = strength[m] * latent + rng.normal(size=(n, _LATENT))
+            latent = strength[m] * latent + _NOISE * rng.normal(size=(n, _LATENT))
             x = latent @ project[m] + common @ shared_project[m]
             feats[m] = (x + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
         dialogues[vid] = Dialogue(id=vid, speakers=speakers, labels=labels, features=feats)

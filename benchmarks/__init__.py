@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.graph_building`, `python -m benchmarks.throughput`."""

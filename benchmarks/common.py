@@ -1,0 +1,40 @@
+"""Shared helpers: device/version record and result files (JSON + Markdown table)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import jax
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def environment() -> dict:
+    """Device, backend and software versions to store with every number."""
+    import flax
+    import optax
+    dev = jax.devices()[0]
+    return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+            "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "python": platform.python_version(),
+            "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "numpy": np.__version__, "date": datetime.date.today().isoformat()}
+
+
+def write_results(name: str, result: dict, table: str, json_path: str | None = None) -> str:
+    """Write `result` to benchmarks/results/<name>-<device>-<date>.json (+ .md) and
+    optionally to `json_path`; returns the JSON path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    env = result["environment"]
+    stem = f"{name}-{env['device'].replace(':', '-').replace(' ', '_')}-{env['date']}"
+    path = os.path.join(RESULTS, stem + ".json")
+    for target in filter(None, (path, json_path)):
+        with open(target, "w") as f:
+            json.dump(result, f, indent=1)
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+        f.write(table)
+    return path

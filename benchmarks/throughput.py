@@ -1,0 +1,163 @@
+"""Train/eval throughput of AMB-DSGDN at the release's size on synthetic data of the real shapes.
+
+    python -m benchmarks.throughput [--preset iemocap meld] [--hidden 512] [--batch-sizes 16]
+                                    [--devices 1] [--json PATH]
+
+Per preset: compile time per bucket (timed separately from the steady state), one full
+training epoch and one test pass including host-side batching and padding (after compilation),
+steady-state steps/s, utterances/s and dialogues/s, padding efficiency (real / padded nodes and
+edges), distinct compiled shapes per epoch, peak host RSS and device memory where the backend
+reports it, and the achieved FLOP/s on real utterances against a measured matmul peak.
+On CPU, `--devices N` > 1 needs XLA_FLAGS=--xla_force_host_platform_device_count=N (fake
+devices sharing the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ambjax.train import make_config
+from ambjax.train.loop import Trainer, load_dataset
+from ambjax.train.steps import replicate
+from benchmarks.common import environment, write_results
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of the default device."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / float(np.median(times))
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def _device_memory_gb() -> float | None:
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    return stats["peak_bytes_in_use"] / 1024 ** 3 if stats and "peak_bytes_in_use" in stats else None
+
+
+def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: int) -> dict:
+    overrides = {"hidden_dim": str(hidden)}
+    if batch_size:
+        overrides["batch_size"] = str(batch_size)
+    config = make_config(preset, overrides)
+    dataset = load_dataset(config)
+    trainer = Trainer(config, dataset, n_devices=devices, log=lambda *_: None)
+    gb = trainer.batcher
+    train_batches = list(gb.batches("train", shuffle=True, seed=0, epoch=0))
+    test_batches = list(gb.batches("test"))
+    shapes = {}
+    for b in train_batches + test_batches:
+        shapes.setdefault(b.nodes["mask"].shape, b)
+    # compile every bucket of the epoch, timed separately
+    state = trainer._device_state(trainer.state)
+    params = replicate(trainer.state.params, devices) if devices > 1 else trainer.state.params
+    active = jnp.asarray(True)
+    compile_s = {}
+    flops = {}
+    for shape, b in shapes.items():
+        start = time.perf_counter()
+        lowered = trainer.train_step.lower(state, b, active)
+        compiled = lowered.compile()
+        trainer.eval_step.lower(params, b).compile()
+        compile_s[str(shape)] = time.perf_counter() - start
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops[shape] = float((cost or {}).get("flops", 0.0))
+        state, _ = trainer.train_step(state, b, active)  # also warms the executable cache
+        jax.block_until_ready(trainer.eval_step(params, b))
+    # one full training epoch (host batching included) after compilation
+    start = time.perf_counter()
+    n_steps = 0
+    for b in gb.batches("train", shuffle=True, seed=0, epoch=1):
+        state, metrics = trainer.train_step(state, b, active)
+        n_steps += 1
+    jax.block_until_ready(metrics)
+    train_epoch_s = time.perf_counter() - start
+    start = time.perf_counter()
+    outs = [trainer.eval_step(params, b) for b in gb.batches("test")]
+    jax.block_until_ready(outs)
+    eval_pass_s = time.perf_counter() - start
+    real_nodes = sum(int(b.nodes["mask"].sum()) for b in train_batches)
+    padded_nodes = sum(b.nodes["mask"].size for b in train_batches)
+    real_edges = sum(int((b.intra.edges["type"] > 0).sum() + (b.inter.edges["type"] > 0).sum())
+                     for b in train_batches)
+    padded_edges = sum(b.intra.edges["type"].size + b.inter.edges["type"].size
+                       for b in train_batches)
+    epoch_flops = sum(flops[b.nodes["mask"].shape] for b in train_batches)
+    n_train = len(dataset.splits["train"])
+    test_utts = sum(len(d) for d in dataset.split("test"))
+    return {
+        "device": environment()["device"], "preset": preset, "hidden": hidden,
+        "batch_size": config.batch_size, "devices": devices,
+        "parameters": trainer.num_parameters,
+        "compile_s": float(sum(compile_s.values())), "compile_s_per_bucket": compile_s,
+        "distinct_shapes_per_epoch": len(shapes),
+        "train_epoch_s": train_epoch_s, "eval_pass_s": eval_pass_s,
+        "train_steps_per_s": n_steps / train_epoch_s,
+        "train_utterances_per_s": real_nodes / train_epoch_s,
+        "train_dialogues_per_s": n_train / train_epoch_s,
+        "eval_utterances_per_s": test_utts / eval_pass_s,
+        "node_padding_efficiency": real_nodes / padded_nodes,
+        "edge_padding_efficiency": real_edges / padded_edges,
+        "train_flops_per_epoch": epoch_flops,
+        "achieved_flops_per_s_real": epoch_flops * real_nodes / padded_nodes / train_epoch_s,
+        "peak_rss_gb": _peak_rss_gb(), "peak_device_memory_gb": _device_memory_gb(),
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput")
+    p.add_argument("--preset", nargs="+", default=["iemocap", "meld"])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[0],
+                   help="dialogues per batch (0: the preset's)")
+    p.add_argument("--devices", type=int, nargs="+", default=[1])
+    p.add_argument("--json", help="also write the result object here")
+    args = p.parse_args(argv)
+    env = environment()
+    peak = matmul_peak_flops()
+    rows = []
+    for preset in args.preset:
+        for bs in args.batch_sizes:
+            for dev in args.devices:
+                row = bench_preset(preset, hidden=args.hidden, batch_size=bs or None, devices=dev)
+                row["matmul_peak_flops_per_s"] = peak
+                row["fraction_of_peak"] = row["achieved_flops_per_s_real"] / peak
+                rows.append(row)
+                print({k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
+    fake = " (fake CPU devices on the same cores)" if env["device"].startswith("cpu") else ""
+    lines = [f"Device: {env['device']}, {env['cpu_count']} CPUs, jax {env['jax']}{fake}", "",
+             "| preset | batch | devices | compile (s) | shapes | train epoch (s) | test pass (s) "
+             "| utt/s | real/padded nodes | peak RSS (GB) | % of matmul peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['batch_size']} | {r['devices']} | "
+                     f"{r['compile_s']:.1f} | {r['distinct_shapes_per_epoch']} | "
+                     f"{r['train_epoch_s']:.2f} | {r['eval_pass_s']:.2f} | "
+                     f"{r['train_utterances_per_s']:.0f} | {r['node_padding_efficiency']:.2f} | "
+                     f"{r['peak_rss_gb']:.2f} | {100 * r['fraction_of_peak']:.1f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    result = {"benchmark": "throughput", "environment": env, "matmul_peak_flops_per_s": peak,
+              "results": rows}
+    print("wrote", write_results("throughput", result, table, args.json))
+    return result
+
+
+if __name__ == "__main__":
+    main()
