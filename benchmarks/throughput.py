@@ -65,7 +65,9 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         shapes.setdefault(b.nodes["mask"].shape, b)
     # compile every bucket of the epoch, timed separately
     state = trainer._device_state(trainer.state)
-    params = replicate(trainer.state.params, devices) if devices > 1 else trainer.state.params
+    # a host copy: the train step donates (and so deletes) the state's device buffers
+    host_params = jax.device_get(trainer.state.params)
+    params = replicate(host_params, devices) if devices > 1 else host_params
     active = jnp.asarray(True)
     compile_s = {}
     flops = {}
