@@ -56,7 +56,7 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         overrides["batch_size"] = str(batch_size)
     config = make_config(preset, overrides)
     dataset = load_dataset(config)
-    trainer = Trainer(config, dataset, n_devices=devices, log=lambda *_: None)
+    trainer = Trainer(config, dataset, n_devices=devices)
     gb = trainer.batcher
     train_batches = list(gb.batches("train", shuffle=True, seed=0, epoch=0))
     test_batches = list(gb.batches("test"))

@@ -187,7 +187,7 @@ def test_synthetic_follows_real_statistics():
 
 def test_synthetic_plants_inertia_and_text_signal():
     ds = make_synthetic("iemocap", scale=0.5, dims={"text": 32, "audio": 32, "visual": 32})
-    same, other = [], []
+    same = []
     for d in ds.dialogues.values():
         for i in range(1, len(d)):
             prev = [j for j in range(i - 1, -1, -1) if d.speakers[j] == d.speakers[i]]
@@ -196,4 +196,3 @@ def test_synthetic_plants_inertia_and_text_signal():
     prior = np.bincount(np.concatenate([d.labels for d in ds.dialogues.values()]))
     prior = prior / prior.sum()
     assert np.mean(same) > (prior ** 2).sum() + 0.2  # far above chance agreement
-    del other

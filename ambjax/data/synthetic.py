@@ -24,8 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, DataFormatError, Dialogue,
-                                 DialogueDataset, validation_split)
+from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, Dialogue, DialogueDataset,
+                                 validation_split)
 from ambjax.data.loader import LAYOUTS, MELD_SPEAKER_SLOTS
 
 # Dialogue lengths of the 151 IEMOCAP dialogues (sorted), a published statistic.
@@ -261,9 +261,3 @@ def write_pickle(dataset: DialogueDataset, path: str | os.PathLike,
     os.replace(tmp, path)
     return layout
 
-
-def check_dims(dataset: DialogueDataset, expected: Mapping[str, int], where: str) -> None:
-    """Raise `DataFormatError` unless the dataset's modality widths equal `expected`."""
-    got = {m: dataset.dims[m] for m in dataset.modalities}
-    if dict(expected) != got:
-        raise DataFormatError(f"{where}: feature widths {got} do not match the expected {dict(expected)}")

@@ -96,11 +96,10 @@ def prepare_run_folder(out_dir: str, config: TrainConfig, *, resume: bool, overw
 class Trainer:
     """Holds the compiled steps, batchers and state of one run."""
 
-    def __init__(self, config: TrainConfig, dataset: DialogueDataset, *, n_devices: int | None = None,
-                 log: Callable[[str], None] = print):
+    def __init__(self, config: TrainConfig, dataset: DialogueDataset, *,
+                 n_devices: int | None = None):
         self.config = config
         self.dataset = dataset
-        self.log = log
         self.n_devices = n_devices or jax.local_device_count()
         self.model = AMBDSGDN(model_config(config, dataset))
         self.batcher = GraphBatcher(dataset, window=config.window, batch_size=config.batch_size,
@@ -144,8 +143,8 @@ class Trainer:
         outputs = jax.device_get(outputs)
         self.state = self._host_state(state)
         elapsed = time.perf_counter() - start
-        first = (lambda x: x[0]) if self.n_devices > 1 else (lambda x: x)
-        outputs = [jax.tree.map(first, o) for o in outputs]
+        if self.n_devices > 1:
+            outputs = [unreplicate(o) for o in outputs]
         counts = np.array([o["utterances"] for o in outputs], np.float64)
         conf = np.sum([o["confusion"] for o in outputs], axis=0)
         report = classification_report(conf, self.dataset.label_names)
@@ -163,7 +162,7 @@ class Trainer:
         outputs = [self.eval_step(params, b) for b in self.batcher.batches(split)]
         outputs = jax.device_get(outputs)
         if self.n_devices > 1:
-            outputs = [jax.tree.map(lambda x: x[0], o) for o in outputs]
+            outputs = [unreplicate(o) for o in outputs]
         total = sum(int(o["utterances"]) for o in outputs)
         report = classification_report(np.sum([o["confusion"] for o in outputs], 0),
                                        self.dataset.label_names)
@@ -189,7 +188,7 @@ def train_and_evaluate(config: TrainConfig, out_dir: str, *, resume: bool = Fals
     maybe_initialize_distributed()
     prepare_run_folder(out_dir, config, resume=resume, overwrite=overwrite)
     dataset = load_dataset(config)
-    trainer = Trainer(config, dataset, n_devices=n_devices, log=log)
+    trainer = Trainer(config, dataset, n_devices=n_devices)
     tag = " [model selected on TEST: the release's protocol]" if config.selection == "test" else ""
     log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
         f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
