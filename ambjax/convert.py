@@ -206,7 +206,13 @@ def release_forward(state_dict: Mapping[str, np.ndarray], inputs: Mapping[str, n
 def release_q(perf, q_base: float, lam: float) -> np.ndarray:
     """The release's drop probabilities for performance rows: perf float [M] or [K, M] ->
     float32 of the same shape, computed in float32 numpy so that it equals the release bit for
-    bit (see `ambjax.nn.balance.drop_probabilities`)."""
+    bit (see `ambjax.nn.balance.drop_probabilities`).
+
+    Example:
+      >>> q = release_q([[0.6, 0.6, 0.3], [0.5, 0.5, 0.5]], q_base=0.3, lam=0.9)
+      >>> [[round(float(x), 5) for x in row] for row in q]
+      [[0.39868, 0.39868, 0.0], [0.0, 0.0, 0.0]]
+    """
     perf = np.asarray(perf, np.float32)
     rows = perf.reshape(-1, perf.shape[-1])
     out = np.stack([drop_probabilities(r, q_base, lam, xp=np) for r in rows])

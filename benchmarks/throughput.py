@@ -1,7 +1,10 @@
 """Train/eval throughput of AMB-DSGDN at the release's size on synthetic data of the real shapes.
 
     python -m benchmarks.throughput [--preset iemocap meld] [--hidden 512] [--batch-sizes 16]
-                                    [--devices 1] [--json PATH]
+                                    [--devices 1] [--lengths 0] [--json PATH]
+
+Sweeps: `--batch-sizes 4 16 64 128`, `--lengths 10 50 110` (every dialogue that long),
+`--devices 1 2 4`; every combination is one row.
 
 Per preset: compile time per bucket (timed separately from the steady state), one full
 training epoch and one test pass including host-side batching and padding (after compilation),
@@ -15,6 +18,7 @@ devices sharing the same cores).
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import time
 
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambjax.data import make_synthetic
 from ambjax.train import make_config
 from ambjax.train.loop import Trainer, load_dataset
 from ambjax.train.steps import replicate
@@ -50,15 +55,18 @@ def _device_memory_gb() -> float | None:
     return stats["peak_bytes_in_use"] / 1024 ** 3 if stats and "peak_bytes_in_use" in stats else None
 
 
-def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: int) -> dict:
+def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: int,
+                 length: int | None = None) -> dict:
     overrides = {"hidden_dim": str(hidden)}
     if batch_size:
         overrides["batch_size"] = str(batch_size)
     config = make_config(preset, overrides)
-    dataset = load_dataset(config)
+    dataset = (load_dataset(config) if length is None else
+               make_synthetic(config.dataset, seed=config.synthetic_seed, length=length))
     trainer = Trainer(config, dataset, n_devices=devices)
     gb = trainer.batcher
-    train_batches = list(gb.batches("train", shuffle=True, seed=0, epoch=0))
+    # the epoch that is timed below; its shapes are all compiled first (outside the timing)
+    train_batches = list(gb.batches("train", shuffle=True, seed=0, epoch=1))
     test_batches = list(gb.batches("test"))
     shapes = {}
     for b in train_batches + test_batches:
@@ -105,6 +113,7 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     test_utts = sum(len(d) for d in dataset.split("test"))
     return {
         "device": environment()["device"], "preset": preset, "hidden": hidden,
+        "dialogue_length": length or "real distribution",
         "batch_size": config.batch_size, "devices": devices,
         "parameters": trainer.num_parameters,
         "compile_s": float(sum(compile_s.values())), "compile_s_per_bucket": compile_s,
@@ -129,6 +138,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[0],
                    help="dialogues per batch (0: the preset's)")
     p.add_argument("--devices", type=int, nargs="+", default=[1])
+    p.add_argument("--lengths", type=int, nargs="+", default=[0],
+                   help="utterances per dialogue for every dialogue (0: the real distribution)")
     p.add_argument("--json", help="also write the result object here")
     args = p.parse_args(argv)
     env = environment()
@@ -136,19 +147,22 @@ def main(argv=None) -> dict:
     rows = []
     for preset in args.preset:
         for bs in args.batch_sizes:
-            for dev in args.devices:
-                row = bench_preset(preset, hidden=args.hidden, batch_size=bs or None, devices=dev)
+            for dev, length in itertools.product(args.devices, args.lengths):
+                row = bench_preset(preset, hidden=args.hidden, batch_size=bs or None, devices=dev,
+                                   length=length or None)
                 row["matmul_peak_flops_per_s"] = peak
                 row["fraction_of_peak"] = row["achieved_flops_per_s_real"] / peak
                 rows.append(row)
                 print({k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
-    fake = " (fake CPU devices on the same cores)" if env["device"].startswith("cpu") else ""
+    fake = (" (several devices here are fake CPU devices sharing the same cores)"
+            if env["device"].startswith("cpu") and max(args.devices) > 1 else "")
     lines = [f"Device: {env['device']}, {env['cpu_count']} CPUs, jax {env['jax']}{fake}", "",
-             "| preset | batch | devices | compile (s) | shapes | train epoch (s) | test pass (s) "
+             "| preset | batch | length | devices | compile (s) | shapes | train epoch (s) | test pass (s) "
              "| utt/s | real/padded nodes | peak RSS (GB) | % of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['preset']} | {r['batch_size']} | {r['devices']} | "
+        lines.append(f"| {r['preset']} | {r['batch_size']} | {r['dialogue_length']} | "
+                     f"{r['devices']} | "
                      f"{r['compile_s']:.1f} | {r['distinct_shapes_per_epoch']} | "
                      f"{r['train_epoch_s']:.2f} | {r['eval_pass_s']:.2f} | "
                      f"{r['train_utterances_per_s']:.0f} | {r['node_padding_efficiency']:.2f} | "

@@ -294,3 +294,19 @@ def test_single_modality_model(iemocap_small):
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
     assert set(shapes["params"]) == {"speaker_embedding", "input_text", "inter_text",
                                      "intra_text", "head_text"}
+
+
+def test_dense_block_aggregation_equals_segment_sum(small):
+    from ambjax.nn import aggregate
+    batch = small["batch"]
+    rng = np.random.default_rng(0)
+    for kind in ("intra", "inter"):
+        graph = batch.graph(kind)
+        n = graph.nodes["mask"].shape[0]
+        weights = jnp.asarray(rng.normal(size=graph.senders.shape), jnp.float32)
+        values = jnp.asarray(rng.normal(size=(n, 5)), jnp.float32)
+        dense = aggregate(weights, values, graph)
+        sparse = aggregate(weights, values, graph._replace(globals=None))
+        mask = np.asarray(graph.nodes["mask"])
+        np.testing.assert_allclose(np.asarray(dense)[mask], np.asarray(sparse)[mask],
+                                   rtol=1e-5, atol=1e-5)

@@ -119,7 +119,8 @@ def _label_sequence(rng: np.random.Generator, speakers: np.ndarray, prior: np.nd
 
 
 def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0,
-                   dims: Mapping[str, int] | None = None, valid_seed: int = 0) -> DialogueDataset:
+                   dims: Mapping[str, int] | None = None, valid_seed: int = 0,
+                   length: int | None = None) -> DialogueDataset:
     """Generate a synthetic dataset following `PRESETS[preset]`.
 
     Args:
@@ -128,6 +129,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
       scale: fraction of the real number of dialogues per split (at least 2 train, 1 valid and
         1 test dialogue); lengths keep the real distribution.
       dims: override feature widths, e.g. {"text": 32, "audio": 24, "visual": 16} for tests.
+      length: give every dialogue this many utterances instead of the real distribution (for
+        scaling benchmarks).
       valid_seed: seed of the 10% validation hold-out (IEMOCAP has no dev split); the loader's
         default seed is 0, so a written-and-reloaded dataset has the same splits.
 
@@ -165,7 +168,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     ids = []
     for k in range(total):
         vid = f"Syn{k:04d}" if p.name == "IEMOCAP" else k
-        n = int(rng.choice(len(lengths_p), p=lengths_p))
+        n = length or int(rng.choice(len(lengths_p), p=lengths_p))
         n_spk = int(rng.choice(len(speakers_p), p=speakers_p))
         speakers = _speaker_sequence(rng, n, n_spk, p.switch_prob)
         labels = _label_sequence(rng, speakers, prior, p)

@@ -37,6 +37,11 @@ def dialogue_edges(speakers: np.ndarray, window: int, graph: str) -> DialogueEdg
 
     Returns:
       `DialogueEdges` with int32 arrays of equal length E, sorted by (receiver, sender).
+
+    Example:
+      >>> e = dialogue_edges([0, 0, 1], window=2, graph="intra")
+      >>> e.senders.tolist(), e.receivers.tolist(), e.types.tolist()
+      ([0, 1, 0, 1, 2], [0, 0, 1, 1, 2], [1, 3, 2, 1, 1])
     """
     if graph not in GRAPH_KINDS:
         raise ValueError(f"graph must be 'intra' or 'inter', got {graph!r}")
@@ -75,6 +80,16 @@ def relation_matrix(speakers: np.ndarray, window: int, graph: str) -> np.ndarray
 
     Returns:
       int32 [N, N].
+
+    Example:
+      >>> relation_matrix([0, 1, 0], window=1, graph="intra")
+      array([[1, 0, 0],
+             [0, 1, 0],
+             [0, 0, 1]], dtype=int32)
+      >>> relation_matrix([0, 1, 0], window=1, graph="inter")
+      array([[1, 4, 0],
+             [5, 1, 4],
+             [0, 5, 1]], dtype=int32)
     """
     e = dialogue_edges(speakers, window, graph)
     n = np.asarray(speakers).shape[0]

@@ -53,6 +53,11 @@ def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int
 
     Returns:
       float [E]; entries of one segment sum to 1.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> segment_softmax(jnp.array([0.0, 0.0, 5.0]), jnp.array([0, 0, 1]), 2).tolist()
+      [0.5, 0.5, 1.0]
     """
     chex.assert_rank([scores, segment_ids], 1)
     peak = jax.ops.segment_max(scores, segment_ids, num_segments=num_segments)
@@ -85,10 +90,45 @@ def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_s
     return segment_softmax(scores, graph.receivers, half.shape[0])
 
 
+def dense_slots(dense_index: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.Array]:
+    """(dialogue, position) slot of every node, inverted from a batch's `dense_index` [G, L].
+
+    Nodes absent from the index (padding) get the last slot (G - 1, L - 1), which belongs to the
+    padding graph; the padding node that padding slots point at gets one of those slots. So no
+    padding node ever shares a slot with a real node.
+
+    Returns:
+      int32 [N] slot dialogue, int32 [N] slot position.
+    """
+    g, l = dense_index.shape
+    flat = dense_index.reshape(-1)
+    slot_graph = jnp.full((num_nodes,), g - 1, jnp.int32).at[flat].set(
+        jnp.repeat(jnp.arange(g, dtype=jnp.int32), l))
+    slot_pos = jnp.full((num_nodes,), l - 1, jnp.int32).at[flat].set(
+        jnp.tile(jnp.arange(l, dtype=jnp.int32), g))
+    return slot_graph, slot_pos
+
+
 def aggregate(weights: jax.Array, values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
-    """sum_j A_ij values_j: weights [E], values [N, F] -> [N, F]."""
-    return jax.ops.segment_sum(weights[:, None] * values[graph.senders], graph.receivers,
-                               num_segments=values.shape[0])
+    """sum_j A_ij values_j over the edges j -> i: weights [E], values [N, F] -> [N, F].
+
+    When `graph.globals` carries a `dense_index` [G, L] (every `DialogueBatch` graph does), the
+    sum runs as a batched matmul over per-dialogue [L, L] weight blocks: the edge weights are
+    scattered as scalars, and only node rows are gathered and scattered. Otherwise it is a
+    segment sum over edges, which moves E x F values (and E x F in the backward scatter); both
+    give the same result, the first much faster with XLA on CPU and GPU.
+    """
+    glob = graph.globals
+    if not (isinstance(glob, dict) and "dense_index" in glob):
+        return jax.ops.segment_sum(weights[:, None] * values[graph.senders], graph.receivers,
+                                   num_segments=values.shape[0])
+    dense_index = glob["dense_index"]
+    g, l = dense_index.shape
+    slot_graph, slot_pos = dense_slots(dense_index, values.shape[0])
+    blocks = jnp.zeros((g, l, l), weights.dtype).at[
+        slot_graph[graph.receivers], slot_pos[graph.receivers], slot_pos[graph.senders]].add(weights)
+    out = blocks @ values[dense_index].astype(weights.dtype)          # [G, L, F]
+    return out[slot_graph, slot_pos]
 
 
 class DifferentialGraphAttention(nn.Module):
@@ -106,6 +146,21 @@ class DifferentialGraphAttention(nn.Module):
         senders/receivers int32 [E] (every real node needs an in-edge, e.g. its self-loop).
       deterministic: disables dropout.
       Returns float [N, features].
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jraph
+      >>> from ambjax.graphs import dialogue_edges
+      >>> e = dialogue_edges([0, 1, 0, 1], window=1, graph="inter")
+      >>> graph = jraph.GraphsTuple(nodes=jnp.ones((4, 6)), edges={"type": jnp.asarray(e.types)},
+      ...     senders=jnp.asarray(e.senders), receivers=jnp.asarray(e.receivers),
+      ...     globals=None, n_node=jnp.array([4]), n_edge=jnp.array([len(e.types)]))
+      >>> layer = DifferentialGraphAttention(features=8)
+      >>> params = layer.init(jax.random.PRNGKey(0), graph)
+      >>> layer.apply(params, graph).shape
+      (4, 8)
+      >>> layer.apply(params, graph, deterministic=False,
+      ...             rngs={"dropout": jax.random.PRNGKey(1)}).shape
+      (4, 8)
     """
 
     features: int

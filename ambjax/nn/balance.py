@@ -55,7 +55,15 @@ def per_class_f1(confusion: jax.Array) -> jax.Array:
 
 
 def weighted_f1(confusion: jax.Array) -> jax.Array:
-    """Support-weighted F1 (scikit-learn's average="weighted"): [..., C, C] -> [...]."""
+    """Support-weighted F1 (scikit-learn's average="weighted"): [..., C, C] -> [...].
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> conf = confusion_matrix(jnp.array([0, 0, 1, 1]), jnp.array([0, 1, 1, 1]),
+      ...                         jnp.array([True, True, True, False]), num_classes=2)
+      >>> conf.tolist(), round(float(weighted_f1(conf)), 4)
+      ([[1, 1], [0, 1]], 0.6667)
+    """
     support = confusion.sum(-1).astype(jnp.float32)
     total = support.sum(-1)
     return jnp.where(total > 0, (per_class_f1(confusion) * support).sum(-1)
@@ -75,6 +83,12 @@ def drop_probabilities(perf, q_base: float, lam: float, *, xp=jnp):
 
     Returns:
       float32 [M] in [0, 1].
+
+    Example:
+      >>> import numpy as np
+      >>> q = drop_probabilities([0.8, 0.5, 0.4], q_base=0.3, lam=0.9, xp=np)
+      >>> [round(float(x), 4) for x in q]      # the strongest modality is dropped most
+      [0.4133, 0.319, 0.0]
     """
     f32 = xp.float32
     perf = xp.asarray(perf, dtype=f32)
@@ -117,6 +131,16 @@ class ModalityDropout(nn.Module):
       Returns (features [M, N, d], keep float [G, M], executed bool []):
       Z_m <- keep Z_m / (1 - theta) with theta = mean(q) treated as a constant; when not
       executed the features are unchanged and keep is all ones.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> z = jnp.ones((3, 4, 2))                       # 3 modalities, 4 nodes, width 2
+      >>> out, keep, executed = ModalityDropout(p_exe=1.0).apply(
+      ...     {}, z, jnp.array([0.5, 0.2, 0.0]), jnp.array([0.9, 0.6, 0.3]),
+      ...     jnp.array([0, 0, 1, 1]), 2, deterministic=False,
+      ...     rngs={"balance": jax.random.PRNGKey(0)})
+      >>> out.shape, keep.shape, bool(executed), bool((keep.max(axis=1) == 1).all())
+      ((3, 4, 2), (2, 3), True, True)
     """
 
     p_exe: float = 0.5

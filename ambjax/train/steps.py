@@ -8,6 +8,16 @@ reduced over the axis, so the balancing sees the global batch.
 
 metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
 "utterances" int32 [] (real utterances in the global batch).
+
+The step builders accept any Flax module that follows AMBDSGDN's calling convention (the "model
+protocol"), so models composed from ambjax's pieces train with the same steps:
+
+    model.apply({"params": p}, batch, train=..., balance_active=..., axis_name=...,
+                rngs={"dropout": k1, "balance": k2})
+      -> {"logits": [N, C], "modality_logits": {m: [N, C]}, "modality_f1": [M], "q": [M]}
+
+where `batch` is a `DialogueBatch` (labels and masks are read from `batch.nodes`). See
+`experiments/compose.py` for such a model.
 """
 
 from __future__ import annotations
@@ -29,9 +39,36 @@ AXIS = "batch"
 
 def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
                     class_weights=None, unimodal_weight: float = 0.1,
-                    axis_name: str | None = None) -> Callable:
-    """Build the pure train step (see module docstring)."""
-    num_classes = model.config.num_classes
+                    axis_name: str | None = None, num_classes: int | None = None) -> Callable:
+    """Build the pure train step (see module docstring).
+
+    Args:
+      model: `AMBDSGDN` or any module following the model protocol.
+      optimizer: an optax transformation (see `create_optimizer` for the release's).
+      class_weights: float [C] loss weights or None.
+      unimodal_weight: weight of the squared unimodal NLL terms.
+      axis_name: pmap axis name (None: single device, wrap with `jax.jit`).
+      num_classes: C (default: `model.config.num_classes`).
+
+    Returns:
+      `train_step(state, batch, balance_active) -> (state, metrics)`, pure.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from ambjax.data import make_synthetic
+      >>> from ambjax.graphs import GraphBatcher
+      >>> from ambjax.nn import create_model
+      >>> from ambjax.train import create_train_state, make_train_step
+      >>> data = make_synthetic("meld", scale=0.01, dims={"text": 8, "audio": 8, "visual": 8})
+      >>> batch = GraphBatcher(data, window=2, batch_size=2).build(data.split("train")[:2])
+      >>> model = create_model(data.dims, 7, 9, hidden_dim=8, num_heads=2)
+      >>> state = create_train_state(model, batch, optax.adam(1e-3), seed=0)
+      >>> step = jax.jit(make_train_step(model, optax.adam(1e-3)))
+      >>> state, metrics = step(state, batch, jnp.asarray(True))
+      >>> int(state.step), bool(jnp.isfinite(metrics["loss"]))
+      (1, True)
+    """
+    num_classes = num_classes or model.config.num_classes
 
     def train_step(state: TrainState, batch, balance_active):
         key = jax.random.fold_in(state.rng, state.step)
@@ -67,13 +104,15 @@ def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
 
 
 def make_eval_step(model: AMBDSGDN, *, class_weights=None, unimodal_weight: float = 0.1,
-                   axis_name: str | None = None) -> Callable:
+                   axis_name: str | None = None, num_classes: int | None = None) -> Callable:
     """Build `eval_step(params, batch) -> metrics` (no dropout, no balancing).
+
+    Arguments as for `make_train_step`.
 
     metrics: "loss_sum" (loss times real utterances, for averaging over batches),
     "confusion" int32 [C, C], "modality_confusion" int32 [M, C, C], "utterances" int32 [].
     """
-    num_classes = model.config.num_classes
+    num_classes = num_classes or model.config.num_classes
 
     def eval_step(params, batch):
         nodes = batch.nodes
