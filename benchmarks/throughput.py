@@ -141,6 +141,8 @@ def main(argv=None) -> dict:
     p.add_argument("--lengths", type=int, nargs="+", default=[0],
                    help="utterances per dialogue for every dialogue (0: the real distribution)")
     p.add_argument("--json", help="also write the result object here")
+    p.add_argument("--name", default="throughput",
+                   help="results file stem: results/<name>-<device>-<date>.json")
     args = p.parse_args(argv)
     env = environment()
     peak = matmul_peak_flops()
@@ -171,7 +173,7 @@ def main(argv=None) -> dict:
     print(table)
     result = {"benchmark": "throughput", "environment": env, "matmul_peak_flops_per_s": peak,
               "results": rows}
-    print("wrote", write_results("throughput", result, table, args.json))
+    print("wrote", write_results(args.name, result, table, args.json))
     return result
 
 

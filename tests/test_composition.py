@@ -125,3 +125,22 @@ def test_composition_example_learns(capsys):
     losses = main(["--steps", "30"])
     assert np.mean(losses[-6:]) < np.mean(losses[:6])
     assert "mean loss" in capsys.readouterr().out
+
+
+def test_relational_block_jit_vmap_grad_scan():
+    from ambjax.nn import DifferentialRelationalBlock
+    graph = _graph()
+    block = DifferentialRelationalBlock(6)
+    variables = block.init(jax.random.PRNGKey(0), graph)
+    eager = block.apply(variables, graph)
+    np.testing.assert_allclose(jax.jit(block.apply)(variables, graph), eager, rtol=1e-5, atol=1e-5)
+    graphs = jax.tree.map(lambda *xs: jnp.stack(xs), graph, graph._replace(nodes=-graph.nodes))
+    np.testing.assert_allclose(jax.vmap(block.apply, in_axes=(None, 0))(variables, graphs)[0],
+                               eager, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda v: block.apply(v, graph, deterministic=False,
+                                           rngs={"dropout": jax.random.PRNGKey(1)}).sum())(variables)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    out, _ = jax.lax.scan(lambda h, _: (block.apply(variables, graph._replace(nodes=h)), None),
+                          graph.nodes, None, length=2)
+    ref = block.apply(variables, graph._replace(nodes=eager))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)

@@ -222,6 +222,16 @@ class GraphBatcher:
         every shard uses the same budget.
       modalities: modalities to carry (default: all of the dataset's).
       growth: node-budget ratio between buckets (see `plan_budgets`; None: one bucket).
+
+    Example:
+      >>> from ambjax.data import make_synthetic
+      >>> data = make_synthetic("meld", scale=0.05, dims={"text": 4, "audio": 4, "visual": 4})
+      >>> batcher = GraphBatcher(data, window=6, batch_size=8)
+      >>> batches = list(batcher.batches("train", shuffle=True, seed=0, epoch=0))
+      >>> sum(int(b.globals["mask"].sum()) for b in batches) == len(data.splits["train"])
+      True
+      >>> len({b.nodes["mask"].shape for b in batches}) <= len(batcher.budgets)
+      True
     """
 
     def __init__(self, dataset: DialogueDataset, *, window: int, batch_size: int,

@@ -30,6 +30,19 @@ class DifferentialRelationalBlock(nn.Module):
 
     Call:
       graph: `jraph.GraphsTuple` with nodes float [N, d]. Returns float [N, d].
+      deterministic: False enables dropout (rng stream "dropout").
+
+    Example:
+      >>> import jax
+      >>> from ambjax.data import make_synthetic
+      >>> from ambjax.graphs import GraphBatcher
+      >>> data = make_synthetic("meld", scale=0.01, dims={"text": 8, "audio": 8, "visual": 8})
+      >>> batch = GraphBatcher(data, window=6, batch_size=4).build(data.split("test")[:4])
+      >>> graph = batch.graph("inter", nodes=batch.nodes["features"]["text"])
+      >>> block = DifferentialRelationalBlock(features=8)
+      >>> params = block.init(jax.random.PRNGKey(0), graph)
+      >>> block.apply(params, graph).shape == batch.nodes["features"]["text"].shape
+      True
     """
 
     features: int

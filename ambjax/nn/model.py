@@ -98,6 +98,19 @@ class AMBDSGDN(nn.Module):
       "q": float32 [M] drop probabilities used (zeros unless balancing ran);
       "keep": float32 [G, M] per-dialogue modality keep mask (ones unless dropping ran).
     Rows of padding nodes are finite and meaningless; mask with nodes["mask"].
+
+    Example:
+      >>> import jax
+      >>> from ambjax.data import make_synthetic
+      >>> from ambjax.graphs import GraphBatcher
+      >>> data = make_synthetic("iemocap", scale=0.02, dims={"text": 8, "audio": 6, "visual": 4})
+      >>> batch = GraphBatcher(data, window=4, batch_size=2).build(data.split("test")[:2])
+      >>> model = create_model(data.dims, num_classes=6, num_speakers=2, hidden_dim=8,
+      ...                      num_heads=2)
+      >>> params = model.init(jax.random.PRNGKey(0), batch)["params"]
+      >>> out = model.apply({"params": params}, batch)
+      >>> out["logits"].shape == (batch.nodes["mask"].shape[0], 6), sorted(out["modality_logits"])
+      (True, ['audio', 'text', 'visual'])
     """
 
     config: ModelConfig
