@@ -1,5 +1,6 @@
 """The model: parity with the authors' release, invariants, balancing, metrics."""
 
+import dataclasses
 import glob
 import os
 
@@ -310,3 +311,29 @@ def test_dense_block_aggregation_equals_segment_sum(small):
         mask = np.asarray(graph.nodes["mask"])
         np.testing.assert_allclose(np.asarray(dense)[mask], np.asarray(sparse)[mask],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_tracks_float32(small):
+    """Mixed precision: same float32 parameters, bf16 matmuls; logits stay float32 and close."""
+    model, batch, params = small["model"], small["batch"], small["params"]
+    half = AMBDSGDN(dataclasses.replace(model.config, dtype="bfloat16"))
+    jaxpr = str(jax.make_jaxpr(lambda p: half.apply({"params": p}, batch))(params))
+    assert "bf16" in jaxpr and "dot_general" in jaxpr
+    out = jax.jit(lambda p: half.apply({"params": p}, batch))(params)
+    ref = small["apply"](params, batch)
+    mask = np.asarray(batch.nodes["mask"])
+    got, want = np.asarray(out["logits"])[mask], np.asarray(ref["logits"])[mask]
+    assert out["logits"].dtype == jnp.float32
+    assert np.abs(got - want).max() > 0                        # really computed in bf16
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max() + 0.05
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.9
+
+    def loss(p):
+        o = half.apply({"params": p}, batch, train=True, balance_active=True,
+                       rngs={"dropout": jax.random.PRNGKey(1), "balance": jax.random.PRNGKey(2)})
+        return amb_loss(o["logits"], o["modality_logits"], batch.nodes["label"],
+                        batch.nodes["mask"])[0]
+
+    grads = jax.jit(jax.grad(loss))(params)
+    for g in jax.tree.leaves(grads):
+        assert g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all()

@@ -140,6 +140,9 @@ class DifferentialGraphAttention(nn.Module):
       dropout_rate: dropout on the attention weights A (rng stream "dropout").
       differential: False pins lambda to 0 (plain relational graph attention).
       norm: "layernorm" (release, over all `out` features) or "rmsnorm" (per half/head).
+      dtype: computation dtype of the projection and the aggregation (e.g. jnp.bfloat16);
+        attention scores, softmax and the norm's statistics stay float32, parameters are
+        float32. The output has this dtype.
 
     Call:
       graph: `jraph.GraphsTuple` with nodes float [N, D], edges {"type": int32 [E]},
@@ -168,17 +171,18 @@ class DifferentialGraphAttention(nn.Module):
     dropout_rate: float = 0.2
     differential: bool = True
     norm: str = "layernorm"
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jax.Array:
-        h = graph.nodes
+        h = graph.nodes.astype(self.dtype)
         chex.assert_rank(h, 2)
         if self.features % 2:
             raise ValueError(f"features must be even, got {self.features}")
         half = self.features // 2
         xavier = nn.initializers.variance_scaling(1.414 ** 2, "fan_avg", "uniform")
         w = self.param("W", xavier, (h.shape[-1], self.features))
-        wh = h @ w
+        wh = h @ w.astype(self.dtype)
         rel_table = self.param("relation_embedding", nn.initializers.normal(1.0),
                                (NUM_EDGE_TYPES, RELATION_DIM))
         vec = nn.initializers.normal(0.1)
@@ -188,7 +192,8 @@ class DifferentialGraphAttention(nn.Module):
             a_left = self.param(f"a_left_{name}", vec, (half,))
             a_right = self.param(f"a_right_{name}", vec, (half,))
             a_rel = self.param(f"a_rel_{name}", vec, (RELATION_DIM,))
-            alphas.append(edge_attention(part, a_left, a_right, rel_table @ a_rel, graph))
+            alphas.append(edge_attention(part.astype(jnp.float32), a_left, a_right,
+                                         rel_table @ a_rel, graph))
         weights = alphas[0]
         if self.differential:
             lam = differential_lambda(*(self.param(n, vec, (half,)) for n in (
@@ -196,11 +201,12 @@ class DifferentialGraphAttention(nn.Module):
                 lambda_init=self.lambda_init)
             weights = weights - lam * alphas[1]
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = aggregate(weights, wh, graph)
+        out = aggregate(weights.astype(self.dtype), wh, graph)
         if self.norm == "layernorm":
-            out = nn.LayerNorm(epsilon=1e-5, name="norm")(out)
+            out = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(out)
         elif self.norm == "rmsnorm":
-            out = nn.RMSNorm(epsilon=1e-5, name="norm")(out.reshape(-1, 2, half)).reshape(out.shape)
+            out = nn.RMSNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(
+                out.reshape(-1, 2, half)).reshape(out.shape)
         else:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         return nn.gelu(out * (1.0 - self.lambda_init), approximate=False)

@@ -26,7 +26,8 @@ class DifferentialRelationalBlock(nn.Module):
       dropout_rate: dropout before each attention stage and inside the layers (release: 0.2).
       lambda_init: lambda_init of the head layers; `out_lambda_init` that of the output layer
         (default: the same).
-      differential, norm: forwarded to `DifferentialGraphAttention`.
+      differential, norm, dtype: forwarded to `DifferentialGraphAttention` (dtype also sets
+        the computation dtype of the block's dense layer and norm; the output has it).
 
     Call:
       graph: `jraph.GraphsTuple` with nodes float [N, d]. Returns float [N, d].
@@ -52,16 +53,18 @@ class DifferentialRelationalBlock(nn.Module):
     out_lambda_init: float | None = None
     differential: bool = True
     norm: str = "layernorm"
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, graph: jraph.GraphsTuple, *, deterministic: bool = True) -> jax.Array:
-        residual = graph.nodes
+        residual = graph.nodes.astype(self.dtype)
         drop = nn.Dropout(self.dropout_rate)
 
         def layer(name, lambda_init):
             return DifferentialGraphAttention(
                 self.features, lambda_init=lambda_init, dropout_rate=self.dropout_rate,
-                differential=self.differential, norm=self.norm, name=name)
+                differential=self.differential, norm=self.norm, dtype=self.dtype,
+                name=name)
 
         h = drop(residual, deterministic=deterministic)
         h = jnp.concatenate([layer(f"attention_{k}", self.lambda_init)(
@@ -70,5 +73,5 @@ class DifferentialRelationalBlock(nn.Module):
         h = drop(h, deterministic=deterministic)
         out_init = self.lambda_init if self.out_lambda_init is None else self.out_lambda_init
         h = layer("out_att", out_init)(graph._replace(nodes=h), deterministic=deterministic)
-        h = nn.Dense(self.features, name="fc")(nn.gelu(h, approximate=False))
-        return nn.LayerNorm(epsilon=1e-5, name="norm")(h + residual)
+        h = nn.Dense(self.features, dtype=self.dtype, name="fc")(nn.gelu(h, approximate=False))
+        return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(h + residual)

@@ -43,11 +43,13 @@ def from_dense(x: jax.Array, graph: jax.Array, position: jax.Array) -> jax.Array
 class DialogueSelfAttention(nn.Module):
     """Multi-head self-attention inside each dialogue with a key-padding mask.
 
-    Call: x float [G, L, d], key_mask bool [G, L] (True = real key). Returns [G, L, d].
+    Call: x float [G, L, d], key_mask bool [G, L] (True = real key). Returns [G, L, d] in
+    `dtype` (the projections' computation dtype; scores and softmax are float32).
     """
 
     num_heads: int
     dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -55,15 +57,16 @@ class DialogueSelfAttention(nn.Module):
         dh = d // self.num_heads
 
         def project(name):
-            return nn.Dense(d, name=name)(x).reshape(g, l, self.num_heads, dh).transpose(0, 2, 1, 3)
+            return nn.Dense(d, dtype=self.dtype, name=name)(x).reshape(
+                g, l, self.num_heads, dh).transpose(0, 2, 1, 3)
 
         k, v, q = project("key"), project("value"), project("query")
-        scores = (q / jnp.sqrt(jnp.float32(dh))) @ k.transpose(0, 1, 3, 2)  # [G, heads, L, L]
-        scores = jnp.where(key_mask[:, None, None, :], scores, MASK_FILL)
-        attn = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),
+        scores = (q / jnp.sqrt(jnp.asarray(dh, q.dtype))) @ k.transpose(0, 1, 3, 2)
+        scores = jnp.where(key_mask[:, None, None, :], scores.astype(jnp.float32), MASK_FILL)
+        attn = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),  # [G, heads, L, L]
                                              deterministic=deterministic)
-        context = (attn @ v).transpose(0, 2, 1, 3).reshape(g, l, d)
-        return nn.Dense(d, name="out")(context)
+        context = (attn.astype(self.dtype) @ v).transpose(0, 2, 1, 3).reshape(g, l, d)
+        return nn.Dense(d, dtype=self.dtype, name="out")(context)
 
 
 class ContextEncoder(nn.Module):
@@ -72,40 +75,48 @@ class ContextEncoder(nn.Module):
     Attributes:
       num_heads: attention heads (release 8).
       dropout_rate: the encoder dropout p (release: IEMOCAP 0.5, MELD 0.11).
+      dtype: computation dtype of the dense layers (parameters stay float32).
 
     Call:
       x: float [N, d] projected modality features (flat nodes).
       speaker_embedding: float [N, d].
       nodes: the batch's node dict (uses "position", "graph", "mask").
       dense_index: int32 [G, L] from the batch globals.
-      Returns float [N, d].
+      Returns [N, d] in `dtype`.
     """
 
     num_heads: int = 8
     dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, speaker_embedding, nodes, dense_index, *, deterministic: bool):
         chex.assert_equal_shape([x, speaker_embedding])
         d = x.shape[-1]
         drop = nn.Dropout(self.dropout_rate)
-        x = x + sinusoid_position_encoding(nodes["position"], d) + speaker_embedding
+        x = (x + sinusoid_position_encoding(nodes["position"], d) + speaker_embedding
+             ).astype(self.dtype)
         x = drop(x, deterministic=deterministic)
         dense = to_dense(x, dense_index)
         key_mask = to_dense(nodes["mask"], dense_index)
-        context = DialogueSelfAttention(self.num_heads, self.dropout_rate, name="self_attn")(
+        context = DialogueSelfAttention(self.num_heads, self.dropout_rate, self.dtype,
+                                        name="self_attn")(
             dense, key_mask, deterministic=deterministic)
         out = drop(context, deterministic=deterministic) + dense
-        inner = nn.LayerNorm(epsilon=1e-6, name="ffn_norm")(out)
-        inner = drop(nn.gelu(nn.Dense(d, name="ffn_in")(inner), approximate=True),
-                     deterministic=deterministic)
-        out = drop(nn.Dense(d, name="ffn_out")(inner), deterministic=deterministic) + out
+        inner = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ffn_norm")(out)
+        inner = drop(nn.gelu(nn.Dense(d, dtype=self.dtype, name="ffn_in")(inner),
+                             approximate=True), deterministic=deterministic)
+        out = drop(nn.Dense(d, dtype=self.dtype, name="ffn_out")(inner),
+                   deterministic=deterministic) + out
         return from_dense(out, nodes["graph"], nodes["position"])
 
 
 class SigmoidGate(nn.Module):
-    """g(x) = sigmoid(W x + b) * x, float [..., d] -> [..., d]."""
+    """g(x) = sigmoid(W x + b) * x, float [..., d] -> [..., d] (computed in `dtype`)."""
+
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jax.nn.sigmoid(nn.Dense(x.shape[-1], name="dense")(x)) * x
+        x = x.astype(self.dtype)
+        return jax.nn.sigmoid(nn.Dense(x.shape[-1], dtype=self.dtype, name="dense")(x)) * x

@@ -56,7 +56,9 @@ class ModelConfig:
       graphs: which relational blocks run, in order (ablations: ("inter",), ("intra",)).
       balance: enable adaptive modality balancing in training (ablation "no balancing").
       q_base, lam, p_exe: balancing constants (IEMOCAP 0.3 / 0.9 / 0.5, MELD 0.2 / 0.9 / 0.2).
-      dtype: computation dtype of the dense layers (parameters stay float32).
+      dtype: computation dtype of the encoders and relational blocks, "float32" (default,
+        the release's) or "bfloat16" (mixed precision for GPU/TPU: parameters, attention
+        softmax, norm statistics, heads, logits and loss stay float32).
     """
 
     input_dims: tuple[tuple[str, int], ...]
@@ -75,6 +77,7 @@ class ModelConfig:
     q_base: float = 0.3
     lam: float = 0.9
     p_exe: float = 0.5
+    dtype: str = "float32"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -117,12 +120,15 @@ class AMBDSGDN(nn.Module):
 
     def setup(self):
         c = self.config
+        dtype = jnp.dtype(c.dtype)
         self.speaker_embedding = nn.Embed(c.num_speakers + 1, c.hidden_dim,
                                           name="speaker_embedding")
-        self.inputs = {m: nn.Dense(c.hidden_dim, name=f"input_{m}") for m in c.modalities}
-        self.encoders = {m: ContextEncoder(c.num_heads, c.dropout, name=f"encoder_{m}")
+        self.inputs = {m: nn.Dense(c.hidden_dim, dtype=dtype, name=f"input_{m}")
+                       for m in c.modalities}
+        self.encoders = {m: ContextEncoder(c.num_heads, c.dropout, dtype, name=f"encoder_{m}")
                          for m in c.modalities if m != "text"}
-        self.gates = {m: SigmoidGate(name=f"gate_{m}") for m in c.modalities if m != "text"}
+        self.gates = {m: SigmoidGate(dtype, name=f"gate_{m}")
+                      for m in c.modalities if m != "text"}
         blocks = {}
         for m in c.modalities:
             for depth, kind in enumerate(c.graphs):
@@ -134,14 +140,14 @@ class AMBDSGDN(nn.Module):
                 blocks[f"{kind}_{m}"] = DifferentialRelationalBlock(
                     c.hidden_dim, num_heads=c.graph_heads, dropout_rate=c.graph_dropout,
                     lambda_init=inits[0], out_lambda_init=inits[1],
-                    differential=c.differential, norm=c.norm, name=f"{kind}_{m}")
+                    differential=c.differential, norm=c.norm, dtype=dtype, name=f"{kind}_{m}")
         self.blocks = blocks
         self.heads = {m: nn.Dense(c.num_classes, name=f"head_{m}") for m in c.modalities}
         self.head_dropout = nn.Dropout(c.dropout)
         self.modality_dropout = ModalityDropout(c.p_exe)
 
     def encode(self, batch: DialogueBatch, *, train: bool = False) -> dict[str, jax.Array]:
-        """Final per-modality representations Z_m: {m: float32 [N, d]}."""
+        """Final per-modality representations Z_m: {m: [N, d]} in the config's dtype."""
         c = self.config
         nodes, glob = batch.nodes, batch.globals
         det = not train
@@ -163,7 +169,8 @@ class AMBDSGDN(nn.Module):
 
     def classify(self, features: dict[str, jax.Array], *, train: bool = False) -> dict:
         """Per-modality logits l_m = Linear(Dropout(ReLU(Z_m))): {m: float32 [N, C]}."""
-        return {m: self.heads[m](self.head_dropout(jax.nn.relu(z), deterministic=not train))
+        return {m: self.heads[m](self.head_dropout(jax.nn.relu(z.astype(jnp.float32)),
+                                                   deterministic=not train))
                 for m, z in features.items()}
 
     def __call__(self, batch: DialogueBatch, *, train: bool = False, balance_active=False,

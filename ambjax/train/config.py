@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 SELECTIONS = ("valid", "test")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     q_base: float = 0.3
     lam: float = 0.9
     p_exe: float = 0.5
+    dtype: str = "float32"          # compute dtype: "float32" or "bfloat16" (mixed precision)
     warmup_epochs: int = 60
     class_weights: bool = True
     unimodal_weight: float = 0.1
@@ -134,6 +136,8 @@ def make_config(preset: str, overrides: dict[str, str] | None = None,
         raise ConfigError(f"selection must be one of {SELECTIONS}, got {config.selection!r}")
     if config.batch_size < 1 or config.epochs < 1 or config.hidden_dim % 2:
         raise ConfigError("batch_size and epochs must be >= 1 and hidden_dim even")
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {config.dtype!r}")
     return config
 
 

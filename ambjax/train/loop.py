@@ -70,7 +70,7 @@ def model_config(config: TrainConfig, dataset: DialogueDataset) -> ModelConfig:
         graph_dropout=config.graph_dropout, differential=config.differential, norm=config.norm,
         depth_dependent_lambda=config.depth_dependent_lambda,
         graphs=tuple(g.strip() for g in config.graphs.split(",")), balance=config.balance,
-        q_base=config.q_base, lam=config.lam, p_exe=config.p_exe)
+        q_base=config.q_base, lam=config.lam, p_exe=config.p_exe, dtype=config.dtype)
 
 
 def prepare_run_folder(out_dir: str, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
