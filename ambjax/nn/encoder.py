@@ -5,9 +5,10 @@ one pre-norm transformer layer whose attention is scaled by 1/sqrt(d / heads), f
 with -1e10, adds its output to the un-normalised input, and whose feed-forward (width d) uses
 LayerNorm(eps=1e-6) and the tanh-approximate GELU.
 
-Nodes live in the flat layout of a `DialogueBatch`; the transformer runs on the dense
-[G, L, d] view given by `globals["dense_index"]` and scatters back, so attention never crosses
-dialogues and padding keys are masked.
+Nodes live in the flat layout of a `DialogueBatch`. The position-wise parts (projections,
+feed-forward, norms) run on the flat [N, d] nodes; only attention scores and weighted sums use
+the dense [G, L, d] view given by `globals["dense_index"]`, so attention never crosses
+dialogues, padding keys are masked, and the view's padding slots cost no projection work.
 """
 
 from __future__ import annotations
@@ -43,8 +44,16 @@ def from_dense(x: jax.Array, graph: jax.Array, position: jax.Array) -> jax.Array
 class DialogueSelfAttention(nn.Module):
     """Multi-head self-attention inside each dialogue with a key-padding mask.
 
-    Call: x float [G, L, d], key_mask bool [G, L] (True = real key). Returns [G, L, d] in
-    `dtype` (the projections' computation dtype; scores and softmax are float32).
+    The projections run on the flat nodes; only the scores and the weighted sum use the dense
+    per-dialogue view, so padding slots of that view cost no projection arithmetic.
+
+    Call:
+      x: float [N, d] flat nodes.
+      dense_index: int32 [G, L] node of each (dialogue, position) slot.
+      key_mask: bool [G, L] (True = real key).
+      graph, position: int32 [N] slot of every node (its row in the dense view).
+      Returns [N, d] in `dtype` (the projections' computation dtype; scores and softmax are
+      float32).
     """
 
     num_heads: int
@@ -52,13 +61,17 @@ class DialogueSelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, key_mask: jax.Array, *, deterministic: bool) -> jax.Array:
-        g, l, d = x.shape
+    def __call__(self, x: jax.Array, dense_index: jax.Array, key_mask: jax.Array,
+                 graph: jax.Array, position: jax.Array, *, deterministic: bool) -> jax.Array:
+        chex.assert_rank([x, dense_index], 2)
+        g, l = dense_index.shape
+        d = x.shape[-1]
         dh = d // self.num_heads
 
         def project(name):
-            return nn.Dense(d, dtype=self.dtype, name=name)(x).reshape(
-                g, l, self.num_heads, dh).transpose(0, 2, 1, 3)
+            flat = nn.Dense(d, dtype=self.dtype, name=name)(x)
+            return to_dense(flat, dense_index).reshape(g, l, self.num_heads, dh).transpose(
+                0, 2, 1, 3)
 
         k, v, q = project("key"), project("value"), project("query")
         scores = (q / jnp.sqrt(jnp.asarray(dh, q.dtype))) @ k.transpose(0, 1, 3, 2)
@@ -66,7 +79,7 @@ class DialogueSelfAttention(nn.Module):
         attn = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),  # [G, heads, L, L]
                                              deterministic=deterministic)
         context = (attn.astype(self.dtype) @ v).transpose(0, 2, 1, 3).reshape(g, l, d)
-        return nn.Dense(d, dtype=self.dtype, name="out")(context)
+        return nn.Dense(d, dtype=self.dtype, name="out")(from_dense(context, graph, position))
 
 
 class ContextEncoder(nn.Module):
@@ -97,18 +110,17 @@ class ContextEncoder(nn.Module):
         x = (x + sinusoid_position_encoding(nodes["position"], d) + speaker_embedding
              ).astype(self.dtype)
         x = drop(x, deterministic=deterministic)
-        dense = to_dense(x, dense_index)
         key_mask = to_dense(nodes["mask"], dense_index)
         context = DialogueSelfAttention(self.num_heads, self.dropout_rate, self.dtype,
                                         name="self_attn")(
-            dense, key_mask, deterministic=deterministic)
-        out = drop(context, deterministic=deterministic) + dense
+            x, dense_index, key_mask, nodes["graph"], nodes["position"],
+            deterministic=deterministic)
+        out = drop(context, deterministic=deterministic) + x
         inner = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ffn_norm")(out)
         inner = drop(nn.gelu(nn.Dense(d, dtype=self.dtype, name="ffn_in")(inner),
                              approximate=True), deterministic=deterministic)
-        out = drop(nn.Dense(d, dtype=self.dtype, name="ffn_out")(inner),
-                   deterministic=deterministic) + out
-        return from_dense(out, nodes["graph"], nodes["position"])
+        return drop(nn.Dense(d, dtype=self.dtype, name="ffn_out")(inner),
+                    deterministic=deterministic) + out
 
 
 class SigmoidGate(nn.Module):

@@ -1,0 +1,171 @@
+"""Where one training step's time goes: a kernel-level profile of the compiled step, grouped.
+
+    python -m benchmarks.step_profile [--preset iemocap] [--hidden 512] [--steps 3]
+                                      [--dtype float32] [--json PATH]
+
+Traces `--steps` train steps on the epoch's most frequent padding bucket with `jax.profiler`
+and sums the time of every XLA kernel of the step (CPU: the thunks run on XLA's thread pool,
+summed over its threads; GPU: device kernels). The kernels are grouped
+
+- by kind: matmul (dots, including XNNPACK / cuBLAS fusions around a dot), random (threefry
+  bits of the dropout masks), scatter/gather, and the rest (elementwise, reductions, copies);
+- by pass: forward, backward (`transpose(jvp(...))`), and the loss/optimizer/step key code;
+- by model component: the top-level module in the op's name (`inter_text`, `encoder_audio`,
+  `head_dropout`, ...).
+
+Shares are comparable across devices; seconds are thread- or kernel-time, not wall time.
+Results go to benchmarks/results/step_profile-<device>-<date>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ambjax.train import make_config
+from ambjax.train.loop import Trainer, load_dataset
+from benchmarks.common import environment, write_results
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
+_COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_RANDOM = ("threefry", "random_bits", "_bernoulli", "_uniform", "random_split", "random_fold_in")
+
+
+def parse_hlo(text: str) -> dict[str, dict]:
+    """Instruction name -> {"op_name": str, "matmul": bool, "opcode_text": str} of an HLO
+    module's text (a fusion counts as matmul when its fused computation contains a dot)."""
+    bodies: dict[str, list[str]] = collections.defaultdict(list)
+    instructions = {}
+    current = None
+    for line in text.splitlines():
+        comp = _COMPUTATION.match(line)
+        if comp and "=" not in line.split("{")[0]:
+            current = comp.group(1)
+            continue
+        inst = _INSTRUCTION.match(line)
+        if not inst:
+            continue
+        name, rest = inst.groups()
+        if current is not None:
+            bodies[current].append(rest)
+        op = _OP_NAME.search(rest)
+        calls = _CALLS.search(rest)
+        instructions[name] = {"op_name": op.group(1) if op else "", "text": rest,
+                              "calls": calls.group(1) if calls else None}
+    dot = re.compile(r"\b(dot|convolution)\(|custom_call_target=\"(__cublas|__onednn)")
+    for info in instructions.values():
+        called = " ".join(bodies.get(info["calls"], [])) if info["calls"] else ""
+        info["matmul"] = bool(dot.search(info["text"]) or dot.search(called))
+    return instructions
+
+
+def classify(name: str, info: dict | None) -> tuple[str, str, str]:
+    """(kind, pass, component) of one kernel."""
+    op = info["op_name"] if info else ""
+    base = re.sub(r"\.\d+$", "", name)
+    if any(r in op for r in _RANDOM):
+        kind = "random"
+    elif (info and info["matmul"]) or base.startswith(("ynn", "dot", "gemm", "cublas")):
+        kind = "matmul"
+    elif "scatter" in base or "gather" in base or "scatter" in op or "gather" in op:
+        kind = "scatter/gather"
+    else:
+        kind = "other"
+    step_pass = ("backward" if "transpose(jvp(" in op else "forward" if "jvp(" in op
+                 else "loss/optimizer/keys")
+    module = re.search(r"AMBDSGDN(?:\.\w+)?/([A-Za-z_]+\d*)", op)
+    component = module.group(1) if module else step_pass
+    return kind, step_pass, component
+
+
+def kernel_times(trace_dir: str, instructions: dict) -> dict[str, float]:
+    """Summed seconds per kernel name of the step in a `jax.profiler` trace."""
+    path = max((os.path.join(d, f) for d, _, fs in os.walk(trace_dir) for f in fs
+                if f.endswith(".xplane.pb")), key=os.path.getmtime)
+    totals: dict[str, float] = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in instructions:
+                    totals[event.name] += event.duration_ns * 1e-9
+    return totals
+
+
+def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
+    config = make_config(preset, {"hidden_dim": str(hidden), "dtype": dtype})
+    trainer = Trainer(config, load_dataset(config))
+    by_shape = collections.defaultdict(list)
+    for b in trainer.batcher.batches("train", shuffle=True, seed=0, epoch=1):
+        by_shape[b.nodes["mask"].shape].append(b)
+    batch = max(by_shape.values(), key=len)[0]
+    state, active = trainer.state, jnp.asarray(True)
+    compiled = trainer.train_step.lower(state, batch, active).compile()
+    instructions = parse_hlo(compiled.as_text())
+    state, metrics = trainer.train_step(state, batch, active)
+    jax.block_until_ready(metrics)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = trainer.train_step(state, batch, active)
+            jax.block_until_ready(metrics)
+        wall = (time.perf_counter() - start) / steps
+        jax.profiler.stop_trace()
+        totals = kernel_times(trace_dir, instructions)
+    groups = {"kind": collections.Counter(), "pass": collections.Counter(),
+              "component": collections.Counter()}
+    for name, seconds in totals.items():
+        kind, step_pass, component = classify(name, instructions.get(name))
+        groups["kind"][kind] += seconds / steps
+        groups["pass"][step_pass] += seconds / steps
+        groups["component"][component] += seconds / steps
+    kernel_s = float(sum(groups["kind"].values()))
+    return {"device": environment()["device"], "preset": preset, "hidden": hidden, "dtype": dtype,
+            "nodes": int(batch.nodes["mask"].shape[0]),
+            "real_nodes": int(np.asarray(batch.nodes["mask"]).sum()),
+            "step_wall_s": wall, "kernel_s_per_step": kernel_s,
+            "groups": {g: dict(c.most_common()) for g, c in groups.items()}}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile")
+    p.add_argument("--preset", nargs="+", default=["iemocap"])
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--json", help="also write the result object here")
+    args = p.parse_args(argv)
+    env = environment()
+    rows = [profile_step(preset, hidden=args.hidden, steps=args.steps, dtype=args.dtype)
+            for preset in args.preset]
+    lines = [f"Device: {env['device']}, {env['cpu_count']} CPUs, jax {env['jax']}; kernel time "
+             "per train step (summed over threads on CPU), share of the total", ""]
+    for r in rows:
+        lines += [f"{r['preset']} (hidden {r['hidden']}, {r['dtype']}, {r['real_nodes']}/"
+                  f"{r['nodes']} real nodes): step wall {r['step_wall_s']:.3f} s, kernels "
+                  f"{r['kernel_s_per_step']:.3f} s", "", "| group | part | s/step | share |",
+                  "|---|---|---|---|"]
+        for group, parts in r["groups"].items():
+            for part, seconds in parts.items():
+                lines.append(f"| {group} | {part} | {seconds:.3f} | "
+                             f"{100 * seconds / r['kernel_s_per_step']:.1f}% |")
+        lines.append("")
+    table = "\n".join(lines)
+    print(table)
+    result = {"benchmark": "step_profile", "environment": env, "results": rows}
+    print("wrote", write_results("step_profile", result, table, args.json))
+    return result
+
+
+if __name__ == "__main__":
+    main()
