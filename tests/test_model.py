@@ -297,20 +297,32 @@ def test_single_modality_model(iemocap_small):
                                      "intra_text", "head_text"}
 
 
-def test_dense_block_aggregation_equals_segment_sum(small):
+def test_banded_and_dense_block_aggregation_equal_segment_sum(small):
     from ambjax.nn import aggregate
     batch = small["batch"]
+    assert "band_offsets" in batch.globals          # GraphBatcher batches promise a band
     rng = np.random.default_rng(0)
     for kind in ("intra", "inter"):
         graph = batch.graph(kind)
         n = graph.nodes["mask"].shape[0]
         weights = jnp.asarray(rng.normal(size=graph.senders.shape), jnp.float32)
         values = jnp.asarray(rng.normal(size=(n, 5)), jnp.float32)
-        dense = aggregate(weights, values, graph)
         sparse = aggregate(weights, values, graph._replace(globals=None))
+        dense_only = {k: v for k, v in graph.globals.items() if k != "band_offsets"}
         mask = np.asarray(graph.nodes["mask"])
-        np.testing.assert_allclose(np.asarray(dense)[mask], np.asarray(sparse)[mask],
-                                   rtol=1e-5, atol=1e-5)
+        for glob in (graph.globals, dense_only):
+            out = jax.jit(aggregate)(weights, values, graph._replace(globals=glob))
+            np.testing.assert_allclose(np.asarray(out)[mask], np.asarray(sparse)[mask],
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_batches_refuse_edges_outside_their_band(small):
+    dialogues = small["dialogues"]
+    edges = {k: [dialogue_edges(d.speakers, 5, k) for d in dialogues] for k in ("intra", "inter")}
+    budget = dataclasses.replace(small["budget"], band=3, n_edge_intra=4000, n_edge_inter=4000)
+    with pytest.raises(ValueError, match="beyond the budget's band 3"):
+        build_batch(dialogues, budget, modalities=small["model"].config.modalities,
+                    num_speakers=2, edges=edges)
 
 
 def test_bfloat16_compute_tracks_float32(small):

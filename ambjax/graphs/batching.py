@@ -15,6 +15,8 @@ G = budget.n_graph, L = budget.max_len, E = budget.n_edge_intra / n_edge_inter:
     intra.globals["length"]     int32 [G]           utterances per dialogue (0 on padding)
     intra.globals["dense_index"] int32 [G, L]       node id of utterance p of dialogue g
                                                     (padding entries: Nn - 1, a padding node)
+    intra.globals["band_offsets"] int32 [2B + 1]    -B..B, only when the budget has a band B:
+                                                    every edge has |sender - receiver| <= B
     {intra,inter}.edges["type"] int32 [E]           edge type 1..5; padding edges 0
     {intra,inter}.senders / receivers int32 [E]     padding edges: Nn - 1 -> Nn - 1
     n_node int32 [G], n_edge int32 [G]              the last graph holds all padding
@@ -59,13 +61,19 @@ class DialogueBatch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Budget:
-    """Static sizes of one padded batch (per device)."""
+    """Static sizes of one padded batch (per device).
+
+    `band`: when set, every edge joins nodes at most `band` apart in the flat node order (the
+    edge window: a dialogue's nodes are contiguous), which lets graph aggregation run on banded
+    blocks (`ambjax.nn.aggregate`); None: no such promise.
+    """
 
     n_node: int
     n_edge_intra: int
     n_edge_inter: int
     n_graph: int
     max_len: int
+    band: int | None = None
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -73,7 +81,7 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graphs_per_batch: int,
-                 *, growth: float | None = 1.25) -> tuple[Budget, ...]:
+                 *, growth: float | None = 1.25, band: int | None = None) -> tuple[Budget, ...]:
     """A small ladder of budgets that fits any batch of `graphs_per_batch` dialogues.
 
     Node budgets grow geometrically (factor `growth`, rounded up to multiples of 16, or 64 above
@@ -87,6 +95,7 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
       graphs_per_batch: dialogues per (device) batch.
       growth: ratio between successive node budgets (> 1); None gives a single budget (one
         compiled shape, more padding).
+      band: the edge window, if every edge stays inside it (see `Budget`).
 
     Returns:
       Budgets sorted by size.
@@ -107,16 +116,21 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
             n_node=n,
             n_edge_intra=_round_up(math.ceil(edges_per_node["intra"] * (n - 1)), 16),
             n_edge_inter=_round_up(math.ceil(edges_per_node["inter"] * (n - 1)), 16),
-            n_graph=graphs_per_batch + 1, max_len=int(lengths[-1])))
+            n_graph=graphs_per_batch + 1, max_len=int(lengths[-1]), band=band))
     return tuple(out)
 
 
 def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: int,
-               n_node: int, n_graph: int, kind: str) -> jraph.GraphsTuple:
+               n_node: int, n_graph: int, kind: str, band: int | None) -> jraph.GraphsTuple:
     counts = np.array([len(e.types) for e in edge_list], np.int32)
     total = int(counts.sum())
     if total > n_edge:
         raise ValueError(f"{kind} edges {total} exceed the budget {n_edge}")
+    for i, e in enumerate(edge_list):
+        reach = int(np.abs(e.senders - e.receivers).max(initial=0))
+        if band is not None and reach > band:
+            raise ValueError(f"{kind} edges of dialogue {i} join utterances {reach} apart, "
+                             f"beyond the budget's band {band}")
     senders = np.full(n_edge, n_node - 1, np.int32)
     receivers = np.full(n_edge, n_node - 1, np.int32)
     types = np.zeros(n_edge, np.int32)
@@ -192,9 +206,12 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
     nodes = {"features": features, "speaker": speaker, "label": label, "position": position,
              "graph": graph, "mask": mask}
     glob = {"mask": graph_mask, "length": length, "dense_index": dense_index}
+    if budget.band is not None:
+        glob["band_offsets"] = np.arange(-budget.band, budget.band + 1, dtype=np.int32)
     graphs = {}
     for kind, n_edge in (("intra", budget.n_edge_intra), ("inter", budget.n_edge_inter)):
-        graphs[kind] = _pad_edges(edges[kind], offsets, n_edge, nn_, ng, kind)._replace(n_node=n_node)
+        graphs[kind] = _pad_edges(edges[kind], offsets, n_edge, nn_, ng, kind,
+                                  budget.band)._replace(n_node=n_node)
     return DialogueBatch(intra=graphs["intra"]._replace(nodes=nodes, globals=glob),
                          inter=graphs["inter"])
 
@@ -250,7 +267,7 @@ class GraphBatcher:
                            for vid, d in dataset.dialogues.items()) for kind in GRAPH_KINDS}
         lengths = [len(d) for d in dataset.dialogues.values()]
         self.budgets = plan_budgets(lengths, ratio, math.ceil(batch_size / n_devices),
-                                    growth=growth)
+                                    growth=growth, band=min(window, max(lengths) - 1))
 
     def budget_for(self, n_utterances: int) -> Budget:
         """The smallest budget holding `n_utterances` (plus the spare padding node)."""
