@@ -10,8 +10,8 @@ Sweeps: `--batch-sizes 4 16 64 128`, `--lengths 10 50 110` (every dialogue that 
 Per preset: compile time per bucket (timed separately from the steady state), one full
 training epoch and one test pass including host-side batching and padding (after compilation),
 steady-state steps/s, utterances/s and dialogues/s, padding efficiency (real / padded nodes and
-edges), distinct compiled shapes per epoch, peak host RSS and device memory where the backend
-reports it, and the achieved FLOP/s on real utterances against a measured matmul peak.
+edges), distinct compiled shapes per epoch, peak host RSS (each row runs in its own process)
+and device memory where the backend reports it, and the achieved FLOP/s on real utterances against a measured matmul peak.
 The roofline column is the epoch's counted FLOPs divided by that peak: no implementation of
 the same arithmetic can train an epoch faster on this device. Rows at the release's settings
 (hidden 512, the preset's batch, real lengths, one device) are set against the PyTorch
@@ -24,7 +24,9 @@ devices sharing the same cores).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import itertools
+import multiprocessing
 import resource
 import time
 
@@ -144,6 +146,13 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     }
 
 
+def bench_preset_in_child(**kwargs) -> dict:
+    """`bench_preset` in a fresh process, so that its peak RSS is this row's alone."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(bench_preset, **kwargs).result()
+
+
 def compare_with_release(row: dict, peak: float) -> dict:
     """Roofline bound, and ratios to the release's figures where the row matches its setting."""
     out = {"matmul_peak_flops_per_s": peak,
@@ -180,8 +189,9 @@ def main(argv=None) -> dict:
     for preset in args.preset:
         for bs in args.batch_sizes:
             for dev, length, dtype in itertools.product(args.devices, args.lengths, args.dtype):
-                row = bench_preset(preset, hidden=args.hidden, batch_size=bs or None, devices=dev,
-                                   length=length or None, dtype=dtype)
+                row = bench_preset_in_child(preset=preset, hidden=args.hidden,
+                                            batch_size=bs or None, devices=dev,
+                                            length=length or None, dtype=dtype)
                 row.update(compare_with_release(row, peak))
                 rows.append(row)
                 print({k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
