@@ -6,7 +6,8 @@ The public surface, re-exported here (details in each subpackage):
 - graphs: `dialogue_edges`, `relation_matrix`, `GraphBatcher`, `build_batch`, `DialogueBatch`,
   `Budget`, `stack_for_devices`
 - nn: `DifferentialGraphAttention`, `DifferentialRelationalBlock`, `ContextEncoder`,
-  `ModalityDropout`, `drop_probabilities`, `weighted_f1`, `confusion_matrix`, `segment_softmax`,
+  `ModalityDropout`, `drop_probabilities`, `modality_f1`, `weighted_f1`, `confusion_matrix`,
+  `segment_softmax`,
   `AMBDSGDN`, `ModelConfig`, `create_model`, `count_parameters`
 - losses and metrics: `amb_loss`, `masked_nll`, `classification_report`
 - train: `make_train_step`, `make_eval_step`, `compile_steps`, `create_train_state`,
@@ -24,7 +25,7 @@ from ambjax.metrics import classification_report
 from ambjax.nn import (AMBDSGDN, ContextEncoder, DifferentialGraphAttention,
                        DifferentialRelationalBlock, ModalityDropout, ModelConfig,
                        confusion_matrix, count_parameters, create_model, drop_probabilities,
-                       segment_softmax, weighted_f1)
+                       modality_f1, segment_softmax, weighted_f1)
 from ambjax.train import (TrainConfig, compile_steps, create_optimizer, create_train_state,
                           make_config, make_eval_step, make_train_step, train_and_evaluate)
 
@@ -36,7 +37,7 @@ __all__ = [
     "relation_matrix", "stack_for_devices", "amb_loss", "masked_nll", "classification_report",
     "AMBDSGDN", "ContextEncoder", "DifferentialGraphAttention", "DifferentialRelationalBlock",
     "ModalityDropout", "ModelConfig", "confusion_matrix", "count_parameters", "create_model",
-    "drop_probabilities", "segment_softmax", "weighted_f1", "TrainConfig", "compile_steps",
+    "drop_probabilities", "modality_f1", "segment_softmax", "weighted_f1", "TrainConfig", "compile_steps",
     "create_optimizer", "create_train_state", "make_config", "make_eval_step",
     "make_train_step", "train_and_evaluate", "__version__",
 ]

@@ -4,9 +4,9 @@
 
 `TwoModalityGraphClassifier` uses text and audio only, one `DifferentialGraphAttention` layer
 per modality on the inter-speaker graph alone (no relational block, no transformer, no gate),
-and ambjax's modality balancing (`confusion_matrix` -> `weighted_f1` -> `drop_probabilities`
--> `ModalityDropout`). It follows the model protocol of `ambjax.train.steps`, so the library's
-jitted train-step builder trains it unchanged. The script trains it for a few steps on the
+and ambjax's modality balancing (`modality_f1` -> `drop_probabilities` -> `ModalityDropout`).
+It follows the model protocol of `ambjax.train.steps`, so the library's jitted train-step
+builder trains it unchanged. The script trains it for a few steps on the
 bundled synthetic data and prints the loss going down; it runs in seconds on a CPU.
 """
 
@@ -24,8 +24,8 @@ import optax
 
 from ambjax.data import make_synthetic
 from ambjax.graphs import DialogueBatch, GraphBatcher
-from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, confusion_matrix,
-                       drop_probabilities, weighted_f1)
+from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, drop_probabilities,
+                       modality_f1)
 from ambjax.train import create_train_state, make_train_step
 
 
@@ -61,12 +61,8 @@ class TwoModalityGraphClassifier(nn.Module):
         n_mod = len(self.modalities)
         f1 = q = jnp.zeros((n_mod,), jnp.float32)
         if train:
-            conf = jnp.stack([confusion_matrix(nodes["label"], jnp.argmax(logits[m], -1),
-                                               nodes["mask"], self.num_classes)
-                              for m in self.modalities])
-            if axis_name is not None:
-                conf = jax.lax.psum(conf, axis_name)
-            f1 = jax.lax.stop_gradient(weighted_f1(conf))
+            f1 = modality_f1(nodes["label"], [logits[m] for m in self.modalities],
+                             nodes["mask"], self.num_classes, axis_name)
             q = jnp.where(balance_active, drop_probabilities(f1, self.q_base, self.lam), 0.0)
             dropped, _, executed = ModalityDropout(self.p_exe)(
                 jnp.stack([z[m] for m in self.modalities]), q, f1, nodes["graph"],

@@ -349,3 +349,18 @@ def test_bfloat16_compute_tracks_float32(small):
     grads = jax.jit(jax.grad(loss))(params)
     for g in jax.tree.leaves(grads):
         assert g.dtype == jnp.float32 and np.isfinite(np.asarray(g)).all()
+
+
+def test_modality_f1_over_devices_equals_the_global_batch():
+    from ambjax.nn import confusion_matrix, modality_f1, weighted_f1
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, 32).astype(np.int32)
+    mask = rng.random(32) > 0.2
+    logits = [rng.normal(size=(32, 4)).astype(np.float32) for _ in range(3)]
+    whole = modality_f1(labels, logits, mask, 4)
+    expected = [weighted_f1(confusion_matrix(labels, lm.argmax(-1), mask, 4)) for lm in logits]
+    np.testing.assert_allclose(whole, expected, rtol=1e-6)
+    split = lambda x: x.reshape((4, 8) + x.shape[1:])  # noqa: E731
+    per_device = jax.pmap(lambda y, ls, m: modality_f1(y, ls, m, 4, "d"), axis_name="d")(
+        split(labels), [split(lm) for lm in logits], split(mask))
+    np.testing.assert_allclose(per_device, np.broadcast_to(whole, (4, 3)), rtol=1e-6)

@@ -70,6 +70,26 @@ def weighted_f1(confusion: jax.Array) -> jax.Array:
                      / jnp.maximum(total, 1), 0.0)
 
 
+def modality_f1(labels: jax.Array, modality_logits, mask: jax.Array, num_classes: int,
+                axis_name: str | None = None) -> jax.Array:
+    """P_m: weighted F1 of each modality's argmax over the real utterances of the global batch.
+
+    Args:
+      labels: int [N]; mask: bool [N] real utterances.
+      modality_logits: sequence of M float arrays [N, C] (one per modality, in order).
+      num_classes: C.
+      axis_name: pmap axis whose devices' confusion counts are summed first (None: one device).
+
+    Returns:
+      float32 [M], with no gradient.
+    """
+    conf = jnp.stack([confusion_matrix(labels, jnp.argmax(lm, -1), mask, num_classes)
+                      for lm in modality_logits])
+    if axis_name is not None:
+        conf = jax.lax.psum(conf, axis_name)
+    return jax.lax.stop_gradient(weighted_f1(conf))
+
+
 def drop_probabilities(perf, q_base: float, lam: float, *, xp=jnp):
     """Drop probability q_m of each modality from its performance P_m (equation 7.2).
 

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 
 from ambjax.graphs.batching import DialogueBatch
 from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, lambda_init_for_depth
-from ambjax.nn.balance import (ModalityDropout, confusion_matrix, drop_probabilities,
-                               weighted_f1)
+from ambjax.nn.balance import ModalityDropout, drop_probabilities, modality_f1
 from ambjax.nn.block import DifferentialRelationalBlock
 from ambjax.nn.encoder import ContextEncoder, SigmoidGate
 
@@ -185,12 +184,8 @@ class AMBDSGDN(nn.Module):
         q = jnp.zeros((n_mod,), jnp.float32)
         keep = jnp.ones((n_graph, n_mod), jnp.float32)
         if train and c.balance and n_mod > 1:
-            conf = jnp.stack([confusion_matrix(nodes["label"], jnp.argmax(logits[m], -1),
-                                               nodes["mask"], c.num_classes)
-                              for m in c.modalities])
-            if axis_name is not None:
-                conf = jax.lax.psum(conf, axis_name)
-            f1 = jax.lax.stop_gradient(weighted_f1(conf))
+            f1 = modality_f1(nodes["label"], [logits[m] for m in c.modalities], nodes["mask"],
+                             c.num_classes, axis_name)
             active = jnp.asarray(balance_active)
             q = jnp.where(active, drop_probabilities(f1, c.q_base, c.lam), 0.0)
             stacked = jnp.stack([z[m] for m in c.modalities])
