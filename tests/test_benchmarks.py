@@ -13,7 +13,8 @@ def tiny_row():
 def test_throughput_row_is_complete_and_consistent(tiny_row):
     row = tiny_row
     for key in ("train_epoch_s", "eval_pass_s", "compile_s", "train_utterances_per_s",
-                "train_steps_per_s", "eval_utterances_per_s", "train_flops_per_epoch"):
+                "train_steps_per_s", "eval_utterances_per_s", "train_flops_per_epoch",
+                "eval_flops_per_pass"):
         assert row[key] > 0, key
     assert isinstance(row["device"], str) and row["preset"] == "tiny" and row["dtype"] == "float32"
     assert 0 < row["node_padding_efficiency"] <= 1 and 0 < row["edge_padding_efficiency"] <= 1
@@ -34,3 +35,4 @@ def test_release_comparison_only_at_the_release_setting(tiny_row):
         (ref["train_epoch_s"] + ref["eval_pass_s"]) / ours)
     assert cmp["memory_ratio_vs_release"] == pytest.approx(tiny_row["peak_rss_gb"] / 4.8)
     assert cmp["roofline_train_epoch_s"] == pytest.approx(tiny_row["train_flops_per_epoch"] / peak)
+    assert cmp["roofline_eval_pass_s"] == pytest.approx(tiny_row["eval_flops_per_pass"] / peak)
