@@ -126,11 +126,6 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
     total = int(counts.sum())
     if total > n_edge:
         raise ValueError(f"{kind} edges {total} exceed the budget {n_edge}")
-    for i, e in enumerate(edge_list):
-        reach = int(np.abs(e.senders - e.receivers).max(initial=0))
-        if band is not None and reach > band:
-            raise ValueError(f"{kind} edges of dialogue {i} join utterances {reach} apart, "
-                             f"beyond the budget's band {band}")
     senders = np.full(n_edge, n_node - 1, np.int32)
     receivers = np.full(n_edge, n_node - 1, np.int32)
     types = np.zeros(n_edge, np.int32)
@@ -139,6 +134,12 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
         senders[:total] = np.concatenate([e.senders for e in edge_list]) + shift
         receivers[:total] = np.concatenate([e.receivers for e in edge_list]) + shift
         types[:total] = np.concatenate([e.types for e in edge_list])
+    if band is not None and total:
+        reach = np.abs(senders[:total] - receivers[:total])  # dialogues are contiguous
+        if reach.max() > band:
+            i = int(np.searchsorted(np.cumsum(counts), int(reach.argmax()), side="right"))
+            raise ValueError(f"{kind} edges of dialogue {i} join utterances {int(reach.max())} "
+                             f"apart, beyond the budget's band {band}")
     n_edge_per_graph = np.zeros(n_graph, np.int32)
     n_edge_per_graph[:len(counts)] = counts
     n_edge_per_graph[-1] += n_edge - total

@@ -41,7 +41,7 @@ def create_train_state(model: nn.Module, example_batch, optimizer: optax.Gradien
     program), the forward pass is only traced. The values equal `model.init`'s.
     """
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)),
                           example_batch)
     params = model.lazy_init(init_key, shapes)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
