@@ -1,20 +1,93 @@
 """Classification metrics from confusion counts (row = true class, column = predicted).
 
-Device side: `ambjax.nn.balance.confusion_matrix` (masked, jit-friendly) builds the counts; host
-side: `classification_report` turns them into accuracy, weighted/macro F1 (scikit-learn's
-definitions: macro averages over the classes that occur in the labels or the predictions),
-per-class precision/recall/F1 and the matrix itself.
+Device side (pure jax, jit/vmap/pmap-friendly, masked): `confusion_matrix`, `per_class_f1`,
+`weighted_f1`, `macro_f1`, and `modality_f1` (each modality's weighted F1 over the global batch,
+the P_m that modality balancing reads). Host side: `classification_report` turns counts into
+accuracy, weighted/macro F1 (scikit-learn's definitions: macro averages over the classes that
+occur in the labels or the predictions), per-class precision/recall/F1 and the matrix itself.
+
+This module sits on the ground floor: it imports nothing from `ambjax`.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ambjax.nn.balance import confusion_matrix, per_class_f1, weighted_f1
+__all__ = ["confusion_matrix", "per_class_f1", "weighted_f1", "macro_f1", "modality_f1",
+           "classification_report"]
 
-__all__ = ["confusion_matrix", "per_class_f1", "weighted_f1", "classification_report"]
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, mask: jax.Array,
+                     num_classes: int) -> jax.Array:
+    """Counts [C, C] (row = true class, column = predicted) over entries where `mask`.
+
+    Args:
+      labels, predictions: int [N]; mask: bool [N]; num_classes: static C.
+    Returns:
+      int32 [C, C].
+    """
+    chex.assert_equal_shape([labels, predictions, mask])
+    flat = labels.astype(jnp.int32) * num_classes + predictions.astype(jnp.int32)
+    counts = jax.ops.segment_sum(mask.astype(jnp.int32), flat, num_segments=num_classes ** 2)
+    return counts.reshape(num_classes, num_classes)
+
+
+def per_class_f1(confusion: jax.Array) -> jax.Array:
+    """F1 of each class from a confusion matrix [..., C, C] -> [..., C] (0 where undefined)."""
+    confusion = confusion.astype(jnp.float32)
+    tp = jnp.diagonal(confusion, axis1=-2, axis2=-1)
+    denom = confusion.sum(-1) + confusion.sum(-2)  # (tp + fn) + (tp + fp)
+    return jnp.where(denom > 0, 2 * tp / jnp.maximum(denom, 1), 0.0)
+
+
+def weighted_f1(confusion: jax.Array) -> jax.Array:
+    """Support-weighted F1 (scikit-learn's average="weighted"): [..., C, C] -> [...].
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> conf = confusion_matrix(jnp.array([0, 0, 1, 1]), jnp.array([0, 1, 1, 1]),
+      ...                         jnp.array([True, True, True, False]), num_classes=2)
+      >>> conf.tolist(), round(float(weighted_f1(conf)), 4)
+      ([[1, 1], [0, 1]], 0.6667)
+    """
+    support = confusion.sum(-1).astype(jnp.float32)
+    total = support.sum(-1)
+    return jnp.where(total > 0, (per_class_f1(confusion) * support).sum(-1)
+                     / jnp.maximum(total, 1), 0.0)
+
+
+def modality_f1(labels: jax.Array, modality_logits, mask: jax.Array, num_classes: int,
+                axis_name: str | None = None) -> jax.Array:
+    """P_m: weighted F1 of each modality's argmax over the real utterances of the global batch.
+
+    Args:
+      labels: int [N]; mask: bool [N] real utterances.
+      modality_logits: sequence of M float arrays [N, C] (one per modality, in order).
+      num_classes: C.
+      axis_name: pmap axis whose devices' confusion counts are summed first (None: one device).
+
+    Returns:
+      float32 [M], with no gradient.
+    """
+    conf = jnp.stack([confusion_matrix(labels, jnp.argmax(lm, -1), mask, num_classes)
+                      for lm in modality_logits])
+    if axis_name is not None:
+        conf = jax.lax.psum(conf, axis_name)
+    return jax.lax.stop_gradient(weighted_f1(conf))
+
+
+def macro_f1(confusion: jax.Array) -> jax.Array:
+    """Mean F1 over the classes present in the labels or predictions: [..., C, C] -> [...]."""
+    confusion = confusion.astype(jnp.float32)
+    present = (confusion.sum(-1) + confusion.sum(-2)) > 0
+    count = present.sum(-1)
+    return jnp.where(count > 0, jnp.where(present, per_class_f1(confusion), 0.0).sum(-1)
+                     / jnp.maximum(count, 1), 0.0)
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

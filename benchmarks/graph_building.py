@@ -36,8 +36,8 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             batches = list(gb.batches("train", shuffle=True, epoch=r))
             times.append(time.perf_counter() - start)
-        real = sum(int(b.nodes["mask"].sum()) for b in batches)
-        padded = sum(b.nodes["mask"].size for b in batches)
+        real = sum(int(b.nodes.mask.sum()) for b in batches)
+        padded = sum(b.nodes.mask.size for b in batches)
         rows[preset] = {"batch_size": batch, "window": window, "batches": len(batches),
                         "epoch_s_median": float(np.median(times)), "epoch_s_all": times,
                         "edge_setup_s": setup, "node_padding_efficiency": real / padded,

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambjax.train import make_config
+from experiments.configs import make_config
 from ambjax.train.loop import Trainer, load_dataset
 from benchmarks.common import environment, write_results
 
@@ -102,11 +102,11 @@ def kernel_times(trace_dir: str, instructions: dict) -> dict[str, float]:
 
 
 def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
-    config = make_config(preset, {"hidden_dim": str(hidden), "dtype": dtype})
-    trainer = Trainer(config, load_dataset(config))
+    config = make_config(preset, {"model.hidden_dim": str(hidden), "model.dtype": dtype})
+    trainer = Trainer(config, load_dataset(config.data))
     by_shape = collections.defaultdict(list)
     for b in trainer.batcher.batches("train", shuffle=True, seed=0, epoch=1):
-        by_shape[b.nodes["mask"].shape].append(b)
+        by_shape[b.nodes.mask.shape].append(b)
     batch = max(by_shape.values(), key=len)[0]
     state, active = trainer.state, jnp.asarray(True)
     compiled = trainer.train_step.lower(state, batch, active).compile()
@@ -131,8 +131,8 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
         groups["component"][component] += seconds / steps
     kernel_s = float(sum(groups["kind"].values()))
     return {"device": environment()["device"], "preset": preset, "hidden": hidden, "dtype": dtype,
-            "nodes": int(batch.nodes["mask"].shape[0]),
-            "real_nodes": int(np.asarray(batch.nodes["mask"]).sum()),
+            "nodes": int(batch.nodes.mask.shape[0]),
+            "real_nodes": int(np.asarray(batch.nodes.mask).sum()),
             "step_wall_s": wall, "kernel_s_per_step": kernel_s,
             "groups": {g: dict(c.most_common()) for g, c in groups.items()}}
 

@@ -36,10 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambjax.data import make_synthetic
-from ambjax.train import make_config
 from ambjax.train.loop import Trainer, load_dataset
-from ambjax.train.steps import replicate
 from benchmarks.common import environment, write_results
+from experiments.configs import make_config
 
 # The PyTorch release (torch 2.13, 2 threads, 2-core AVX-512 CPU, hidden 512), per epoch, from
 # the benchmark issue: train epoch s, test pass s, peak RSS GB.
@@ -80,12 +79,13 @@ def _device_memory_gb() -> float | None:
 
 def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: int,
                  length: int | None = None, dtype: str = "float32") -> dict:
-    overrides = {"hidden_dim": str(hidden), "dtype": dtype}
+    overrides = {"model.hidden_dim": str(hidden), "model.dtype": dtype}
     if batch_size:
-        overrides["batch_size"] = str(batch_size)
+        overrides["data.batch_size"] = str(batch_size)
     config = make_config(preset, overrides)
-    dataset = (load_dataset(config) if length is None else
-               make_synthetic(config.dataset, seed=config.synthetic_seed, length=length))
+    dataset = (load_dataset(config.data) if length is None else
+               make_synthetic(config.data.synthetic, seed=config.data.synthetic_seed,
+                              length=length))
     trainer = Trainer(config, dataset, n_devices=devices)
     gb = trainer.batcher
     # the epoch that is timed below; its shapes are all compiled first (outside the timing)
@@ -93,12 +93,11 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     test_batches = list(gb.batches("test"))
     shapes = {}
     for b in train_batches + test_batches:
-        shapes.setdefault(b.nodes["mask"].shape, b)
+        shapes.setdefault(b.nodes.mask.shape, b)
     # compile every bucket of the epoch, timed separately
-    state = trainer._device_state(trainer.state)
-    # a host copy: the train step donates (and so deletes) the state's device buffers
-    host_params = jax.device_get(trainer.state.params)
-    params = replicate(host_params, devices) if devices > 1 else host_params
+    state = trainer.state
+    # a copy: the train step donates (and so deletes) the state's device buffers
+    params = jax.tree.map(jnp.copy, trainer.state.params)
     active = jnp.asarray(True)
     compile_s = {}
     flops, eval_flops = {}, {}
@@ -123,20 +122,20 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     outs = [trainer.eval_step(params, b) for b in gb.batches("test")]
     jax.block_until_ready(outs)
     eval_pass_s = time.perf_counter() - start
-    real_nodes = sum(int(b.nodes["mask"].sum()) for b in train_batches)
-    padded_nodes = sum(b.nodes["mask"].size for b in train_batches)
-    real_edges = sum(int((b.intra.edges["type"] > 0).sum() + (b.inter.edges["type"] > 0).sum())
+    real_nodes = sum(int(b.nodes.mask.sum()) for b in train_batches)
+    padded_nodes = sum(b.nodes.mask.size for b in train_batches)
+    real_edges = sum(int((b.intra.types > 0).sum() + (b.inter.types > 0).sum())
                      for b in train_batches)
-    padded_edges = sum(b.intra.edges["type"].size + b.inter.edges["type"].size
+    padded_edges = sum(b.intra.types.size + b.inter.types.size
                        for b in train_batches)
-    epoch_flops = sum(flops[b.nodes["mask"].shape] for b in train_batches)
-    pass_flops = sum(eval_flops[b.nodes["mask"].shape] for b in test_batches)
+    epoch_flops = sum(flops[b.nodes.mask.shape] for b in train_batches)
+    pass_flops = sum(eval_flops[b.nodes.mask.shape] for b in test_batches)
     n_train = len(dataset.splits["train"])
     test_utts = sum(len(d) for d in dataset.split("test"))
     return {
         "device": environment()["device"], "preset": preset, "hidden": hidden,
         "dialogue_length": length or "real distribution",
-        "batch_size": config.batch_size, "devices": devices, "dtype": dtype,
+        "batch_size": config.data.batch_size, "devices": devices, "dtype": dtype,
         "parameters": trainer.num_parameters,
         "compile_s": float(sum(compile_s.values())), "compile_s_per_bucket": compile_s,
         "distinct_shapes_per_epoch": len(shapes),

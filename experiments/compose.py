@@ -4,9 +4,9 @@
 
 `TwoModalityGraphClassifier` uses text and audio only, one `DifferentialGraphAttention` layer
 per modality on the inter-speaker graph alone (no relational block, no transformer, no gate),
-and ambjax's modality balancing (`modality_f1` -> `drop_probabilities` -> `ModalityDropout`).
-It follows the model protocol of `ambjax.train.steps`, so the library's jitted train-step
-builder trains it unchanged. The script trains it for a few steps on the
+and ambjax's modality balancing unit (`ModalityBalancing`: P_m -> q_m -> modality dropout ->
+re-classify, the same unit AMB-DSGDN uses). It is an `ambjax.nn.DialogueModel`, so the
+library's jitted train-step builder trains it unchanged. The script trains it for a few steps on the
 bundled synthetic data and prints the loss going down; it runs in seconds on a CPU.
 """
 
@@ -24,8 +24,7 @@ import optax
 
 from ambjax.data import make_synthetic
 from ambjax.graphs import DialogueBatch, GraphBatcher
-from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, drop_probabilities,
-                       modality_f1)
+from ambjax.nn import DifferentialGraphAttention, ModalityBalancing, ModelOutput
 from ambjax.train import create_train_state, make_train_step
 
 
@@ -48,27 +47,25 @@ class TwoModalityGraphClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, batch: DialogueBatch, *, train: bool = False, balance_active=False,
-                 axis_name: str | None = None) -> dict:
+                 axis_name: str | None = None) -> ModelOutput:
         nodes = batch.nodes
         graph = batch.graph("inter")
         heads = {m: nn.Dense(self.num_classes, name=f"head_{m}") for m in self.modalities}
         z = {}
         for m in self.modalities:
-            h = nn.Dense(self.hidden, name=f"input_{m}")(nodes["features"][m])
+            h = nn.Dense(self.hidden, name=f"input_{m}")(nodes.features[m])
             z[m] = DifferentialGraphAttention(self.hidden, dropout_rate=0.1, name=f"graph_{m}")(
                 graph._replace(nodes=h), deterministic=not train)
-        logits = {m: heads[m](z[m]) for m in self.modalities}
-        n_mod = len(self.modalities)
-        f1 = q = jnp.zeros((n_mod,), jnp.float32)
+
+        def classify(feats):
+            return {m: heads[m](x) for m, x in feats.items()}
+
+        logits = classify(z)
+        f1 = q = jnp.zeros((len(self.modalities),), jnp.float32)
         if train:
-            f1 = modality_f1(nodes["label"], [logits[m] for m in self.modalities],
-                             nodes["mask"], self.num_classes, axis_name)
-            q = jnp.where(balance_active, drop_probabilities(f1, self.q_base, self.lam), 0.0)
-            dropped, _, executed = ModalityDropout(self.p_exe)(
-                jnp.stack([z[m] for m in self.modalities]), q, f1, nodes["graph"],
-                batch.globals["mask"].shape[0], deterministic=False)
-            logits = {m: jnp.where(balance_active & executed, heads[m](dropped[k]), logits[m])
-                      for k, m in enumerate(self.modalities)}
+            logits, f1, q, _ = ModalityBalancing(self.q_base, self.lam, self.p_exe)(
+                z, logits, classify, nodes.label, nodes.mask, nodes.graph, batch.n_graph,
+                active=balance_active, axis_name=axis_name)
         return {"logits": sum(logits.values()), "modality_logits": logits,
                 "modality_f1": f1, "q": q}
 
@@ -87,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     batches = itertools.cycle(list(batcher.batches("train", shuffle=True, seed=args.seed)))
     first = next(batches)
     state = create_train_state(model, first, optimizer, args.seed)
-    train_step = jax.jit(make_train_step(model, optimizer, num_classes=data.num_classes))
+    train_step = jax.jit(make_train_step(model, optimizer))
     losses = []
     batch = first
     for step in range(args.steps):

@@ -9,8 +9,9 @@ import pytest
 
 from ambjax.graphs import dialogue_edges
 from ambjax.losses import amb_loss
-from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, confusion_matrix,
-                       drop_probabilities, segment_softmax, weighted_f1)
+from ambjax.metrics import confusion_matrix, weighted_f1
+from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, drop_probabilities,
+                       segment_softmax)
 
 
 def _graph(n=7, d=6, window=2, seed=0):
@@ -18,7 +19,7 @@ def _graph(n=7, d=6, window=2, seed=0):
     speakers = rng.integers(0, 2, n)
     e = dialogue_edges(speakers, window, "intra")
     return jraph.GraphsTuple(nodes=jnp.asarray(rng.normal(size=(n, d)), jnp.float32),
-                             edges={"type": jnp.asarray(e.types)},
+                             edges=jnp.asarray(e.types),
                              senders=jnp.asarray(e.senders), receivers=jnp.asarray(e.receivers),
                              globals=None, n_node=jnp.array([n]), n_edge=jnp.array([len(e.types)]))
 
@@ -144,3 +145,59 @@ def test_relational_block_jit_vmap_grad_scan():
                           graph.nodes, None, length=2)
     ref = block.apply(variables, graph._replace(nodes=eager))
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_layer_gradients_match_finite_differences():
+    """Numeric gradient check (jax.test_util.check_grads) of the differential graph attention
+    layer, with respect to its inputs and to its parameters, in float64."""
+    from jax.test_util import check_grads
+    with jax.enable_x64(True):
+        graph = _graph()
+        graph = graph._replace(nodes=jnp.asarray(graph.nodes, jnp.float64))
+        layer = DifferentialGraphAttention(8, dropout_rate=0.0, dtype=jnp.float64)
+        params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64),
+                              layer.init(jax.random.PRNGKey(0), graph))
+        probe = jnp.asarray(np.random.default_rng(1).normal(size=(graph.nodes.shape[0], 8)))
+
+        def f(variables, x):
+            return (layer.apply(variables, graph._replace(nodes=x)) * probe).sum()
+
+        check_grads(f, (params, graph.nodes), order=1, modes=("rev",), eps=1e-4,
+                    atol=1e-3, rtol=1e-3)
+
+
+def test_loss_gradients_match_finite_differences():
+    """Numeric gradient check of the AMB-DSGDN loss (class weights, masked rows, the squared
+    unimodal terms)."""
+    from jax.test_util import check_grads
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        logits = jnp.asarray(rng.normal(size=(9, 4)))
+        text, audio = jnp.asarray(rng.normal(size=(9, 4))), jnp.asarray(rng.normal(size=(9, 4)))
+        labels = jnp.asarray(rng.integers(0, 4, 9))
+        mask = jnp.asarray(rng.random(9) < 0.8)
+        weights = jnp.asarray([1.0, 2.0, 0.5, 1.5])
+
+        def loss(fused, t, a):
+            return amb_loss(fused, {"text": t, "audio": a}, labels, mask,
+                            class_weights=weights)[0]
+
+        # the loss computes in float32 by design: central differences with a wide step
+        check_grads(loss, (logits, text, audio), order=1, modes=("rev",), eps=1e-2,
+                    atol=2e-3, rtol=2e-3)
+
+
+def test_balancing_unit_is_shared_and_metrics_sit_on_the_ground_floor():
+    import ast
+    import inspect
+
+    import ambjax.metrics
+    from ambjax.nn import model as model_module
+    from experiments import compose
+    tree = ast.parse(inspect.getsource(ambjax.metrics))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("ambjax")], imported
+    for module in (model_module, compose):
+        source = inspect.getsource(module)
+        assert "ModalityBalancing(" in source and "drop_probabilities(" not in source

@@ -70,29 +70,33 @@ def test_padded_batch_structure(iemocap_small):
     gb = GraphBatcher(iemocap_small, window=3, batch_size=3)
     dialogues = iemocap_small.split("train")[:3]
     batch = gb.build(dialogues)
-    nodes, glob = batch.nodes, batch.globals
+    nodes, layout = batch.nodes, batch.layout
     n_real = sum(len(d) for d in dialogues)
-    n_node = nodes["mask"].shape[0]
-    assert nodes["mask"].sum() == n_real and nodes["mask"][:n_real].all()
-    assert batch.intra.n_node.sum() == n_node and glob["mask"].tolist() == [True] * 3 + [False]
+    n_node = nodes.mask.shape[0]
+    assert nodes.mask.sum() == n_real and nodes.mask[:n_real].all()
+    assert layout.n_node.sum() == n_node and batch.n_graph == 4
+    assert layout.n_node[:3].tolist() == [len(d) for d in dialogues]
+    assert layout.band == 3 and not hasattr(batch, "globals")
+    with pytest.raises(ValueError, match="unknown graph kind"):
+        batch.graph("Intra")
     for kind in ("intra", "inter"):
         g = batch.graph(kind)
-        real_edge = g.edges["type"] > 0
+        real_edge = g.edges > 0
         assert real_edge.sum() == sum(len(gb.edges[kind][d.id].types) for d in dialogues)
         # padding edges never touch a real node; real edges stay inside one dialogue
-        assert not nodes["mask"][g.senders[~real_edge]].any()
-        assert not nodes["mask"][g.receivers[~real_edge]].any()
-        assert (nodes["graph"][g.senders[real_edge]] == nodes["graph"][g.receivers[real_edge]]).all()
+        assert not nodes.mask[g.senders[~real_edge]].any()
+        assert not nodes.mask[g.receivers[~real_edge]].any()
+        assert (nodes.graph[g.senders[real_edge]] == nodes.graph[g.receivers[real_edge]]).all()
         assert g.n_edge.sum() == len(g.senders)
     # dense index round-trips every real node; its padding points at a padding node
-    dense = glob["dense_index"]
+    dense = layout.dense_index
     for gi, d in enumerate(dialogues):
         idx = dense[gi, :len(d)]
-        np.testing.assert_array_equal(nodes["label"][idx], d.labels)
-        np.testing.assert_array_equal(nodes["features"]["audio"][idx], d.features["audio"])
-        assert not nodes["mask"][dense[gi, len(d):]].any()
-    assert (nodes["speaker"][~nodes["mask"]] == iemocap_small.num_speakers).all()
-    assert (nodes["features"]["text"][~nodes["mask"]] == 0).all()
+        np.testing.assert_array_equal(nodes.label[idx], d.labels)
+        np.testing.assert_array_equal(nodes.features["audio"][idx], d.features["audio"])
+        assert not nodes.mask[dense[gi, len(d):]].any()
+    assert (nodes.speaker[~nodes.mask] == iemocap_small.num_speakers).all()
+    assert (nodes.features["text"][~nodes.mask] == 0).all()
 
 
 @pytest.mark.parametrize("preset,window,batch_size", [("iemocap", 20, 16), ("meld", 6, 64)])
@@ -100,7 +104,7 @@ def test_few_distinct_shapes_per_epoch(preset, window, batch_size):
     ds = make_synthetic(preset, dims={"text": 4, "audio": 4, "visual": 4})
     gb = GraphBatcher(ds, window=window, batch_size=batch_size)
     for epoch in range(2):
-        shapes = {b.nodes["mask"].shape + b.intra.senders.shape + b.inter.senders.shape
+        shapes = {b.nodes.mask.shape + b.intra.senders.shape + b.inter.senders.shape
                   for split in ("train", "valid", "test")
                   for b in gb.batches(split, shuffle=split == "train", epoch=epoch)}
         assert len(shapes) <= 6, shapes
@@ -110,10 +114,10 @@ def test_every_dialogue_once_per_epoch_and_device_stacking(meld_small):
     gb = GraphBatcher(meld_small, window=6, batch_size=8, n_devices=4)
     total = 0
     for batch in gb.batches("train", shuffle=True, seed=1, epoch=0):
-        assert batch.nodes["mask"].shape[0] == 4 and batch.intra.senders.shape[0] == 4
-        total += int(batch.globals["mask"].sum())
+        assert batch.nodes.mask.shape[0] == 4 and batch.intra.senders.shape[0] == 4
+        total += int((batch.layout.n_node[:, :-1] > 0).sum())
     assert total == len(meld_small.splits["train"])
     one = GraphBatcher(meld_small, window=6, batch_size=2)
     b = one.build(meld_small.split("test")[:2])
     stacked = stack_for_devices([b, b])
-    assert stacked.nodes["features"]["text"].shape == (2,) + b.nodes["features"]["text"].shape
+    assert stacked.nodes.features["text"].shape == (2,) + b.nodes.features["text"].shape

@@ -9,23 +9,20 @@ import argparse
 import json
 import sys
 
-from ambjax.data.dataset import DataFormatError
+from ambjax.cli import run_main
 from ambjax.data.loader import TEXT_OPTIONS, load_features
 
 
-def main(argv: list[str] | None = None) -> int:
+def describe(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m ambjax.data")
     sub = parser.add_subparsers(dest="command", required=True)
     describe = sub.add_parser("describe", help="print layout, modalities and split sizes")
     describe.add_argument("path")
     describe.add_argument("--json", action="store_true", help="print one JSON object")
     describe.add_argument("--text", choices=TEXT_OPTIONS, default="first")
+    describe.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
-    try:
-        dataset = load_features(args.path, text=args.text)
-    except DataFormatError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dataset = load_features(args.path, text=args.text)
     info = dataset.summary()
     if args.json:
         print(json.dumps({k: info[k] for k in ("layout", "num_classes", "modalities", "splits")}))
@@ -36,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     for split, s in info["splits"].items():
         print(f"{split:>5}: {s['dialogues']:5d} dialogues {s['utterances']:7d} utterances")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(describe, argv)
 
 
 if __name__ == "__main__":

@@ -1,62 +1,17 @@
-"""Padded `jraph.GraphsTuple` batches of dialogues with fixed, bucketed budgets.
-
-A `DialogueBatch` holds two graphs over the same nodes: `intra` (intra-speaker edges; it also
-carries the node and per-dialogue arrays) and `inter` (inter-speaker edges; `nodes` and `globals`
-are None so that features travel to the device once). Shapes, with Nn = budget.n_node,
-G = budget.n_graph, L = budget.max_len, E = budget.n_edge_intra / n_edge_inter:
-
-    intra.nodes["features"][m]  float32 [Nn, D_m]   per-modality features (0 on padding)
-    intra.nodes["speaker"]      int32 [Nn]          speaker slot; padding nodes: num_speakers
-    intra.nodes["label"]        int32 [Nn]          class; padding nodes: 0 (always mask)
-    intra.nodes["position"]     int32 [Nn]          index of the utterance in its dialogue
-    intra.nodes["graph"]        int32 [Nn]          dialogue index in the batch (padding: G - 1)
-    intra.nodes["mask"]         bool [Nn]           True on real utterances
-    intra.globals["mask"]       bool [G]            True on real dialogues
-    intra.globals["length"]     int32 [G]           utterances per dialogue (0 on padding)
-    intra.globals["dense_index"] int32 [G, L]       node id of utterance p of dialogue g
-                                                    (padding entries: Nn - 1, a padding node)
-    intra.globals["band_offsets"] int32 [2B + 1]    -B..B, only when the budget has a band B:
-                                                    every edge has |sender - receiver| <= B
-    {intra,inter}.edges["type"] int32 [E]           edge type 1..5; padding edges 0
-    {intra,inter}.senders / receivers int32 [E]     padding edges: Nn - 1 -> Nn - 1
-    n_node int32 [G], n_edge int32 [G]              the last graph holds all padding
-
-Padding nodes, edges and graphs never touch a real node: every padding edge runs between
-padding nodes, and the last node (Nn - 1) is always padding (budgets keep one spare node).
-"""
+"""Building padded `DialogueBatch`es with fixed, bucketed budgets (`Budget`, `plan_budgets`,
+`build_batch`, `GraphBatcher`). The batch types and their shapes are in `ambjax.graphs.batch`."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
-import jraph
 import numpy as np
 
 from ambjax.data.dataset import Dialogue, DialogueDataset
+from ambjax.graphs.batch import DialogueBatch, DialogueLayout, EdgeSet, Nodes
 from ambjax.graphs.edges import GRAPH_KINDS, DialogueEdges, dialogue_edges
-
-
-class DialogueBatch(NamedTuple):
-    """Padded batch of dialogues: intra- and inter-speaker graphs over shared nodes."""
-
-    intra: jraph.GraphsTuple
-    inter: jraph.GraphsTuple
-
-    def graph(self, kind: str, nodes=None) -> jraph.GraphsTuple:
-        """The `kind` ("intra"/"inter") graph, with `nodes` (default: the batch's nodes)."""
-        g = self.intra if kind == "intra" else self.inter
-        return g._replace(nodes=self.intra.nodes if nodes is None else nodes,
-                          globals=self.intra.globals)
-
-    @property
-    def nodes(self) -> dict:
-        return self.intra.nodes
-
-    @property
-    def globals(self) -> dict:
-        return self.intra.globals
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -121,7 +76,7 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
 
 
 def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: int,
-               n_node: int, n_graph: int, kind: str, band: int | None) -> jraph.GraphsTuple:
+               n_node: int, n_graph: int, kind: str, band: int | None) -> EdgeSet:
     counts = np.array([len(e.types) for e in edge_list], np.int32)
     total = int(counts.sum())
     if total > n_edge:
@@ -143,9 +98,7 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
     n_edge_per_graph = np.zeros(n_graph, np.int32)
     n_edge_per_graph[:len(counts)] = counts
     n_edge_per_graph[-1] += n_edge - total
-    return jraph.GraphsTuple(nodes=None, edges={"type": types}, senders=senders,
-                             receivers=receivers, globals=None, n_node=None,
-                             n_edge=n_edge_per_graph)
+    return EdgeSet(senders=senders, receivers=receivers, types=types, n_edge=n_edge_per_graph)
 
 
 def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Sequence[str],
@@ -163,7 +116,7 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
         shard of the last batch; otherwise read from the first dialogue).
 
     Returns:
-      A `DialogueBatch` of numpy arrays (see the module docstring for shapes).
+      A `DialogueBatch` of numpy arrays (shapes in `ambjax.graphs.batch`).
     """
     n_real = len(dialogues)
     lengths = np.array([len(d) for d in dialogues], np.int32)
@@ -200,21 +153,14 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
     n_node = np.zeros(ng, np.int32)
     n_node[:n_real] = lengths
     n_node[-1] += nn_ - total
-    graph_mask = np.zeros(ng, bool)
-    graph_mask[:n_real] = True
-    length = np.zeros(ng, np.int32)
-    length[:n_real] = lengths
-    nodes = {"features": features, "speaker": speaker, "label": label, "position": position,
-             "graph": graph, "mask": mask}
-    glob = {"mask": graph_mask, "length": length, "dense_index": dense_index}
-    if budget.band is not None:
-        glob["band_offsets"] = np.arange(-budget.band, budget.band + 1, dtype=np.int32)
-    graphs = {}
-    for kind, n_edge in (("intra", budget.n_edge_intra), ("inter", budget.n_edge_inter)):
-        graphs[kind] = _pad_edges(edges[kind], offsets, n_edge, nn_, ng, kind,
-                                  budget.band)._replace(n_node=n_node)
-    return DialogueBatch(intra=graphs["intra"]._replace(nodes=nodes, globals=glob),
-                         inter=graphs["inter"])
+    nodes = Nodes(features=features, speaker=speaker, label=label, position=position,
+                  graph=graph, mask=mask)
+    edge_sets = {kind: _pad_edges(edges[kind], offsets, n_edge, nn_, ng, kind, budget.band)
+                 for kind, n_edge in (("intra", budget.n_edge_intra),
+                                      ("inter", budget.n_edge_inter))}
+    return DialogueBatch(nodes=nodes, intra=edge_sets["intra"], inter=edge_sets["inter"],
+                         layout=DialogueLayout(dense_index=dense_index, n_node=n_node,
+                                               band=budget.band))
 
 
 def stack_for_devices(batches: Sequence[DialogueBatch]) -> DialogueBatch:
@@ -246,9 +192,10 @@ class GraphBatcher:
       >>> data = make_synthetic("meld", scale=0.05, dims={"text": 4, "audio": 4, "visual": 4})
       >>> batcher = GraphBatcher(data, window=6, batch_size=8)
       >>> batches = list(batcher.batches("train", shuffle=True, seed=0, epoch=0))
-      >>> sum(int(b.globals["mask"].sum()) for b in batches) == len(data.splits["train"])
+      >>> sum(int(b.nodes.mask.sum()) for b in batches) == sum(
+      ...     len(d) for d in data.split("train"))
       True
-      >>> len({b.nodes["mask"].shape for b in batches}) <= len(batcher.budgets)
+      >>> len({b.nodes.mask.shape for b in batches}) <= len(batcher.budgets)
       True
     """
 

@@ -1,20 +1,22 @@
 """Flax modules and the pure functions under them."""
 
-from ambjax.nn.attention import (LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention, aggregate,
-                                 banded_aggregate, differential_lambda, edge_attention, lambda_init_for_depth,
-                                 segment_softmax)
-from ambjax.nn.balance import (ModalityDropout, confusion_matrix, drop_probabilities,
-                               modality_f1, modality_keep_mask, per_class_f1, weighted_f1)
+from ambjax.nn.attention import (LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention,
+                                 differential_lambda, edge_attention, lambda_init_for_depth)
+from ambjax.nn.balance import (ModalityBalancing, ModalityDropout, drop_probabilities,
+                               modality_keep_mask)
 from ambjax.nn.block import DifferentialRelationalBlock
-from ambjax.nn.encoder import ContextEncoder, DialogueSelfAttention, SigmoidGate, sinusoid_position_encoding
+from ambjax.nn.encoder import (ContextEncoder, DialogueSelfAttention, SigmoidGate,
+                               sinusoid_position_encoding)
+from ambjax.nn.kernels import (aggregate, banded_aggregate, dense_aggregate, segment_aggregate,
+                               segment_softmax)
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters, create_model
+from ambjax.nn.protocol import DialogueModel, ModelOutput
 
 __all__ = [
-    "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "aggregate", "banded_aggregate",
-    "differential_lambda",
-    "edge_attention", "lambda_init_for_depth", "segment_softmax", "ModalityDropout",
-    "confusion_matrix", "drop_probabilities", "modality_f1", "modality_keep_mask", "per_class_f1",
-    "weighted_f1", "DifferentialRelationalBlock", "ContextEncoder", "DialogueSelfAttention",
-    "SigmoidGate", "sinusoid_position_encoding", "AMBDSGDN", "ModelConfig", "count_parameters",
-    "create_model",
+    "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "differential_lambda",
+    "edge_attention", "lambda_init_for_depth", "ModalityBalancing", "ModalityDropout",
+    "drop_probabilities", "modality_keep_mask", "DifferentialRelationalBlock", "ContextEncoder",
+    "DialogueSelfAttention", "SigmoidGate", "sinusoid_position_encoding", "aggregate",
+    "banded_aggregate", "dense_aggregate", "segment_aggregate", "segment_softmax", "AMBDSGDN",
+    "ModelConfig", "count_parameters", "create_model", "DialogueModel", "ModelOutput",
 ]

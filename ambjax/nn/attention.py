@@ -28,9 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
-import numpy as np
 
 from ambjax.graphs.edges import NUM_EDGE_TYPES
+from ambjax.nn.kernels import aggregate, segment_softmax
 
 RELATION_DIM = 10
 NEGATIVE_SLOPE = 0.2
@@ -42,29 +42,6 @@ def lambda_init_for_depth(depth: int) -> float:
 
 
 LAMBDA_INIT_OFFICIAL = lambda_init_for_depth(1)
-
-
-def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
-    """Softmax of `scores` [E] within each segment (the in-edges of one receiver).
-
-    Args:
-      scores: float [E].
-      segment_ids: int32 [E] receiver of each edge.
-      num_segments: static number of nodes N.
-
-    Returns:
-      float [E]; entries of one segment sum to 1.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> segment_softmax(jnp.array([0.0, 0.0, 5.0]), jnp.array([0, 0, 1]), 2).tolist()
-      [0.5, 0.5, 1.0]
-    """
-    chex.assert_rank([scores, segment_ids], 1)
-    peak = jax.ops.segment_max(scores, segment_ids, num_segments=num_segments)
-    exp = jnp.exp(scores - jax.lax.stop_gradient(peak)[segment_ids])
-    total = jax.ops.segment_sum(exp, segment_ids, num_segments=num_segments)
-    return exp / total[segment_ids]
 
 
 def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: jax.Array,
@@ -82,91 +59,13 @@ def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_s
       half: float [N, out/2] (P or Q).
       a_left, a_right: float [out/2] receiver and sender score vectors.
       rel_scores: float [NUM_EDGE_TYPES] score of each edge type (b . RelEmb).
-      graph: the graph (senders, receivers, edges["type"]).
+      graph: the graph (senders, receivers; `edges` int32 [E] edge types).
     """
     left = half @ a_left
     right = half @ a_right
-    scores = left[graph.receivers] + right[graph.senders] + rel_scores[graph.edges["type"]]
+    scores = left[graph.receivers] + right[graph.senders] + rel_scores[graph.edges]
     scores = jax.nn.leaky_relu(scores, NEGATIVE_SLOPE)
     return segment_softmax(scores, graph.receivers, half.shape[0])
-
-
-def dense_slots(dense_index: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.Array]:
-    """(dialogue, position) slot of every node, inverted from a batch's `dense_index` [G, L].
-
-    Nodes absent from the index (padding) get the last slot (G - 1, L - 1), which belongs to the
-    padding graph; the padding node that padding slots point at gets one of those slots. So no
-    padding node ever shares a slot with a real node.
-
-    Returns:
-      int32 [N] slot dialogue, int32 [N] slot position.
-    """
-    g, l = dense_index.shape
-    flat = dense_index.reshape(-1)
-    slot_graph = jnp.full((num_nodes,), g - 1, jnp.int32).at[flat].set(
-        jnp.repeat(jnp.arange(g, dtype=jnp.int32), l))
-    slot_pos = jnp.full((num_nodes,), l - 1, jnp.int32).at[flat].set(
-        jnp.tile(jnp.arange(l, dtype=jnp.int32), g))
-    return slot_graph, slot_pos
-
-
-def band_chunk_size(band: int) -> int:
-    """Receivers per block of the banded aggregation: max(16, 2 * band rounded up to 8)."""
-    return max(16, -(-2 * band // 8) * 8)
-
-
-def banded_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
-                     receivers: jax.Array, band: int) -> jax.Array:
-    """sum_j A_ij values_j when every edge has |sender - receiver| <= `band` (static).
-
-    The flat nodes are cut into K chunks of C receivers (`band_chunk_size`); chunk k's senders
-    lie in the C + 2 band nodes around it, so the sum is one batched matmul
-    [K, C, C + 2 band] @ [K, C + 2 band, F]: about N (C + 2 band) F multiply-adds, where the
-    per-dialogue dense blocks need G L^2 F. Edges outside the band would be dropped: callers
-    guarantee the band (`build_batch` checks it).
-
-    Args:
-      weights: float [E]; values: float [N, F]; senders, receivers: int32 [E].
-
-    Returns:
-      [N, F] in the dtype of `weights`.
-    """
-    n, f = values.shape
-    c = band_chunk_size(band)
-    k = -(-n // c)
-    width = c + 2 * band
-    chunk = receivers // c
-    blocks = jnp.zeros((k, c, width), weights.dtype).at[
-        chunk, receivers - chunk * c, senders - chunk * c + band].add(weights)
-    padded = jnp.pad(values.astype(weights.dtype), ((band, k * c - n + band), (0, 0)))
-    windows = padded[np.arange(k)[:, None] * c + np.arange(width)[None, :]]   # [K, C + 2B, F]
-    return (blocks @ windows).reshape(k * c, f)[:n]
-
-
-def aggregate(weights: jax.Array, values: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
-    """sum_j A_ij values_j over the edges j -> i: weights [E], values [N, F] -> [N, F].
-
-    Three exact ways, chosen from what `graph.globals` promises:
-    - "band_offsets" [2B + 1] (batches from `GraphBatcher`, whose budgets carry the edge
-      window B): `banded_aggregate`, the cheapest;
-    - "dense_index" [G, L]: a batched matmul over per-dialogue [L, L] weight blocks;
-    - neither: a segment sum over edges, which moves E x F values (and E x F in the backward
-      scatter), much slower with XLA on CPU and GPU.
-    """
-    glob = graph.globals if isinstance(graph.globals, dict) else {}
-    if "band_offsets" in glob:
-        band = (glob["band_offsets"].shape[-1] - 1) // 2
-        return banded_aggregate(weights, values, graph.senders, graph.receivers, band)
-    if "dense_index" not in glob:
-        return jax.ops.segment_sum(weights[:, None] * values[graph.senders], graph.receivers,
-                                   num_segments=values.shape[0])
-    dense_index = glob["dense_index"]
-    g, l = dense_index.shape
-    slot_graph, slot_pos = dense_slots(dense_index, values.shape[0])
-    blocks = jnp.zeros((g, l, l), weights.dtype).at[
-        slot_graph[graph.receivers], slot_pos[graph.receivers], slot_pos[graph.senders]].add(weights)
-    out = blocks @ values[dense_index].astype(weights.dtype)          # [G, L, F]
-    return out[slot_graph, slot_pos]
 
 
 class DifferentialGraphAttention(nn.Module):
@@ -183,7 +82,7 @@ class DifferentialGraphAttention(nn.Module):
         float32. The output has this dtype.
 
     Call:
-      graph: `jraph.GraphsTuple` with nodes float [N, D], edges {"type": int32 [E]},
+      graph: `jraph.GraphsTuple` with nodes float [N, D], edges int32 [E] (edge types 0..5),
         senders/receivers int32 [E] (every real node needs an in-edge, e.g. its self-loop).
       deterministic: disables dropout.
       Returns float [N, features].
@@ -192,7 +91,7 @@ class DifferentialGraphAttention(nn.Module):
       >>> import jax, jax.numpy as jnp, jraph
       >>> from ambjax.graphs import dialogue_edges
       >>> e = dialogue_edges([0, 1, 0, 1], window=1, graph="inter")
-      >>> graph = jraph.GraphsTuple(nodes=jnp.ones((4, 6)), edges={"type": jnp.asarray(e.types)},
+      >>> graph = jraph.GraphsTuple(nodes=jnp.ones((4, 6)), edges=jnp.asarray(e.types),
       ...     senders=jnp.asarray(e.senders), receivers=jnp.asarray(e.receivers),
       ...     globals=None, n_node=jnp.array([4]), n_edge=jnp.array([len(e.types)]))
       >>> layer = DifferentialGraphAttention(features=8)

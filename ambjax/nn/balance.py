@@ -1,7 +1,8 @@
 """Adaptive modality balancing (DESIGN.md section 7).
 
 1. Each modality's contribution P_m is the weighted F1 of its head's arg-max over the real
-   utterances of the (global) batch, from confusion counts (summed across devices first).
+   utterances of the (global) batch, from confusion counts summed across devices first
+   (`ambjax.metrics.modality_f1`).
 2. Drop probabilities, for each m over the other modalities j with P_j >= 1e-5:
        rho_mj = P_m / (P_j + 1e-5) - 1;  w_m. = softmax_j(ReLU(rho_mj))
        rhobar_m = (sum_j w_mj ReLU(rho_mj)) / |J|       (the release's reading, see below)
@@ -9,6 +10,10 @@
 3. `ModalityDropout`: with probability p_exe (one draw per batch), theta = mean_m q_m and, per
    dialogue and modality, keep ~ Bernoulli(1 - q_m); Z_m <- keep Z_m / (1 - theta).
    A dialogue that would lose every modality keeps its strongest one (the release would crash).
+4. When dropping ran, each modality's logits are recomputed from its kept features.
+
+`ModalityBalancing` is the whole recipe (1-4) as one unit; AMB-DSGDN and models composed from
+ambjax's pieces (`experiments/compose.py`) use it alike.
 
 Release details reproduced by `drop_probabilities` (checked against the release's q-table): the
 weighted sum uses the rectified ratios, rhobar_m = (sum_j w_mj ReLU(rho_mj)) / |J| (DESIGN.md
@@ -19,75 +24,20 @@ arithmetic is float32.
 
 from __future__ import annotations
 
+from typing import Callable, Mapping
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambjax.metrics import modality_f1
+
 PERF_EPS = 1e-5
 # Smallest float32 that is >= 1e-5 as a real number (float32(1e-5) itself is just below it).
 _PERF_THRESHOLD = float(np.nextafter(np.float32(PERF_EPS), np.float32(1.0))
                         if float(np.float32(PERF_EPS)) < PERF_EPS else np.float32(PERF_EPS))
-
-
-def confusion_matrix(labels: jax.Array, predictions: jax.Array, mask: jax.Array,
-                     num_classes: int) -> jax.Array:
-    """Counts [C, C] (row = true class, column = predicted) over entries where `mask`.
-
-    Args:
-      labels, predictions: int [N]; mask: bool [N]; num_classes: static C.
-    Returns:
-      int32 [C, C].
-    """
-    chex.assert_equal_shape([labels, predictions, mask])
-    flat = labels.astype(jnp.int32) * num_classes + predictions.astype(jnp.int32)
-    counts = jax.ops.segment_sum(mask.astype(jnp.int32), flat, num_segments=num_classes ** 2)
-    return counts.reshape(num_classes, num_classes)
-
-
-def per_class_f1(confusion: jax.Array) -> jax.Array:
-    """F1 of each class from a confusion matrix [..., C, C] -> [..., C] (0 where undefined)."""
-    confusion = confusion.astype(jnp.float32)
-    tp = jnp.diagonal(confusion, axis1=-2, axis2=-1)
-    denom = confusion.sum(-1) + confusion.sum(-2)  # (tp + fn) + (tp + fp)
-    return jnp.where(denom > 0, 2 * tp / jnp.maximum(denom, 1), 0.0)
-
-
-def weighted_f1(confusion: jax.Array) -> jax.Array:
-    """Support-weighted F1 (scikit-learn's average="weighted"): [..., C, C] -> [...].
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> conf = confusion_matrix(jnp.array([0, 0, 1, 1]), jnp.array([0, 1, 1, 1]),
-      ...                         jnp.array([True, True, True, False]), num_classes=2)
-      >>> conf.tolist(), round(float(weighted_f1(conf)), 4)
-      ([[1, 1], [0, 1]], 0.6667)
-    """
-    support = confusion.sum(-1).astype(jnp.float32)
-    total = support.sum(-1)
-    return jnp.where(total > 0, (per_class_f1(confusion) * support).sum(-1)
-                     / jnp.maximum(total, 1), 0.0)
-
-
-def modality_f1(labels: jax.Array, modality_logits, mask: jax.Array, num_classes: int,
-                axis_name: str | None = None) -> jax.Array:
-    """P_m: weighted F1 of each modality's argmax over the real utterances of the global batch.
-
-    Args:
-      labels: int [N]; mask: bool [N] real utterances.
-      modality_logits: sequence of M float arrays [N, C] (one per modality, in order).
-      num_classes: C.
-      axis_name: pmap axis whose devices' confusion counts are summed first (None: one device).
-
-    Returns:
-      float32 [M], with no gradient.
-    """
-    conf = jnp.stack([confusion_matrix(labels, jnp.argmax(lm, -1), mask, num_classes)
-                      for lm in modality_logits])
-    if axis_name is not None:
-        conf = jax.lax.psum(conf, axis_name)
-    return jax.lax.stop_gradient(weighted_f1(conf))
 
 
 def drop_probabilities(perf, q_base: float, lam: float, *, xp=jnp):
@@ -179,3 +129,57 @@ class ModalityDropout(nn.Module):
         keep = jnp.where(execute, keep, ones)
         scale = jnp.where(execute, 1.0 / jnp.maximum(1.0 - q.mean(), 1e-6), 1.0)
         return features * keep.T[:, graph_index, None] * scale, keep, execute
+
+
+class ModalityBalancing(nn.Module):
+    """Adaptive modality balancing as one unit: P_m -> q_m -> `ModalityDropout` -> re-classify.
+
+    Attributes:
+      q_base, lam: drop-probability constants (`drop_probabilities`).
+      p_exe: probability that dropping is executed for a batch.
+
+    Call (rng stream "balance"; training only):
+      features: {m: float [N, d]} per-modality representations Z_m (M entries, in order).
+      logits: {m: float [N, C]} each modality's logits from `features`.
+      classify: maps {m: [N, d]} to {m: [N, C]} (the caller's heads, applied to kept features).
+      labels: int32 [N]; mask: bool [N] real utterances; graph_index: int32 [N] dialogue of
+        each node; num_graphs: static G.
+      active: bool scalar (may be traced): balancing on (after warm-up) or off.
+      axis_name: pmap axis whose devices' confusion counts are summed (None: one device).
+
+    Returns:
+      (logits {m: [N, C]} after balancing, P_m float32 [M], q float32 [M] (0 when inactive),
+      keep float32 [G, M] (ones unless dropping ran)).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> z = {"text": jnp.ones((4, 2)), "audio": -jnp.ones((4, 2))}
+      >>> head = lambda feats: {m: jnp.concatenate([x, -x], -1) for m, x in feats.items()}
+      >>> logits, f1, q, keep = ModalityBalancing(p_exe=1.0).apply(
+      ...     {}, z, head(z), head, jnp.array([0, 0, 1, 1]), jnp.ones(4, bool),
+      ...     jnp.array([0, 0, 1, 1]), 2, active=True, rngs={"balance": jax.random.PRNGKey(0)})
+      >>> f1.shape, q.shape, keep.shape, sorted(logits)
+      ((2,), (2,), (2, 2), ['audio', 'text'])
+    """
+
+    q_base: float = 0.3
+    lam: float = 0.9
+    p_exe: float = 0.5
+
+    @nn.compact
+    def __call__(self, features: Mapping[str, jax.Array], logits: Mapping[str, jax.Array],
+                 classify: Callable[[dict], dict], labels: jax.Array, mask: jax.Array,
+                 graph_index: jax.Array, num_graphs: int, *, active, axis_name=None):
+        names = tuple(features)
+        first = logits[names[0]]
+        f1 = modality_f1(labels, [logits[m] for m in names], mask, first.shape[-1], axis_name)
+        active = jnp.asarray(active)
+        q = jnp.where(active, drop_probabilities(f1, self.q_base, self.lam), 0.0)
+        dropped, keep, executed = ModalityDropout(self.p_exe, name="dropout")(
+            jnp.stack([features[m] for m in names]), q, f1, graph_index, num_graphs,
+            deterministic=False)
+        executed = active & executed
+        keep = jnp.where(executed, keep, 1.0)
+        relogits = classify(dict(zip(names, dropped)))
+        out = {m: jnp.where(executed, relogits[m], logits[m]) for m in names}
+        return out, f1, q, keep

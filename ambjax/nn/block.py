@@ -39,10 +39,10 @@ class DifferentialRelationalBlock(nn.Module):
       >>> from ambjax.graphs import GraphBatcher
       >>> data = make_synthetic("meld", scale=0.01, dims={"text": 8, "audio": 8, "visual": 8})
       >>> batch = GraphBatcher(data, window=6, batch_size=4).build(data.split("test")[:4])
-      >>> graph = batch.graph("inter", nodes=batch.nodes["features"]["text"])
+      >>> graph = batch.graph("inter", nodes=batch.nodes.features["text"])
       >>> block = DifferentialRelationalBlock(features=8)
       >>> params = block.init(jax.random.PRNGKey(0), graph)
-      >>> block.apply(params, graph).shape == batch.nodes["features"]["text"].shape
+      >>> block.apply(params, graph).shape == batch.nodes.features["text"].shape
       True
     """
 

@@ -7,7 +7,7 @@ LayerNorm(eps=1e-6) and the tanh-approximate GELU.
 
 Nodes live in the flat layout of a `DialogueBatch`. The position-wise parts (projections,
 feed-forward, norms) run on the flat [N, d] nodes; only attention scores and weighted sums use
-the dense [G, L, d] view given by `globals["dense_index"]`, so attention never crosses
+the dense [G, L, d] view given by the batch layout's `dense_index`, so attention never crosses
 dialogues, padding keys are masked, and the view's padding slots cost no projection work.
 """
 
@@ -93,8 +93,8 @@ class ContextEncoder(nn.Module):
     Call:
       x: float [N, d] projected modality features (flat nodes).
       speaker_embedding: float [N, d].
-      nodes: the batch's node dict (uses "position", "graph", "mask").
-      dense_index: int32 [G, L] from the batch globals.
+      nodes: the batch's `Nodes` (uses position, graph, mask).
+      dense_index: int32 [G, L] from the batch's layout.
       Returns [N, d] in `dtype`.
     """
 
@@ -107,13 +107,13 @@ class ContextEncoder(nn.Module):
         chex.assert_equal_shape([x, speaker_embedding])
         d = x.shape[-1]
         drop = nn.Dropout(self.dropout_rate)
-        x = (x + sinusoid_position_encoding(nodes["position"], d) + speaker_embedding
+        x = (x + sinusoid_position_encoding(nodes.position, d) + speaker_embedding
              ).astype(self.dtype)
         x = drop(x, deterministic=deterministic)
-        key_mask = to_dense(nodes["mask"], dense_index)
+        key_mask = to_dense(nodes.mask, dense_index)
         context = DialogueSelfAttention(self.num_heads, self.dropout_rate, self.dtype,
                                         name="self_attn")(
-            x, dense_index, key_mask, nodes["graph"], nodes["position"],
+            x, dense_index, key_mask, nodes.graph, nodes.position,
             deterministic=deterministic)
         out = drop(context, deterministic=deterministic) + x
         inner = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ffn_norm")(out)

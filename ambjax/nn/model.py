@@ -28,16 +28,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ambjax.graphs.batching import DialogueBatch
+from ambjax.graphs.batch import DialogueBatch
 from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, lambda_init_for_depth
-from ambjax.nn.balance import ModalityDropout, drop_probabilities, modality_f1
+from ambjax.nn.balance import ModalityBalancing
 from ambjax.nn.block import DifferentialRelationalBlock
 from ambjax.nn.encoder import ContextEncoder, SigmoidGate
+from ambjax.nn.protocol import ModelOutput
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of `AMBDSGDN`.
+    """Architecture of `AMBDSGDN`; the `model` part of a run's config tree.
+
+    The first three fields describe the data and are filled from it (`with_data`); in a run's
+    config tree they stay empty (the data decides them), every other field is a setting.
 
     Attributes:
       input_dims: ((modality, width), ...) of the modalities used, e.g. (("text", 1024), ...).
@@ -60,9 +64,9 @@ class ModelConfig:
         softmax, norm statistics, heads, logits and loss stay float32).
     """
 
-    input_dims: tuple[tuple[str, int], ...]
-    num_classes: int
-    num_speakers: int
+    input_dims: tuple[tuple[str, int], ...] = ()
+    num_classes: int = 0
+    num_speakers: int = 0
     hidden_dim: int = 512
     num_heads: int = 8
     graph_heads: int = 2
@@ -82,6 +86,13 @@ class ModelConfig:
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m, _ in self.input_dims)
 
+    def with_data(self, dims: Mapping[str, int] | Sequence[tuple[str, int]], num_classes: int,
+                  num_speakers: int) -> "ModelConfig":
+        """This architecture for data of the given widths, classes and speaker slots."""
+        items = tuple(dims.items()) if isinstance(dims, Mapping) else tuple(dims)
+        return dataclasses.replace(self, input_dims=tuple((m, int(d)) for m, d in items),
+                                   num_classes=int(num_classes), num_speakers=int(num_speakers))
+
 
 class AMBDSGDN(nn.Module):
     """AMB-DSGDN over a padded `DialogueBatch`.
@@ -99,7 +110,7 @@ class AMBDSGDN(nn.Module):
       "modality_f1": float32 [M] P_m of the first-pass logits (train only, else zeros);
       "q": float32 [M] drop probabilities used (zeros unless balancing ran);
       "keep": float32 [G, M] per-dialogue modality keep mask (ones unless dropping ran).
-    Rows of padding nodes are finite and meaningless; mask with nodes["mask"].
+    Rows of padding nodes are finite and meaningless; mask with `batch.nodes.mask`.
 
     Example:
       >>> import jax
@@ -111,7 +122,7 @@ class AMBDSGDN(nn.Module):
       ...                      num_heads=2)
       >>> params = model.init(jax.random.PRNGKey(0), batch)["params"]
       >>> out = model.apply({"params": params}, batch)
-      >>> out["logits"].shape == (batch.nodes["mask"].shape[0], 6), sorted(out["modality_logits"])
+      >>> out["logits"].shape == (batch.nodes.mask.shape[0], 6), sorted(out["modality_logits"])
       (True, ['audio', 'text', 'visual'])
     """
 
@@ -119,6 +130,9 @@ class AMBDSGDN(nn.Module):
 
     def setup(self):
         c = self.config
+        if not c.input_dims or c.num_classes < 1 or c.num_speakers < 1:
+            raise ValueError("ModelConfig has no data shape (input_dims, num_classes, "
+                             "num_speakers): build it with ModelConfig.with_data(...)")
         dtype = jnp.dtype(c.dtype)
         self.speaker_embedding = nn.Embed(c.num_speakers + 1, c.hidden_dim,
                                           name="speaker_embedding")
@@ -143,22 +157,22 @@ class AMBDSGDN(nn.Module):
         self.blocks = blocks
         self.heads = {m: nn.Dense(c.num_classes, name=f"head_{m}") for m in c.modalities}
         self.head_dropout = nn.Dropout(c.dropout)
-        self.modality_dropout = ModalityDropout(c.p_exe)
+        self.balancing = ModalityBalancing(c.q_base, c.lam, c.p_exe)
 
     def encode(self, batch: DialogueBatch, *, train: bool = False) -> dict[str, jax.Array]:
         """Final per-modality representations Z_m: {m: [N, d]} in the config's dtype."""
         c = self.config
-        nodes, glob = batch.nodes, batch.globals
+        nodes = batch.nodes
         det = not train
-        speaker = nodes["speaker"]
+        speaker = nodes.speaker
         spk = self.speaker_embedding(speaker) * (speaker < c.num_speakers)[:, None]
         out = {}
         for m in c.modalities:
-            x = nodes["features"][m]
-            chex.assert_shape(x, (nodes["mask"].shape[0], dict(c.input_dims)[m]))
+            x = nodes.features[m]
+            chex.assert_shape(x, (nodes.mask.shape[0], dict(c.input_dims)[m]))
             h = self.inputs[m](x)
             if m in self.encoders:
-                h = self.encoders[m](h, spk, nodes, glob["dense_index"], deterministic=det)
+                h = self.encoders[m](h, spk, nodes, batch.layout.dense_index, deterministic=det)
             for kind in c.graphs:
                 h = self.blocks[f"{kind}_{m}"](batch.graph(kind, nodes=h), deterministic=det)
             if m in self.gates:
@@ -173,28 +187,20 @@ class AMBDSGDN(nn.Module):
                 for m, z in features.items()}
 
     def __call__(self, batch: DialogueBatch, *, train: bool = False, balance_active=False,
-                 axis_name: str | None = None) -> dict:
+                 axis_name: str | None = None) -> ModelOutput:
         c = self.config
         nodes = batch.nodes
         z = self.encode(batch, train=train)
         logits = self.classify(z, train=train)
         n_mod = len(c.modalities)
-        n_graph = batch.globals["mask"].shape[0]
         f1 = jnp.zeros((n_mod,), jnp.float32)
         q = jnp.zeros((n_mod,), jnp.float32)
-        keep = jnp.ones((n_graph, n_mod), jnp.float32)
+        keep = jnp.ones((batch.n_graph, n_mod), jnp.float32)
         if train and c.balance and n_mod > 1:
-            f1 = modality_f1(nodes["label"], [logits[m] for m in c.modalities], nodes["mask"],
-                             c.num_classes, axis_name)
-            active = jnp.asarray(balance_active)
-            q = jnp.where(active, drop_probabilities(f1, c.q_base, c.lam), 0.0)
-            stacked = jnp.stack([z[m] for m in c.modalities])
-            dropped, keep, executed = self.modality_dropout(
-                stacked, q, f1, nodes["graph"], n_graph, deterministic=False)
-            executed = active & executed
-            keep = jnp.where(executed, keep, 1.0)
-            relogits = self.classify(dict(zip(c.modalities, dropped)), train=True)
-            logits = {m: jnp.where(executed, relogits[m], logits[m]) for m in c.modalities}
+            logits, f1, q, keep = self.balancing(
+                z, logits, lambda feats: self.classify(feats, train=True), nodes.label,
+                nodes.mask, nodes.graph, batch.n_graph, active=balance_active,
+                axis_name=axis_name)
         fused = sum(logits[m] for m in c.modalities)
         return {"logits": fused, "modality_logits": logits, "modality_f1": f1, "q": q,
                 "keep": keep}
@@ -208,6 +214,4 @@ def count_parameters(params) -> int:
 def create_model(dims: Mapping[str, int] | Sequence[tuple[str, int]], num_classes: int,
                  num_speakers: int, **overrides) -> AMBDSGDN:
     """`AMBDSGDN` for the given input widths; `overrides` are `ModelConfig` fields."""
-    items = tuple(dims.items()) if isinstance(dims, Mapping) else tuple(dims)
-    return AMBDSGDN(ModelConfig(input_dims=items, num_classes=num_classes,
-                                num_speakers=num_speakers, **overrides))
+    return AMBDSGDN(ModelConfig(**overrides).with_data(dims, num_classes, num_speakers))

@@ -65,13 +65,13 @@ def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerp
     """
     meta = read_meta(manager, epoch)
     where = os.path.join(str(manager.directory), str(epoch))
+    if meta.get("dims") != dict(dims):
+        raise CheckpointError(f"{where}: checkpoint expects feature widths {meta.get('dims')}, "
+                              f"the data has {dict(dims)}")
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{where}: checkpoint of another model configuration "
                               f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); "
                               "use the run's own config or a new --out folder")
-    if meta.get("dims") != dict(dims):
-        raise CheckpointError(f"{where}: checkpoint expects feature widths {meta.get('dims')}, "
-                              f"the data has {dict(dims)}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target_state))
     state = manager.restore(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))["state"]

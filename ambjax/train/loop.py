@@ -22,7 +22,8 @@ from ambjax.losses import IEMOCAP_CLASS_WEIGHTS
 from ambjax.metrics import classification_report, weighted_f1
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
 from ambjax.train import checkpoint as ckpt
-from ambjax.train.config import TrainConfig
+from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
+                                 from_dict, to_dict, validate)
 from ambjax.train.report import write_report
 from ambjax.train.state import create_optimizer, create_train_state
 from ambjax.train.steps import compile_steps, replicate, unreplicate
@@ -38,113 +39,155 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def load_dataset(config: TrainConfig) -> DialogueDataset:
-    """The feature file `config.data`, or the bundled synthetic set, restricted to
-    `config.modalities`."""
-    if config.data:
-        dataset = load_features(config.data, text=config.text,
-                                valid_fraction=config.valid_fraction, seed=0)
+def load_dataset(data: DataConfig) -> DialogueDataset:
+    """The feature file `data.path`, or the bundled synthetic set, restricted to
+    `data.modalities`."""
+    if data.path:
+        dataset = load_features(data.path, text=data.text, valid_fraction=data.valid_fraction,
+                                seed=0)
     else:
-        dims = {}
-        for item in filter(None, config.synthetic_dims.split(",")):
-            name, width = item.split(":")
-            dims[name.strip()] = int(width)
-        dataset = make_synthetic(config.dataset, seed=config.synthetic_seed,
-                                 scale=config.synthetic_scale, dims=dims or None)
-    if config.modalities:
-        wanted = tuple(m.strip() for m in config.modalities.split(","))
-        missing = set(wanted) - set(dataset.modalities)
+        dataset = make_synthetic(data.synthetic, seed=data.synthetic_seed,
+                                 scale=data.synthetic_scale,
+                                 dims=dict(data.synthetic_dims) or None)
+    if data.modalities:
+        missing = set(data.modalities) - set(dataset.modalities)
         if missing:
-            raise ValueError(f"modalities {sorted(missing)} are not in the data "
-                             f"(it has {dataset.modalities})")
-        dataset = dataclasses.replace(dataset, modalities=wanted)
+            raise ConfigError(f"data.modalities {sorted(missing)} are not in the data "
+                              f"(it has {list(dataset.modalities)})")
+        dataset = dataclasses.replace(dataset, modalities=data.modalities)
     return dataset
 
 
-def model_config(config: TrainConfig, dataset: DialogueDataset) -> ModelConfig:
-    return ModelConfig(
-        input_dims=tuple((m, dataset.dims[m]) for m in dataset.modalities),
-        num_classes=dataset.num_classes, num_speakers=dataset.num_speakers,
-        hidden_dim=config.hidden_dim, num_heads=config.num_heads,
-        graph_heads=config.graph_heads, dropout=config.dropout,
-        graph_dropout=config.graph_dropout, differential=config.differential, norm=config.norm,
-        depth_dependent_lambda=config.depth_dependent_lambda,
-        graphs=tuple(g.strip() for g in config.graphs.split(",")), balance=config.balance,
-        q_base=config.q_base, lam=config.lam, p_exe=config.p_exe, dtype=config.dtype)
+def model_for(config: ExperimentConfig, dataset: DialogueDataset) -> ModelConfig:
+    """The run's `ModelConfig` filled with the data's widths, classes and speakers."""
+    return config.model.with_data({m: dataset.dims[m] for m in dataset.modalities},
+                                  dataset.num_classes, dataset.num_speakers)
 
 
-def prepare_run_folder(out_dir: str, config: TrainConfig, *, resume: bool, overwrite: bool) -> None:
-    """Create `out_dir`, refusing to reuse a folder holding another run."""
+def resolve_devices(n_devices: int | None) -> int:
+    """`n_devices` checked against the local devices (None: all of them)."""
+    available = jax.local_device_count()
+    if n_devices is None:
+        return available
+    if not 1 <= n_devices <= available:
+        raise ConfigError(f"--devices must be between 1 and the {available} local device(s) "
+                          f"of this machine, got {n_devices}")
+    return n_devices
+
+
+def _write_json(path: str, blob: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(blob, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def prepare_run_folder(out_dir: str, config: ExperimentConfig, model_fingerprint: str, *,
+                       resume: bool, overwrite: bool) -> None:
+    """Create `out_dir` (or check that it holds this run, for `resume`) and write config.json.
+
+    Call it only when the run is ready to start: `overwrite` replaces the folder's run.
+    """
     cfg_path = os.path.join(out_dir, "config.json")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise RunFolderError(f"--out {out_dir} is a file, not a folder")
     if os.path.exists(cfg_path) and not resume:
         if not overwrite:
             raise RunFolderError(f"{out_dir} already holds a run; pass --resume to continue it "
                                  "or --overwrite to replace it")
         shutil.rmtree(out_dir)
     if resume and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        if old.get("fingerprint") != config.fingerprint():
+        try:
+            with open(cfg_path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{cfg_path} is unreadable ({e}); cannot resume") from None
+        if old.get("fingerprint") != model_fingerprint:
             raise RunFolderError(f"{out_dir} holds a run of another model configuration; "
                                  "resume with the same preset and overrides")
     os.makedirs(out_dir, exist_ok=True)
-    with open(cfg_path + ".tmp", "w") as f:
-        json.dump({**config.to_json(), "fingerprint": config.fingerprint()}, f, indent=1)
-    os.replace(cfg_path + ".tmp", cfg_path)
+    _write_json(cfg_path, {**to_dict(config), "fingerprint": model_fingerprint})
+
+
+def read_run_config(run_dir: str) -> ExperimentConfig:
+    """The config tree of a run folder (its config.json)."""
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise ckpt.CheckpointError(f"{run_dir}: no config.json (not a run folder)")
+    try:
+        with open(cfg_path) as f:
+            blob = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{cfg_path} is unreadable: {e}") from None
+    if not isinstance(blob, dict):
+        raise ckpt.CheckpointError(f"{cfg_path}: expected a JSON object")
+    blob.pop("fingerprint", None)
+    try:
+        return validate(from_dict(blob))
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{cfg_path}: {e}") from None
 
 
 class Trainer:
-    """Holds the compiled steps, batchers and state of one run."""
+    """The compiled steps, batcher and train state of one run.
 
-    def __init__(self, config: TrainConfig, dataset: DialogueDataset, *,
+    `state` lives on the device(s) between epochs (replicated along a leading device axis when
+    `n_devices` > 1); only checkpoints copy it to the host.
+    """
+
+    def __init__(self, config: ExperimentConfig, dataset: DialogueDataset, *,
                  n_devices: int | None = None):
         self.config = config
         self.dataset = dataset
-        self.n_devices = n_devices or jax.local_device_count()
-        self.model = AMBDSGDN(model_config(config, dataset))
-        self.batcher = GraphBatcher(dataset, window=config.window, batch_size=config.batch_size,
-                                    n_devices=self.n_devices,
-                                    growth=config.budget_growth or None)
-        weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.class_weights
+        self.n_devices = resolve_devices(n_devices)
+        self.model_config = model_for(config, dataset)
+        self.fingerprint = fingerprint(self.model_config)
+        self.model = AMBDSGDN(self.model_config)
+        data = config.data
+        self.batcher = GraphBatcher(dataset, window=data.window, batch_size=data.batch_size,
+                                    n_devices=self.n_devices, growth=data.budget_growth)
+        weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.optim.class_weights
                    and dataset.num_classes == len(IEMOCAP_CLASS_WEIGHTS) else None)
-        self.optimizer = create_optimizer(config.lr, config.l2)
+        self.optimizer = create_optimizer(config.optim.lr, config.optim.l2)
         self.train_step, self.eval_step = compile_steps(
             self.model, self.optimizer, self.n_devices, class_weights=weights,
-            unimodal_weight=config.unimodal_weight)
+            unimodal_weight=config.optim.unimodal_weight)
         example = self.batcher.build(dataset.split("train")[:1] * self.n_devices)
         if self.n_devices > 1:
             example = unreplicate(example)
-        self.state = create_train_state(self.model, example, self.optimizer, config.seed)
-        self.num_parameters = count_parameters(self.state.params)
+        state = create_train_state(self.model, example, self.optimizer, config.run.seed)
+        self.num_parameters = count_parameters(state.params)
+        self.state = self.to_device(state)
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
 
-    def _device_state(self, state):
-        return replicate(state, self.n_devices) if self.n_devices > 1 else state
+    def to_device(self, state):
+        """A host or single-device state placed for the steps (replicated for pmap)."""
+        return replicate(state, self.n_devices) if self.n_devices > 1 else jax.device_put(state)
 
-    def _host_state(self, state):
-        return unreplicate(state) if self.n_devices > 1 else state
+    def host_state(self):
+        """One copy of the state, as the checkpoint stores it."""
+        return unreplicate(self.state) if self.n_devices > 1 else self.state
+
+    def _gather(self, outputs: list) -> list:
+        outputs = jax.device_get(outputs)
+        return [unreplicate(o) for o in outputs] if self.n_devices > 1 else outputs
 
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the shuffled train split; returns host-side epoch metrics."""
         cfg = self.config
-        active = jnp.asarray(cfg.balance and epoch >= cfg.warmup_epochs)
-        state = self._device_state(self.state)
+        active = jnp.asarray(cfg.model.balance and epoch >= cfg.schedule.balance_warmup)
         outputs = []
         n = self.batcher.num_batches("train")
         report_every = max(1, n // 4) if n >= 20 else 0
         start = time.perf_counter()
-        for i, batch in enumerate(self.batcher.batches("train", shuffle=True, seed=cfg.seed,
-                                                       epoch=epoch)):
-            state, metrics = self.train_step(state, batch, active)
+        for i, batch in enumerate(self.batcher.batches("train", shuffle=True,
+                                                       seed=cfg.run.seed, epoch=epoch)):
+            self.state, metrics = self.train_step(self.state, batch, active)
             outputs.append(metrics)
             if report_every and (i + 1) % report_every == 0 and i + 1 < n:
                 print(f"  epoch {epoch + 1}: {i + 1}/{n} batches "
                       f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
-        outputs = jax.device_get(outputs)
-        self.state = self._host_state(state)
+        outputs = self._gather(outputs)
         elapsed = time.perf_counter() - start
-        if self.n_devices > 1:
-            outputs = [unreplicate(o) for o in outputs]
         counts = np.array([o["utterances"] for o in outputs], np.float64)
         conf = np.sum([o["confusion"] for o in outputs], axis=0)
         report = classification_report(conf, self.dataset.label_names)
@@ -154,15 +197,11 @@ class Trainer:
                 "q": np.mean([o["q"] for o in outputs], 0).tolist(),
                 "seconds": elapsed, "steps_per_s": len(outputs) / elapsed}
 
-    def evaluate(self, split: str, params=None) -> dict:
-        """Metrics of `params` (default: current) on a split: classification_report plus
-        "loss" and "modality_f1" {m: weighted F1}."""
-        params = self.state.params if params is None else params
-        params = replicate(params, self.n_devices) if self.n_devices > 1 else params
-        outputs = [self.eval_step(params, b) for b in self.batcher.batches(split)]
-        outputs = jax.device_get(outputs)
-        if self.n_devices > 1:
-            outputs = [unreplicate(o) for o in outputs]
+    def evaluate(self, split: str) -> dict:
+        """Metrics of the current params on a split: classification_report plus "loss" and
+        "modality_f1" {m: weighted F1}."""
+        outputs = self._gather([self.eval_step(self.state.params, b)
+                                for b in self.batcher.batches(split)])
         total = sum(int(o["utterances"]) for o in outputs)
         report = classification_report(np.sum([o["confusion"] for o in outputs], 0),
                                        self.dataset.label_names)
@@ -177,68 +216,90 @@ def _fmt(x: float) -> str:
     return f"{100 * x:5.2f}"
 
 
-def train_and_evaluate(config: TrainConfig, out_dir: str, *, resume: bool = False,
+def read_history(path: str, upto: int, log: Callable[[str], None]) -> list[dict]:
+    """The epochs 1..`upto` of a metrics.jsonl; a torn last line (a run killed mid-write) is
+    dropped with a message."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    history = []
+    for i, line in enumerate(lines):
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise RunFolderError(f"{path}: line {i + 1} is not JSON; the run folder is "
+                                     "damaged") from None
+            log(f"{path}: dropped a torn last line (the previous run stopped while writing it)")
+    return [h for h in history if h.get("epoch", 0) <= upto]
+
+
+def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, resume: bool = False,
                        overwrite: bool = False, n_devices: int | None = None,
                        log: Callable[[str], None] = print) -> dict:
     """Train, select the best epoch, evaluate, and write the run folder. Returns the report.
 
-    The run folder holds config.json, metrics.jsonl (one object per epoch), checkpoints/ (orbax),
-    report.json and report.md (and plots with matplotlib installed).
+    The configuration and the data are checked before anything on disk is touched. The run
+    folder holds config.json (the config tree), metrics.jsonl (one object per epoch),
+    checkpoints/ (orbax), report.json and report.md (and plots with matplotlib installed).
     """
+    validate(config)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: resume continues the "
+                          "run in the folder, overwrite replaces it")
     maybe_initialize_distributed()
-    prepare_run_folder(out_dir, config, resume=resume, overwrite=overwrite)
-    dataset = load_dataset(config)
+    dataset = load_dataset(config.data)
     trainer = Trainer(config, dataset, n_devices=n_devices)
-    tag = " [model selected on TEST: the release's protocol]" if config.selection == "test" else ""
+    prepare_run_folder(out_dir, config, trainer.fingerprint, resume=resume, overwrite=overwrite)
+    tag = (" [model selected on TEST: the release's protocol]"
+           if config.run.selection == "test" else "")
     log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
         f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
         f"{trainer.batcher.num_batches('train')} batches/epoch, "
         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
-    manager = ckpt.create_manager(os.path.join(out_dir, "checkpoints"), config.keep_checkpoints)
+    manager = ckpt.create_manager(os.path.join(out_dir, "checkpoints"),
+                                  config.run.keep_checkpoints)
     meta = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
-            "fingerprint": config.fingerprint(), "dims": trainer.dims}
+            "fingerprint": trainer.fingerprint, "dims": trainer.dims}
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     if resume and manager.latest_step() is not None:
-        trainer.state, meta = ckpt.restore(manager, manager.latest_step(), trainer.state,
-                                           fingerprint=config.fingerprint(), dims=trainer.dims)
+        state, meta = ckpt.restore(manager, manager.latest_step(), trainer.host_state(),
+                                   fingerprint=trainer.fingerprint, dims=trainer.dims)
+        trainer.state = trainer.to_device(state)
         log(f"resumed from epoch {meta['epoch']}")
-    history = []
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-    history = [h for h in history if h["epoch"] <= meta["epoch"]]
+    history = read_history(metrics_path, meta["epoch"], log)
     with open(metrics_path, "w") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)
-    for epoch in range(meta["epoch"], config.epochs):
+    epochs = config.schedule.epochs
+    for epoch in range(meta["epoch"], epochs):
         train = trainer.train_epoch(epoch)
         valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
-        score = (valid if config.selection == "valid" else test)["weighted_f1"]
+        score = (valid if config.run.selection == "valid" else test)["weighted_f1"]
         if score > meta["best_score"]:
             meta.update(best_score=score, best_epoch=epoch + 1,
                         best={"valid": valid, "test": test})
         meta["epoch"] = epoch + 1
-        record = {"epoch": epoch + 1, "selection": config.selection, "train": train,
-                  "valid": {k: valid[k] for k in ("loss", "accuracy", "weighted_f1", "macro_f1",
-                                                  "modality_f1")},
-                  "test": {k: test[k] for k in ("loss", "accuracy", "weighted_f1", "macro_f1",
-                                                "modality_f1")}}
+        keys = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
+        record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
+                  "valid": {k: valid[k] for k in keys}, "test": {k: test[k] for k in keys}}
         history.append(record)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        ckpt.save(manager, epoch + 1, trainer.state, meta, score)
+        ckpt.save(manager, epoch + 1, trainer.host_state(), meta, score)
         q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
-        log(f"epoch {epoch + 1:3d}/{config.epochs} {train['seconds']:6.1f}s "
+        log(f"epoch {epoch + 1:3d}/{epochs} {train['seconds']:6.1f}s "
             f"loss {train['loss']:.4f} | valid acc {_fmt(valid['accuracy'])} "
             f"wF1 {_fmt(valid['weighted_f1'])} | test acc {_fmt(test['accuracy'])} "
             f"wF1 {_fmt(test['weighted_f1'])} | q {q} | {train['steps_per_s']:.2f} steps/s"
             + (" *" if meta["best_epoch"] == epoch + 1 else ""))
     manager.close()
     report = {
-        "selection": config.selection,
+        "selection": config.run.selection,
         "selection_note": ("best epoch chosen on the TEST split (the release's protocol)"
-                           if config.selection == "test" else
+                           if config.run.selection == "test" else
                            "best epoch chosen on the validation split"),
-        "best_epoch": meta["best_epoch"], "epochs": config.epochs,
+        "best_epoch": meta["best_epoch"], "epochs": epochs,
         "devices": trainer.n_devices, "platform": jax.devices()[0].platform,
         "parameters": trainer.num_parameters, "dataset": dataset.name, "layout": dataset.layout,
         "label_names": list(dataset.label_names),
@@ -261,26 +322,21 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
       step: the checkpoint epoch (default: the best kept one).
 
     Raises:
-      CheckpointError: no checkpoint, or one whose config/widths do not fit.
+      CheckpointError: no run folder or checkpoint, or one whose config/widths do not fit.
     """
-    from ambjax.train.config import config_from_json
-    cfg_path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise ckpt.CheckpointError(f"{run_dir}: no config.json (not a run folder)")
-    with open(cfg_path) as f:
-        blob = json.load(f)
-    blob.pop("fingerprint", None)
-    config = config_from_json(blob)
+    config = read_run_config(run_dir)
     if data:
-        config = dataclasses.replace(config, data=data)
-    dataset = load_dataset(config)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data))
+    dataset = load_dataset(config.data)
     trainer = Trainer(config, dataset, n_devices=n_devices or 1)
-    manager = ckpt.create_manager(os.path.join(run_dir, "checkpoints"), config.keep_checkpoints)
+    manager = ckpt.create_manager(os.path.join(run_dir, "checkpoints"),
+                                  config.run.keep_checkpoints)
     step = step if step is not None else ckpt.best_step(manager)
     if step is None:
         raise ckpt.CheckpointError(f"{run_dir}: no checkpoint saved")
-    trainer.state, meta = ckpt.restore(manager, step, trainer.state,
-                                       fingerprint=config.fingerprint(), dims=trainer.dims)
+    state, _ = ckpt.restore(manager, step, trainer.host_state(), fingerprint=trainer.fingerprint,
+                            dims=trainer.dims)
+    trainer.state = trainer.to_device(state)
     manager.close()
     return {"checkpoint_epoch": step, "valid": trainer.evaluate("valid"),
             "test": trainer.evaluate("test")}

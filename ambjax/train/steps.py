@@ -9,15 +9,9 @@ reduced over the axis, so the balancing sees the global batch.
 metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
 "utterances" int32 [] (real utterances in the global batch).
 
-The step builders accept any Flax module that follows AMBDSGDN's calling convention (the "model
-protocol"), so models composed from ambjax's pieces train with the same steps:
-
-    model.apply({"params": p}, batch, train=..., balance_active=..., axis_name=...,
-                rngs={"dropout": k1, "balance": k2})
-      -> {"logits": [N, C], "modality_logits": {m: [N, C]}, "modality_f1": [M], "q": [M]}
-
-where `batch` is a `DialogueBatch` (labels and masks are read from `batch.nodes`). See
-`experiments/compose.py` for such a model.
+The step builders accept any `ambjax.nn.DialogueModel` (a `typing.Protocol`: Flax `apply` on a
+`DialogueBatch` returning a `ModelOutput`), so models composed from ambjax's pieces train with
+the same steps (see `experiments/compose.py`). The number of classes is read from the logits.
 """
 
 from __future__ import annotations
@@ -29,26 +23,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ambjax.graphs.batch import DialogueBatch
 from ambjax.losses import amb_loss
-from ambjax.nn.balance import confusion_matrix
-from ambjax.nn.model import AMBDSGDN
+from ambjax.metrics import confusion_matrix
+from ambjax.nn.protocol import DialogueModel
 from ambjax.train.state import TrainState
 
 AXIS = "batch"
 
 
-def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
+def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformation, *,
                     class_weights=None, unimodal_weight: float = 0.1,
-                    axis_name: str | None = None, num_classes: int | None = None) -> Callable:
+                    axis_name: str | None = None) -> Callable:
     """Build the pure train step (see module docstring).
 
     Args:
-      model: `AMBDSGDN` or any module following the model protocol.
+      model: `AMBDSGDN` or any `DialogueModel`.
       optimizer: an optax transformation (see `create_optimizer` for the release's).
       class_weights: float [C] loss weights or None.
       unimodal_weight: weight of the squared unimodal NLL terms.
       axis_name: pmap axis name (None: single device, wrap with `jax.jit`).
-      num_classes: C (default: `model.config.num_classes`).
 
     Returns:
       `train_step(state, batch, balance_active) -> (state, metrics)`, pure.
@@ -68,9 +62,7 @@ def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
       >>> int(state.step), bool(jnp.isfinite(metrics["loss"]))
       (1, True)
     """
-    num_classes = num_classes or model.config.num_classes
-
-    def train_step(state: TrainState, batch, balance_active):
+    def train_step(state: TrainState, batch: DialogueBatch, balance_active):
         key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -81,15 +73,15 @@ def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
             out = model.apply({"params": params}, batch, train=True,
                               balance_active=balance_active, axis_name=axis_name,
                               rngs={"dropout": dropout_key, "balance": balance_key})
-            objective, aux = amb_loss(out["logits"], out["modality_logits"], nodes["label"],
-                                      nodes["mask"], class_weights=class_weights,
+            objective, aux = amb_loss(out["logits"], out["modality_logits"], nodes.label,
+                                      nodes.mask, class_weights=class_weights,
                                       unimodal_weight=unimodal_weight, axis_name=axis_name)
             return objective, (aux, out)
 
         grads, (aux, out) = jax.grad(loss_fn, has_aux=True)(state.params)
-        conf = confusion_matrix(nodes["label"], jnp.argmax(out["logits"], -1), nodes["mask"],
-                                num_classes)
-        count = nodes["mask"].sum(dtype=jnp.int32)
+        conf = confusion_matrix(nodes.label, jnp.argmax(out["logits"], -1), nodes.mask,
+                                out["logits"].shape[-1])
+        count = nodes.mask.sum(dtype=jnp.int32)
         if axis_name is not None:
             grads = jax.lax.psum(grads, axis_name)
             conf, count = jax.lax.psum((conf, count), axis_name)
@@ -103,8 +95,8 @@ def make_train_step(model: AMBDSGDN, optimizer: optax.GradientTransformation, *,
     return train_step
 
 
-def make_eval_step(model: AMBDSGDN, *, class_weights=None, unimodal_weight: float = 0.1,
-                   axis_name: str | None = None, num_classes: int | None = None) -> Callable:
+def make_eval_step(model: DialogueModel, *, class_weights=None, unimodal_weight: float = 0.1,
+                   axis_name: str | None = None) -> Callable:
     """Build `eval_step(params, batch) -> metrics` (no dropout, no balancing).
 
     Arguments as for `make_train_step`.
@@ -112,20 +104,19 @@ def make_eval_step(model: AMBDSGDN, *, class_weights=None, unimodal_weight: floa
     metrics: "loss_sum" (loss times real utterances, for averaging over batches),
     "confusion" int32 [C, C], "modality_confusion" int32 [M, C, C], "utterances" int32 [].
     """
-    num_classes = num_classes or model.config.num_classes
-
-    def eval_step(params, batch):
+    def eval_step(params, batch: DialogueBatch):
         nodes = batch.nodes
         out = model.apply({"params": params}, batch, train=False)
-        _, aux = amb_loss(out["logits"], out["modality_logits"], nodes["label"], nodes["mask"],
+        _, aux = amb_loss(out["logits"], out["modality_logits"], nodes.label, nodes.mask,
                           class_weights=class_weights, unimodal_weight=unimodal_weight,
                           axis_name=axis_name)
-        conf = confusion_matrix(nodes["label"], jnp.argmax(out["logits"], -1), nodes["mask"],
+        num_classes = out["logits"].shape[-1]
+        conf = confusion_matrix(nodes.label, jnp.argmax(out["logits"], -1), nodes.mask,
                                 num_classes)
-        mod_conf = jnp.stack([confusion_matrix(nodes["label"], jnp.argmax(lm, -1),
-                                               nodes["mask"], num_classes)
+        mod_conf = jnp.stack([confusion_matrix(nodes.label, jnp.argmax(lm, -1), nodes.mask,
+                                               num_classes)
                               for lm in out["modality_logits"].values()])
-        count = nodes["mask"].sum(dtype=jnp.int32)
+        count = nodes.mask.sum(dtype=jnp.int32)
         if axis_name is not None:
             conf, mod_conf, count = jax.lax.psum((conf, mod_conf, count), axis_name)
         return {"loss_sum": aux["loss"] * count, "confusion": conf,
@@ -149,7 +140,7 @@ def unreplicate(tree):
     return jax.tree.map(lambda x: x[0], tree)
 
 
-def compile_steps(model: AMBDSGDN, optimizer: optax.GradientTransformation, n_devices: int, *,
+def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation, n_devices: int, *,
                   class_weights=None, unimodal_weight: float = 0.1):
     """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
     "batch") for more. With pmap the state, params and step outputs carry a leading device axis

@@ -1,0 +1,20 @@
+"""The README's main job: IEMOCAP-shaped synthetic data, hidden 64, 12 epochs, balancing after
+4 warm-up epochs; one padding bucket (on a CPU compiling a bucket costs more than its padding
+saves).
+
+    python -m experiments.train --overwrite
+
+Result (2-core CPU, one device; README "Results"): best epoch 11 on validation, test accuracy
+67.5%, weighted F1 67.6%, against a majority-class share of 23.6%.
+"""
+
+from ambjax.nn import ModelConfig
+from ambjax.train.config import (DataConfig, ExperimentConfig, OptimConfig, ScheduleConfig)
+
+
+def get_config() -> ExperimentConfig:
+    return ExperimentConfig(
+        data=DataConfig(budget_growth=None),
+        model=ModelConfig(hidden_dim=64, dropout=0.2),
+        optim=OptimConfig(lr=1e-3, l2=1e-5),
+        schedule=ScheduleConfig(epochs=12, balance_warmup=4))
