@@ -10,10 +10,12 @@ includes the per-dialogue edge computation (done once per dataset in `GraphBatch
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 
+from ambjax.cli import run_main
 from ambjax.data import make_synthetic
 from ambjax.graphs import GraphBatcher
 from benchmarks.common import environment, write_results
@@ -56,4 +58,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(lambda argv: (main(argv), 0)[1]))

@@ -23,6 +23,7 @@ import argparse
 import collections
 import os
 import re
+import sys
 import tempfile
 import time
 
@@ -30,9 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs import make_config
+from ambjax.cli import run_main
 from ambjax.train.loop import Trainer, load_dataset
 from benchmarks.common import environment, write_results
+from experiments.configs import make_config
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
@@ -168,4 +170,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(lambda argv: (main(argv), 0)[1]))

@@ -29,12 +29,14 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import resource
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambjax.cli import run_main
 from ambjax.data import make_synthetic
 from ambjax.train.loop import Trainer, load_dataset
 from benchmarks.common import environment, write_results
@@ -230,4 +232,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(lambda argv: (main(argv), 0)[1]))

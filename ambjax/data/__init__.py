@@ -2,7 +2,8 @@
 
 from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, MODALITIES, DataFormatError,
                                  Dialogue, DialogueDataset, validation_split)
-from ambjax.data.loader import LAYOUTS, TEXT_OPTIONS, detect_layout, load_features, read_pickle
+from ambjax.data.loader import LAYOUTS, TEXT_OPTIONS, detect_layout, load_features
+from ambjax.data.safe_pickle import read_pickle
 from ambjax.data.synthetic import PRESETS, make_synthetic, to_layout_fields, write_pickle
 
 __all__ = [

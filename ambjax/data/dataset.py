@@ -27,6 +27,16 @@ class DataFormatError(ValueError):
     """
 
 
+def _int32(values, field: str, vid) -> np.ndarray:
+    """`values` as int32, refusing values that int32 cannot hold (a cast would wrap them)."""
+    array = np.asarray(values)
+    if array.size and np.issubdtype(array.dtype, np.integer) and (
+            array.min() < np.iinfo(np.int32).min or array.max() > np.iinfo(np.int32).max):
+        raise DataFormatError(f"dialogue {vid!r}: field {field} has value "
+                              f"{array.max() if array.max() > 0 else array.min()}, outside int32")
+    return array.astype(np.int32)
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array = np.ascontiguousarray(array)
     array.setflags(write=False)
@@ -51,8 +61,8 @@ class Dialogue:
     features: Mapping[str, np.ndarray]
 
     def __post_init__(self):
-        object.__setattr__(self, "speakers", _frozen(np.asarray(self.speakers, np.int32)))
-        object.__setattr__(self, "labels", _frozen(np.asarray(self.labels, np.int32)))
+        object.__setattr__(self, "speakers", _frozen(_int32(self.speakers, "speakers", self.id)))
+        object.__setattr__(self, "labels", _frozen(_int32(self.labels, "labels", self.id)))
         feats = {m: _frozen(np.asarray(x, np.float32)) for m, x in self.features.items()}
         object.__setattr__(self, "features", types.MappingProxyType(feats))
 

@@ -10,21 +10,22 @@ Supported layouts (detected from the number of fields and their structure):
 | ``mmgcn_meld`` (10) | the same plus ``extra`` |
 | ``dialoguernn_meld`` (9) | ids, speakers, labels, text, audio, sentences, train, test, sentiment |
 
-Files are unpickled with a restricted unpickler (builtins containers and numpy arrays only) and
-`encoding="latin1"` (most were written by Python 2), so loading a file cannot run arbitrary code.
+Files are unpickled by `ambjax.data.safe_pickle.read_pickle` (builtin containers and numpy
+arrays only, allocations bounded by the file's size, nesting bounded, `encoding="latin1"` for
+Python 2 files), so loading a file cannot run code or exhaust memory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any, Hashable
 
 import numpy as np
 
 from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, DataFormatError, Dialogue,
                                  DialogueDataset, validate_dialogue, validation_split)
+from ambjax.data.safe_pickle import read_pickle
 
 log = logging.getLogger(__name__)
 
@@ -43,48 +44,6 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 TEXT_OPTIONS = ("first", "mean4")
 MELD_SPEAKER_SLOTS = 9
-
-_ALLOWED_GLOBALS = {
-    ("builtins", n) for n in ("list", "dict", "tuple", "set", "frozenset", "int", "float",
-                              "str", "bytes", "bytearray", "complex", "bool", "object")
-} | {
-    (mod, n) for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for n in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-     ("_codecs", "encode"), ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 (and protocol <= 2) pickles name builtins "__builtin__"
-        if (module.replace("__builtin__", "builtins"), name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name}: feature files hold only builtins and numpy arrays")
-
-
-def read_pickle(path: str | os.PathLike) -> Any:
-    """Unpickle `path` with the restricted unpickler (latin1 for Python 2 files).
-
-    Raises:
-      DataFormatError: missing, unreadable, truncated or non-pickle file, or one that references
-        anything other than builtin containers and numpy arrays.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataFormatError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
-    except DataFormatError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, OverflowError, MemoryError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: not a readable feature pickle "
-                              f"(truncated or corrupt?): {type(e).__name__}: {e}") from None
-    except OSError as e:
-        raise DataFormatError(f"{path}: cannot read file: {e}") from None
-
 
 def detect_layout(fields: Any, path: str = "<memory>") -> str:
     """Name the layout of an unpickled feature file from its field count and structure."""
@@ -110,13 +69,25 @@ def _id_list(value: Any, field: str, path: str) -> list:
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [v.item() if isinstance(v, np.generic) else v for v in value]
+        ids = [v.item() if isinstance(v, np.generic) else v for v in value]
+        seen: set = set()
+        for i in ids:
+            try:
+                if i in seen:
+                    raise DataFormatError(f"{path}: field {field} lists dialogue {i!r} twice")
+                seen.add(i)
+            except TypeError:
+                raise DataFormatError(f"{path}: field {field} holds an unhashable dialogue id "
+                                      f"of type {type(i).__name__}") from None
+        return ids
     raise DataFormatError(f"{path}: field {field} should be a collection of dialogue ids, "
                           f"found {type(value).__name__}")
 
 
 def _speaker_ids(raw: Any, dataset: str, vid: Hashable, path: str) -> np.ndarray:
     tag = f"{path}: dialogue {vid!r}: field speakers"
+    if not isinstance(raw, (list, tuple, np.ndarray)):
+        raise DataFormatError(f"{tag}: expected a list of speakers, found {type(raw).__name__}")
     if dataset == "IEMOCAP":
         out = []
         for k, s in enumerate(raw):
@@ -212,7 +183,7 @@ def load_features(path: str | os.PathLike, *, text: str = "first", valid_fractio
                      "from test); ignored", path)
     if set(train) & set(test):
         raise DataFormatError(f"{path}: fields train and test share dialogues "
-                              f"{sorted(set(train) & set(test))[:3]}")
+                              f"{list(set(train) & set(test))[:3]}")
     if not valid:
         train, valid = validation_split(train, valid_fraction, seed)
 
@@ -233,6 +204,10 @@ def load_features(path: str | os.PathLike, *, text: str = "first", valid_fractio
             raise DataFormatError(f"{path}: dialogue {vid!r}: field labels should be a list of "
                                   f"ints, found dtype {labels.dtype} shape {labels.shape}")
         n = labels.shape[0]
+        out_of_range = (labels < 0) | (labels >= len(label_names))
+        if out_of_range.any():   # before any cast to int32, which would wrap large values
+            raise DataFormatError(f"{path}: dialogue {vid!r}: field labels has label "
+                                  f"{labels[out_of_range][0]}, expected 0..{len(label_names) - 1}")
         for field in ("ids", "sentences"):
             value = f[field].get(vid) if isinstance(f.get(field), dict) else None
             if isinstance(value, (list, tuple, np.ndarray)) and len(value) != n:

@@ -224,10 +224,12 @@ class GraphBatcher:
                 return b
         raise ValueError(f"{n_utterances} utterances exceed the largest budget {self.budgets[-1]}")
 
-    def build(self, dialogues: Sequence[Dialogue]) -> DialogueBatch:
-        """One padded batch (stacked per device when n_devices > 1)."""
+    def build(self, dialogues: Sequence[Dialogue], budget: Budget | None = None) -> DialogueBatch:
+        """One padded batch (stacked per device when n_devices > 1), in the smallest budget
+        that holds it or in `budget` (e.g. an all-padding batch of each bucket:
+        `build([], budget)`, for compiling ahead of time)."""
         shards = shard_dialogues(dialogues, self.n_devices)
-        budget = self.budget_for(max(sum(len(d) for d in s) for s in shards))
+        budget = budget or self.budget_for(max(sum(len(d) for d in s) for s in shards))
         batches = [build_batch(s, budget, modalities=self.modalities,
                                num_speakers=self.dataset.num_speakers, dims=self.dataset.dims,
                                edges={k: [self.edges[k][d.id] for d in s] for k in GRAPH_KINDS})

@@ -17,7 +17,13 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not belong to this configuration or data."""
+    """A checkpoint that is damaged, or does not belong to this configuration or data."""
+
+
+def _damaged(where: str, e: Exception) -> CheckpointError:
+    text = " ".join(str(e).split())[:300]
+    return CheckpointError(f"{where}: damaged or unreadable checkpoint "
+                           f"({type(e).__name__}: {text})")
 
 
 def create_manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
@@ -29,6 +35,8 @@ def create_manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
                                            enable_async_checkpointing=False)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -43,7 +51,14 @@ def save(manager: ocp.CheckpointManager, epoch: int, state, meta: dict, score: f
 
 def read_meta(manager: ocp.CheckpointManager, epoch: int) -> dict:
     """The JSON record saved with checkpoint `epoch`."""
-    return manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+        meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged files
+        raise _damaged(os.path.join(str(manager.directory), str(epoch)), e) from None
+    if not isinstance(meta, dict) or "epoch" not in meta:
+        raise CheckpointError(f"{os.path.join(str(manager.directory), str(epoch))}: damaged "
+                              "checkpoint record (no epoch)")
+    return meta
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
@@ -73,6 +88,9 @@ def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerp
                               f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); "
                               "use the run's own config or a new --out folder")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target_state))
-    state = manager.restore(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    try:
+        state = manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract)))["state"]
+    except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged files
+        raise _damaged(where, e) from None
     return state, meta

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Callable
@@ -15,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambjax.data import load_features, make_synthetic
+from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
 from ambjax.graphs import GraphBatcher
 from ambjax.losses import IEMOCAP_CLASS_WEIGHTS
@@ -24,13 +23,12 @@ from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
 from ambjax.train import checkpoint as ckpt
 from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
                                  from_dict, to_dict, validate)
+from ambjax.train import run_folder
+from ambjax.train.compile import compile_programs
 from ambjax.train.report import write_report
+from ambjax.train.run_folder import RunFolderError
 from ambjax.train.state import create_optimizer, create_train_state
 from ambjax.train.steps import compile_steps, replicate, unreplicate
-
-
-class RunFolderError(ValueError):
-    """The output folder holds another run (and neither resume nor overwrite was asked)."""
 
 
 def maybe_initialize_distributed() -> None:
@@ -55,6 +53,11 @@ def load_dataset(data: DataConfig) -> DialogueDataset:
             raise ConfigError(f"data.modalities {sorted(missing)} are not in the data "
                               f"(it has {list(dataset.modalities)})")
         dataset = dataclasses.replace(dataset, modalities=data.modalities)
+    where = data.path or f"synthetic {data.synthetic} data"
+    for split in ("train", "valid", "test"):
+        if not dataset.splits[split]:
+            raise DataFormatError(f"{where}: the {split} split is empty; a run needs train, "
+                                  "validation and test dialogues")
     return dataset
 
 
@@ -73,39 +76,6 @@ def resolve_devices(n_devices: int | None) -> int:
         raise ConfigError(f"--devices must be between 1 and the {available} local device(s) "
                           f"of this machine, got {n_devices}")
     return n_devices
-
-
-def _write_json(path: str, blob: dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(blob, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def prepare_run_folder(out_dir: str, config: ExperimentConfig, model_fingerprint: str, *,
-                       resume: bool, overwrite: bool) -> None:
-    """Create `out_dir` (or check that it holds this run, for `resume`) and write config.json.
-
-    Call it only when the run is ready to start: `overwrite` replaces the folder's run.
-    """
-    cfg_path = os.path.join(out_dir, "config.json")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise RunFolderError(f"--out {out_dir} is a file, not a folder")
-    if os.path.exists(cfg_path) and not resume:
-        if not overwrite:
-            raise RunFolderError(f"{out_dir} already holds a run; pass --resume to continue it "
-                                 "or --overwrite to replace it")
-        shutil.rmtree(out_dir)
-    if resume and os.path.exists(cfg_path):
-        try:
-            with open(cfg_path) as f:
-                old = json.load(f)
-        except (OSError, ValueError) as e:
-            raise RunFolderError(f"{cfg_path} is unreadable ({e}); cannot resume") from None
-        if old.get("fingerprint") != model_fingerprint:
-            raise RunFolderError(f"{out_dir} holds a run of another model configuration; "
-                                 "resume with the same preset and overrides")
-    os.makedirs(out_dir, exist_ok=True)
-    _write_json(cfg_path, {**to_dict(config), "fingerprint": model_fingerprint})
 
 
 def read_run_config(run_dir: str) -> ExperimentConfig:
@@ -158,6 +128,20 @@ class Trainer:
         self.num_parameters = count_parameters(state.params)
         self.state = self.to_device(state)
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
+
+    def compile(self, log: Callable[[str], None] | None = None) -> None:
+        """Compile every bucket's train and eval program now (concurrently), checking the
+        largest one's memory first (`ambjax.train.compile`); steps then dispatch to them."""
+        batches = [self.batcher.build([], budget) for budget in self.batcher.budgets]
+        programs = compile_programs(self.train_step, self.eval_step, self.state, batches,
+                                    jnp.asarray(True), describe=self._describe_largest,
+                                    log=log)
+        self.train_step, self.eval_step = programs.train_step, programs.eval_step
+
+    def _describe_largest(self, batch) -> str:
+        longest = max(self.dataset.dialogues.values(), key=len)
+        return (f"{batch.nodes.mask.shape[-1]} node slots per device; the longest dialogue, "
+                f"{longest.id!r}, has {len(longest)} utterances")
 
     def to_device(self, state):
         """A host or single-device state placed for the steps (replicated for pmap)."""
@@ -251,13 +235,27 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, resume: bool =
     maybe_initialize_distributed()
     dataset = load_dataset(config.data)
     trainer = Trainer(config, dataset, n_devices=n_devices)
-    prepare_run_folder(out_dir, config, trainer.fingerprint, resume=resume, overwrite=overwrite)
+    run_folder.check(out_dir, trainer.fingerprint, resume=resume, overwrite=overwrite)
     tag = (" [model selected on TEST: the release's protocol]"
            if config.run.selection == "test" else "")
     log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
         f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
         f"{trainer.batcher.num_batches('train')} batches/epoch, "
         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
+    trainer.compile(log)
+    lock = run_folder.RunLock(out_dir)
+    try:
+        run_folder.check(out_dir, trainer.fingerprint, resume=resume, overwrite=overwrite)
+        if overwrite:
+            run_folder.clear(out_dir)
+        return _train(trainer, out_dir, resume=resume, log=log)
+    finally:
+        lock.release()
+
+
+def _train(trainer: Trainer, out_dir: str, *, resume: bool, log: Callable[[str], None]) -> dict:
+    """The epochs of `train_and_evaluate` in a checked, locked run folder."""
+    config, dataset = trainer.config, trainer.dataset
     manager = ckpt.create_manager(os.path.join(out_dir, "checkpoints"),
                                   config.run.keep_checkpoints)
     meta = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
@@ -268,6 +266,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, resume: bool =
                                    fingerprint=trainer.fingerprint, dims=trainer.dims)
         trainer.state = trainer.to_device(state)
         log(f"resumed from epoch {meta['epoch']}")
+    run_folder.write_json(os.path.join(out_dir, "config.json"),
+                          {**to_dict(config), "fingerprint": trainer.fingerprint})
     history = read_history(metrics_path, meta["epoch"], log)
     with open(metrics_path, "w") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)

@@ -1,0 +1,136 @@
+"""Ahead-of-time compilation of a run's programs, with a memory check before the first step.
+
+Every padding bucket has its own train and eval program. `compile_programs` lowers and compiles
+them all before training starts, concurrently in a thread pool (XLA compiles outside the GIL),
+with one progress line, instead of one after another inside the first epoch. The largest
+bucket's train program is compiled first and its memory (XLA's own count of arguments, outputs
+and temporaries) is compared with what the device has, so that a batch that cannot fit is
+refused in seconds with its size, not after a minute of allocation failures.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+
+from ambjax.cli import UserError
+from ambjax.graphs.batch import DialogueBatch
+
+
+class ResourceError(UserError):
+    """A run that cannot fit the device's memory."""
+
+
+def batch_key(batch: DialogueBatch) -> tuple:
+    """The static shape of a batch: which compiled program runs it."""
+    return (batch.nodes.mask.shape, batch.intra.senders.shape, batch.inter.senders.shape,
+            batch.layout.dense_index.shape, batch.layout.band)
+
+
+def available_memory_bytes(device: jax.Device | None = None) -> int | None:
+    """Memory a program may use on `device`: an accelerator's limit, or the host's available
+    memory for the CPU backend (None when unknown)."""
+    device = device or jax.local_devices()[0]
+    stats = getattr(device, "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def program_bytes(compiled) -> int | None:
+    """XLA's count of the memory one run of `compiled` needs (None when not reported)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if m is None:
+        return None
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
+@dataclasses.dataclass
+class Programs:
+    """Compiled train and eval programs by `batch_key`; called like the jitted steps."""
+
+    train: dict[tuple, Any]
+    eval: dict[tuple, Any]
+    train_bytes: dict[tuple, int | None]
+
+    def train_step(self, state, batch, balance_active):
+        return self.train[batch_key(batch)](state, batch, balance_active)
+
+    def eval_step(self, params, batch):
+        return self.eval[batch_key(batch)](params, batch)
+
+
+def compile_programs(train_step, eval_step, state, batches: Sequence[DialogueBatch],
+                     balance_active, *, describe: Callable[[DialogueBatch], str],
+                     memory_limit: int | None = None, workers: int | None = None,
+                     log: Callable[[str], None] | None = None) -> Programs:
+    """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
+
+    Args:
+      train_step, eval_step: the wrapped steps (`compile_steps`).
+      state: the train state (only its shapes are used).
+      batches: one batch per bucket (e.g. all-padding `GraphBatcher.build([], budget)`),
+        largest last.
+      balance_active: an example of the balancing switch (a bool scalar).
+      describe: names what the largest batch holds, for the memory message.
+      memory_limit: bytes a program may use (default: `available_memory_bytes()`).
+      workers: compile threads (default: the CPU count, at most the number of programs).
+      log: receives the progress line.
+
+    Raises:
+      ResourceError: the largest bucket's train program needs more memory than the device has.
+    """
+    start = time.perf_counter()
+    keyed = {batch_key(b): b for b in batches}
+    order = list(keyed)[::-1]                    # largest first
+    if log:
+        log(f"compiling {len(order)} shape(s) x (train, eval) ...")
+
+    def train_program(key):
+        return train_step.lower(state, keyed[key], balance_active).compile()
+
+    def eval_program(key):
+        return eval_step.lower(state.params, keyed[key]).compile()
+
+    largest = train_program(order[0])
+    limit = available_memory_bytes() if memory_limit is None else memory_limit
+    need = program_bytes(largest)
+    if need is not None and limit is not None and need > limit:
+        raise ResourceError(
+            f"the largest padded batch ({describe(keyed[order[0]])}) needs "
+            f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
+            "Lower data.batch_size, split or drop the longest dialogues, lower "
+            "model.hidden_dim, or use a device with more memory")
+    jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in order]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fn, k) for fn, k in jobs]
+        results = [f.result() for f in futures]
+    train = {order[0]: largest}
+    evals = {}
+    for (fn, key), compiled in zip(jobs, results):
+        (train if fn is train_program else evals)[key] = compiled
+    if log:
+        log(f"compiled {len(order)} shape(s) in {time.perf_counter() - start:.1f}s"
+            + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
+    return Programs(train=train, eval=evals,
+                    train_bytes={k: program_bytes(v) for k, v in train.items()})

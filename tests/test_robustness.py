@@ -1,0 +1,301 @@
+"""Hostile and careless use: every bad file, flag and fault ends in one clear line (exit 2), and
+nothing a user made is lost."""
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ambjax.cli import run_main
+from ambjax.data import DataFormatError, load_features, make_synthetic, read_pickle, write_pickle
+from ambjax.data.synthetic import to_layout_fields
+from ambjax.train import RunFolderError, Trainer, load_dataset, train_and_evaluate
+from ambjax.train.compile import ResourceError, compile_programs
+from ambjax.train.run_folder import RunLock
+from experiments.configs import make_config
+from experiments.evaluate import main as evaluate_main
+from experiments.train import main as train_main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--devices", "1"]
+
+
+def _snapshot(folder) -> dict:
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train_main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+# --- lost work ------------------------------------------------------------------------------
+
+def test_overwrite_with_bad_input_leaves_the_old_run_byte_identical(finished_run, tmp_path,
+                                                                    capsys):
+    before = _snapshot(finished_run)
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"not a pickle")
+    capsys.readouterr()
+    for argv in (["--data", str(tmp_path / "typo.pkl")], ["--data", str(bad)],
+                 ["--set", "model.dropout=2.0"], ["--devices", "99"],
+                 ["--set", "model.num_heads=3"]):
+        assert train_main(TINY + argv + ["--overwrite", "--out", str(finished_run)]) == 2
+        _one_error_line(capsys)
+    assert _snapshot(finished_run) == before
+
+
+def test_refused_resume_leaves_config_json_alone(finished_run, capsys):
+    before = _snapshot(finished_run)
+    assert train_main(TINY + ["--set", "model.hidden_dim=8", "--resume",
+                              "--out", str(finished_run)]) == 2
+    _one_error_line(capsys, "another model configuration")
+    assert train_main(TINY + ["--resume", "--overwrite", "--out", str(finished_run)]) == 2
+    _one_error_line(capsys, "exclude each other")
+    assert _snapshot(finished_run) == before
+
+
+def test_a_locked_folder_is_refused_and_left_alone(finished_run, capsys):
+    before = _snapshot(finished_run)
+    lock = RunLock(str(finished_run))
+    try:
+        assert train_main(TINY + ["--overwrite", "--out", str(finished_run)]) == 2
+        _one_error_line(capsys, "in use by another run", str(os.getpid()))
+    finally:
+        lock.release()
+    after = _snapshot(finished_run)
+    after.pop(".lock"), before.pop(".lock")
+    assert after == before
+
+
+def test_failed_setup_leaves_nothing_that_blocks_the_corrected_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(TINY + ["--set", "data.batch_size=0", "--out", str(out)]) == 2
+    _one_error_line(capsys, "data.batch_size")
+    assert not (out / "config.json").exists()
+    out.mkdir()
+    (out / "config.json").write_text("{}")        # a run that died before its first epoch
+    assert train_main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path):
+    out = tmp_path / "run"
+    messages = []
+    train_and_evaluate(make_config("tiny", ["schedule.epochs=1"]), str(out), n_devices=1,
+                       log=messages.append)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train": {"lo')          # killed mid-write
+    train_and_evaluate(make_config("tiny", ["schedule.epochs=2"]), str(out), n_devices=1,
+                       resume=True, log=messages.append)
+    assert any("torn last line" in m for m in messages)
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().split(
+        "\n") if line]
+    assert epochs == [1, 2]
+
+
+# --- hostile pickles ------------------------------------------------------------------------
+
+def test_deeply_nested_pickle_is_an_error_not_a_crash(tmp_path):
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x02N" + b"\x85" * 1_000_000 + b".")   # 1 MB of nested tuples
+    with pytest.raises(DataFormatError, match="nested more than"):
+        read_pickle(path)
+    # the same kind of structure used as a dialogue id (hashing it would crash CPython)
+    deep_id = b"N" + b"\x85" * 200_000
+    path.write_bytes(b"\x80\x02(" + b"}" * 10 + b"]" + deep_id + b"a" + b"]t.")
+    with pytest.raises(DataFormatError, match="nested more than"):
+        load_features(path)
+
+
+@pytest.mark.parametrize("payload,message", [
+    # numpy.ndarray((500_000_000,)) called directly: 500 MB from a 50-byte file
+    (b"\x80\x02cnumpy\nndarray\nJ\x00e\xcd\x1d\x85\x85R.", "ndarray"),
+    # builtins.bytearray(500_000_000)
+    (b"\x80\x02c__builtin__\nbytearray\nJ\x00e\xcd\x1d\x85R.", "from a number"),
+    # numpy.core.multiarray._reconstruct(ndarray, (500_000_000,), b'b')
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00e\xcd\x1d\x85"
+     b"C\x01b\x87R.", "more than the file holds"),
+    (b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.", "refusing to load os.system"),
+])
+def test_small_pickles_cannot_allocate_or_run_code(tmp_path, payload, message):
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    assert len(payload) < 100
+    with pytest.raises(DataFormatError, match=message):
+        read_pickle(path)
+
+
+def test_protocol_5_files_load_like_protocol_2(tmp_path):
+    data = make_synthetic("meld", scale=0.01, dims={"text": 6, "audio": 5, "visual": 4})
+    two, five = tmp_path / "p2.pkl", tmp_path / "p5.pkl"
+    layout = write_pickle(data, two)
+    with open(five, "wb") as f:
+        pickle.dump(tuple(to_layout_fields(data, layout)), f, protocol=5)
+    assert b"_frombuffer" in five.read_bytes()          # numpy's protocol-5 array path
+    a, b = load_features(two), load_features(five)
+    assert a.splits == b.splits
+    vid = a.splits["test"][0]
+    np.testing.assert_array_equal(a.dialogues[vid].features["audio"],
+                                  b.dialogues[vid].features["audio"])
+
+
+# --- silent wrong values --------------------------------------------------------------------
+
+def _write_fields(path, data, edit):
+    layout = write_pickle(data, path)
+    with open(path, "rb") as f:
+        fields = list(pickle.load(f))
+    edit(fields)
+    with open(path, "wb") as f:
+        pickle.dump(tuple(fields), f, protocol=2)
+    return layout
+
+
+def test_values_are_range_checked_before_casting(tmp_path):
+    data = make_synthetic("iemocap", scale=0.05, dims={"text": 6, "audio": 5, "visual": 4})
+    vid = data.splits["train"][0]
+    path = tmp_path / "labels.pkl"
+
+    def huge_label(fields):
+        fields[2][vid] = [2 ** 32 + 1] + list(fields[2][vid])[1:]
+    _write_fields(path, data, huge_label)
+    with pytest.raises(DataFormatError, match=f"dialogue '{vid}': field labels has label 4294967297"):
+        load_features(path)
+
+
+def test_duplicate_dialogue_in_a_split_is_named(tmp_path):
+    data = make_synthetic("iemocap", scale=0.05, dims={"text": 6, "audio": 5, "visual": 4})
+    vid = data.splits["train"][0]
+    path = tmp_path / "dup.pkl"
+
+    def duplicate(fields):
+        fields[-2] = list(fields[-2]) + [vid]
+    _write_fields(path, data, duplicate)
+    with pytest.raises(DataFormatError, match=f"field train lists dialogue '{vid}' twice"):
+        load_features(path)
+
+
+def test_speakers_none_and_empty_splits_are_errors(tmp_path):
+    data = make_synthetic("iemocap", scale=0.05, dims={"text": 6, "audio": 5, "visual": 4})
+    vid = data.splits["test"][0]
+    path = tmp_path / "none.pkl"
+
+    def no_speakers(fields):
+        fields[1][vid] = None
+    _write_fields(path, data, no_speakers)
+    with pytest.raises(DataFormatError, match="field speakers: expected a list"):
+        load_features(path)
+
+    def no_test(fields):
+        fields[-1] = []
+    _write_fields(path, data, no_test)
+    cfg = make_config("tiny", [f"data.path={path}"])
+    with pytest.raises(DataFormatError, match="the test split is empty"):
+        load_dataset(cfg.data)
+
+
+# --- tracebacks become one line -------------------------------------------------------------
+
+def test_cli_flags_and_places_fail_with_one_line(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (["--out", str(a_file)], "is a file"),
+        (["--out", str(a_file / "sub")], "file.txt"),
+        (["--devices", "99"], "--devices"),
+        (["--devices", "0"], "--devices"),
+        (["--devices", "two"], "--devices"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--set", "model.hidden_dim=0"], "model.hidden_dim"),
+        (["--set", "model.graphs=foo"], "model.graphs"),
+        (["--set", "optim.lr=nan"], "optim.lr"),
+    ]
+    capsys.readouterr()
+    for argv, needle in cases:
+        out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
+        assert train_main(TINY + argv + out) == 2, argv
+        _one_error_line(capsys, needle)
+
+
+def test_damaged_checkpoint_and_config_are_one_line(finished_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns(".lock"))
+    for path in (run / "checkpoints").rglob("*"):
+        if path.is_file() and "state" in str(path):
+            path.write_bytes(b"garbage")
+    capsys.readouterr()
+    assert evaluate_main(["--run", str(run)]) == 2
+    _one_error_line(capsys, "damaged or unreadable checkpoint")
+    assert train_main(TINY + ["--epochs", "2", "--resume", "--out", str(run)]) == 2
+    _one_error_line(capsys, "damaged or unreadable checkpoint")
+    (run / "config.json").write_text('{"model": {"hidden_dim": "x"')
+    assert evaluate_main(["--run", str(run)]) == 2
+    _one_error_line(capsys, "config.json is unreadable")
+
+
+def test_error_path_exit_codes_and_debug(capsys, monkeypatch):
+    def disk_full(_):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/run/metrics.jsonl")
+
+    def interrupted(_):
+        raise KeyboardInterrupt
+
+    assert run_main(disk_full, []) == 2
+    _one_error_line(capsys, "/data/run/metrics.jsonl: No space left on device")
+    assert run_main(interrupted, []) == 130
+    assert "interrupted" in capsys.readouterr().err
+    with pytest.raises(OSError):
+        run_main(disk_full, ["--debug"])
+    monkeypatch.setenv("AMBJAX_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        run_main(interrupted, [])
+
+
+def test_entry_points_answer_bad_input_with_one_line(tmp_path):
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"\x80\x02N" + b"\x85" * 200_000 + b".")
+    for argv in (["ambjax.data", "describe", str(bad)],
+                 ["experiments.evaluate", "--run", str(tmp_path / "none")]):
+        result = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), \
+            (argv, result.stderr[-400:])
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_the_first_step():
+    import jax.numpy as jnp
+    config = make_config("tiny")
+    data = load_dataset(config.data)
+    trainer = Trainer(config, data, n_devices=1)
+    batches = [trainer.batcher.build([], b) for b in trainer.batcher.budgets]
+    longest = max(data.dialogues.values(), key=len)
+    with pytest.raises(ResourceError, match=f"{longest.id!r}, has {len(longest)} utterances") \
+            as info:
+        compile_programs(trainer.train_step, trainer.eval_step, trainer.state, batches,
+                         jnp.asarray(True), describe=trainer._describe_largest,
+                         memory_limit=100_000)
+    assert "GB for one train step; 0.0 GB are available" in str(info.value)
