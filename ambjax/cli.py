@@ -55,3 +55,30 @@ def one_line(e: BaseException) -> str:
     else:
         text = str(e) or type(e).__name__
     return " ".join(text.split())
+
+
+def compile_cache_dir() -> str:
+    """Where the command-line tools keep XLA's persistent compilation cache:
+    $AMBJAX_CACHE_DIR, else $XDG_CACHE_HOME/ambjax/xla, else ~/.cache/ambjax/xla."""
+    if os.environ.get("AMBJAX_CACHE_DIR"):
+        return os.environ["AMBJAX_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ambjax", "xla")
+
+
+def enable_compile_cache(enabled: bool = True) -> str | None:
+    """Turn on JAX's persistent compilation cache (so a second identical run starts in
+    seconds) unless `enabled` is False or AMBJAX_COMPILE_CACHE=0. Returns the folder used."""
+    if not enabled or os.environ.get("AMBJAX_COMPILE_CACHE", "1") == "0":
+        return None
+    import jax
+    if jax.config.jax_compilation_cache_dir:        # already set by the user or a test
+        return jax.config.jax_compilation_cache_dir
+    path = compile_cache_dir()
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None                                   # an unwritable home: run uncached
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path

@@ -15,7 +15,7 @@ from ambjax.convert import release_forward, release_q
 from ambjax.graphs import Budget, GraphBatcher, build_batch, dialogue_edges
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix, per_class_f1, weighted_f1
-from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout, ModelConfig,
+from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout,
                        count_parameters, create_model, drop_probabilities)
 
 # Copies of the release fixtures (shared/fixtures) ship in tests/fixtures; AMBJAX_FIXTURES may
@@ -310,8 +310,8 @@ def test_banded_and_dense_block_aggregation_equal_segment_sum(small):
         dense_only = batch.layout.replace(band=None)
         mask = np.asarray(graph.nodes.mask)
         assert np.abs(np.asarray(sparse)[mask]).max() > 0
-        for glob in (graph.globals, dense_only):
-            out = jax.jit(aggregate)(weights, values, graph._replace(globals=glob))
+        for layout in (graph.globals, dense_only):
+            out = jax.jit(aggregate)(weights, values, graph._replace(globals=layout))
             np.testing.assert_allclose(np.asarray(out)[mask], np.asarray(sparse)[mask],
                                        rtol=1e-5, atol=1e-5)
 

@@ -15,8 +15,8 @@ import pytest
 from ambjax.cli import run_main
 from ambjax.data import DataFormatError, load_features, make_synthetic, read_pickle, write_pickle
 from ambjax.data.synthetic import to_layout_fields
-from ambjax.train import RunFolderError, Trainer, load_dataset, train_and_evaluate
-from ambjax.train.compile import ResourceError, compile_programs
+from ambjax.train import Trainer, load_dataset, train_and_evaluate
+from ambjax.train.compile import ResourceError
 from ambjax.train.run_folder import RunLock
 from experiments.configs import make_config
 from experiments.evaluate import main as evaluate_main
@@ -287,15 +287,11 @@ def test_entry_points_answer_bad_input_with_one_line(tmp_path):
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_the_first_step():
-    import jax.numpy as jnp
     config = make_config("tiny")
     data = load_dataset(config.data)
     trainer = Trainer(config, data, n_devices=1)
-    batches = [trainer.batcher.build([], b) for b in trainer.batcher.budgets]
     longest = max(data.dialogues.values(), key=len)
     with pytest.raises(ResourceError, match=f"{longest.id!r}, has {len(longest)} utterances") \
             as info:
-        compile_programs(trainer.train_step, trainer.eval_step, trainer.state, batches,
-                         jnp.asarray(True), describe=trainer._describe_largest,
-                         memory_limit=100_000)
+        trainer.compile(memory_limit=100_000)
     assert "GB for one train step; 0.0 GB are available" in str(info.value)

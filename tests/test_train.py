@@ -1,6 +1,5 @@
 """Train step (jit and pmap), checkpoints and resume, experiment scripts, bad input."""
 
-import dataclasses
 import json
 
 import jax

@@ -163,10 +163,10 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
                                                band=budget.band))
 
 
-def stack_for_devices(batches: Sequence[DialogueBatch]) -> DialogueBatch:
-    """Stack same-budget batches along a new leading device axis (for `jax.pmap`)."""
+def stack_for_devices(batches: Sequence[DialogueBatch], axis: int = 0) -> DialogueBatch:
+    """Stack same-budget batches along a new device (or seed) axis at position `axis`."""
     import jax  # local: keeps graph building importable without touching a backend
-    return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    return jax.tree.map(lambda *xs: np.stack(xs, axis=axis), *batches)
 
 
 def shard_dialogues(dialogues: Sequence[Dialogue], n_devices: int) -> list[list[Dialogue]]:
@@ -229,12 +229,54 @@ class GraphBatcher:
         that holds it or in `budget` (e.g. an all-padding batch of each bucket:
         `build([], budget)`, for compiling ahead of time)."""
         shards = shard_dialogues(dialogues, self.n_devices)
-        budget = budget or self.budget_for(max(sum(len(d) for d in s) for s in shards))
+        budget = budget or self.budget_of(dialogues)
         batches = [build_batch(s, budget, modalities=self.modalities,
                                num_speakers=self.dataset.num_speakers, dims=self.dataset.dims,
                                edges={k: [self.edges[k][d.id] for d in s] for k in GRAPH_KINDS})
                    for s in shards]
         return batches[0] if self.n_devices == 1 else stack_for_devices(batches)
+
+    def budget_of(self, dialogues: Sequence[Dialogue]) -> Budget:
+        """The smallest budget holding `dialogues` as one batch (shards included)."""
+        shards = shard_dialogues(dialogues, self.n_devices)
+        return self.budget_for(max(sum(len(d) for d in s) for s in shards))
+
+    def _orders(self, n: int, seeds: Sequence[int], epoch: int) -> list[np.ndarray]:
+        return [np.random.default_rng([seed, epoch]).permutation(n) for seed in seeds]
+
+    def budgets_used(self, seeds: Sequence[int], epochs: int) -> dict[str, list[Budget]]:
+        """The budgets that `seed_batches("train", seeds, epoch=e)` for e < `epochs` and
+        `batches` of valid and test will use, smallest first: {"train": [...], "eval": [...]}
+        (what a run has to compile; computed from lengths alone, in milliseconds)."""
+        train = self.dataset.split("train")
+        used = set()
+        for epoch in range(epochs):
+            orders = self._orders(len(train), seeds, epoch)
+            for start in range(0, len(train), self.batch_size):
+                used.add(max((self.budget_of([train[i] for i in o[start:start + self.batch_size]])
+                              for o in orders), key=lambda b: b.n_node))
+        evals = {self.budget_of(d[s:s + self.batch_size])
+                 for d in (self.dataset.split("valid"), self.dataset.split("test"))
+                 for s in range(0, len(d), self.batch_size)}
+        return {"train": sorted(used), "eval": sorted(evals)}
+
+    def seed_batches(self, split: str, seeds: Sequence[int], *,
+                     epoch: int = 0) -> Iterator[DialogueBatch]:
+        """Shuffled batches of several runs at once, one per seed, stacked on a seed axis.
+
+        Step i holds, for each seed, the batch that `batches(split, shuffle=True, seed=seed,
+        epoch=epoch)` yields at step i, all padded to the largest budget among them: arrays
+        [S, ...] on one device, [n_devices, S, ...] with several (device axis first, for
+        `jax.pmap` over a `jax.vmap`ped step).
+        """
+        dialogues = self.dataset.split(split)
+        orders = self._orders(len(dialogues), seeds, epoch)
+        for start in range(0, len(dialogues), self.batch_size):
+            groups = [[dialogues[i] for i in order[start:start + self.batch_size]]
+                      for order in orders]
+            budget = max((self.budget_of(g) for g in groups), key=lambda b: b.n_node)
+            batches = [self.build(g, budget) for g in groups]
+            yield stack_for_devices(batches, axis=1 if self.n_devices > 1 else 0)
 
     def batches(self, split: str, *, shuffle: bool = False, seed: int = 0,
                 epoch: int = 0) -> Iterator[DialogueBatch]:

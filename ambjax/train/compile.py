@@ -66,21 +66,25 @@ def program_bytes(compiled) -> int | None:
 
 @dataclasses.dataclass
 class Programs:
-    """Compiled train and eval programs by `batch_key`; called like the jitted steps."""
+    """Compiled train and eval programs by `batch_key`; called like the jitted steps (a shape
+    that was not compiled ahead goes to the jitted step, which compiles it then)."""
 
     train: dict[tuple, Any]
     eval: dict[tuple, Any]
     train_bytes: dict[tuple, int | None]
+    jit_train: Callable
+    jit_eval: Callable
 
     def train_step(self, state, batch, balance_active):
-        return self.train[batch_key(batch)](state, batch, balance_active)
+        return self.train.get(batch_key(batch), self.jit_train)(state, batch, balance_active)
 
     def eval_step(self, params, batch):
-        return self.eval[batch_key(batch)](params, batch)
+        return self.eval.get(batch_key(batch), self.jit_eval)(params, batch)
 
 
-def compile_programs(train_step, eval_step, state, batches: Sequence[DialogueBatch],
-                     balance_active, *, describe: Callable[[DialogueBatch], str],
+def compile_programs(train_step, eval_step, state, train_batches: Sequence[DialogueBatch],
+                     eval_batches: Sequence[DialogueBatch], balance_active, *,
+                     describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
                      log: Callable[[str], None] | None = None) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
@@ -88,8 +92,9 @@ def compile_programs(train_step, eval_step, state, batches: Sequence[DialogueBat
     Args:
       train_step, eval_step: the wrapped steps (`compile_steps`).
       state: the train state (only its shapes are used).
-      batches: one batch per bucket (e.g. all-padding `GraphBatcher.build([], budget)`),
-        largest last.
+      train_batches, eval_batches: one batch of each shape to compile, largest last (e.g.
+        all-padding `GraphBatcher.build([], budget)` for the buckets a run will use; train
+        batches carry the seed axis when the steps are vmapped over seeds).
       balance_active: an example of the balancing switch (a bool scalar).
       describe: names what the largest batch holds, for the memory message.
       memory_limit: bytes a program may use (default: `available_memory_bytes()`).
@@ -100,27 +105,28 @@ def compile_programs(train_step, eval_step, state, batches: Sequence[DialogueBat
       ResourceError: the largest bucket's train program needs more memory than the device has.
     """
     start = time.perf_counter()
-    keyed = {batch_key(b): b for b in batches}
-    order = list(keyed)[::-1]                    # largest first
+    train_keyed = {batch_key(b): b for b in train_batches}
+    eval_keyed = {batch_key(b): b for b in eval_batches}
+    order = list(train_keyed)[::-1]              # largest first
     if log:
-        log(f"compiling {len(order)} shape(s) x (train, eval) ...")
+        log(f"compiling {len(train_keyed)} train and {len(eval_keyed)} eval shape(s) ...")
 
     def train_program(key):
-        return train_step.lower(state, keyed[key], balance_active).compile()
+        return train_step.lower(state, train_keyed[key], balance_active).compile()
 
     def eval_program(key):
-        return eval_step.lower(state.params, keyed[key]).compile()
+        return eval_step.lower(state.params, eval_keyed[key]).compile()
 
     largest = train_program(order[0])
     limit = available_memory_bytes() if memory_limit is None else memory_limit
     need = program_bytes(largest)
     if need is not None and limit is not None and need > limit:
         raise ResourceError(
-            f"the largest padded batch ({describe(keyed[order[0]])}) needs "
+            f"the largest padded batch ({describe(train_keyed[order[0]])}) needs "
             f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
             "Lower data.batch_size, split or drop the longest dialogues, lower "
             "model.hidden_dim, or use a device with more memory")
-    jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in order]
+    jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in eval_keyed]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(fn, k) for fn, k in jobs]
@@ -130,7 +136,9 @@ def compile_programs(train_step, eval_step, state, batches: Sequence[DialogueBat
     for (fn, key), compiled in zip(jobs, results):
         (train if fn is train_program else evals)[key] = compiled
     if log:
-        log(f"compiled {len(order)} shape(s) in {time.perf_counter() - start:.1f}s"
+        log(f"compiled {len(train) + len(evals)} programs in "
+            f"{time.perf_counter() - start:.1f}s"
             + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
     return Programs(train=train, eval=evals,
-                    train_bytes={k: program_bytes(v) for k, v in train.items()})
+                    train_bytes={k: program_bytes(v) for k, v in train.items()},
+                    jit_train=train_step, jit_eval=eval_step)

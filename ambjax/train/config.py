@@ -58,6 +58,10 @@ class DataConfig:
       window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
       batch_size: dialogues per (global) batch.
       budget_growth: ratio between padding buckets (> 1); None = one bucket (one compile).
+      standardize: standardise every feature dimension with train-split statistics
+        (`ambjax.data.Standardizer`; saved in the run folder and reused by evaluation).
+      drop_constant: leave out modalities that are constant (e.g. all zero) over the train
+        split; they are reported either way.
     """
 
     path: str | None = None
@@ -71,20 +75,31 @@ class DataConfig:
     window: int = 20
     batch_size: int = 16
     budget_growth: float | None = 1.25
+    standardize: bool = False
+    drop_constant: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Adam with L2 added to the gradient (torch's weight_decay), and the loss weights.
+    """The optimiser and the loss weights.
 
     Attributes:
-      lr: learning rate; l2: L2 coefficient.
+      optimizer: "adam_l2" (the release's torch Adam: L2 added to the gradient), "adamw"
+        (decoupled weight decay `l2`) or "sgd" (plain SGD + L2: no moment normalisation, so
+        float-level differences stay float-level; for exact comparisons).
+      lr: peak learning rate; l2: L2 coefficient / weight decay.
+      lr_schedule: "constant" (the release's) or "warmup_cosine" (linear warm-up over the first
+        5% of steps, then cosine decay to 0 at the last step).
+      clip_norm: clip the global gradient norm to this value (None: no clipping).
       class_weights: the release's IEMOCAP class weights (used when the data has 6 classes).
       unimodal_weight: weight of the squared unimodal NLL terms.
     """
 
+    optimizer: str = "adam_l2"
     lr: float = 6.8e-5
     l2: float = 5e-5
+    lr_schedule: str = "constant"
+    clip_norm: float | None = None
     class_weights: bool = True
     unimodal_weight: float = 0.1
 
@@ -101,8 +116,10 @@ class ScheduleConfig:
 class RunConfig:
     """Attributes: seed (init, dropout, balancing, data order); selection: the split that
     picks the best epoch ("valid", or "test" for the release's protocol); keep_checkpoints:
-    latest checkpoints kept besides the best."""
+    latest checkpoints kept besides the best; recipe: the name of the recipe applied
+    (`RECIPES`), recorded with the run."""
 
+    recipe: str = "release"
     seed: int = 2094
     selection: str = "valid"
     keep_checkpoints: int = 2
@@ -117,6 +134,21 @@ class ExperimentConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+
+# Named bundles of settings, applied after the preset (and before --set overrides).
+RECIPES: dict[str, dict[str, Any]] = {
+    # the authors' optimiser settings on raw features: what parity and reproduction use
+    "release": {"run.recipe": "release"},
+    # features of unknown scale (e.g. users' own sentence embeddings): standardised with
+    # train statistics, constant modalities left out, AdamW 1e-3 with warm-up and cosine decay,
+    # gradients clipped
+    "robust": {"run.recipe": "robust", "data.standardize": True, "data.drop_constant": True,
+               "optim.optimizer": "adamw", "optim.lr": 1e-3, "optim.l2": 1e-4,
+               "optim.lr_schedule": "warmup_cosine", "optim.clip_norm": 1.0},
+}
+OPTIMIZERS = ("adam_l2", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "warmup_cosine")
 
 
 # --- the tree: types, dotted keys, dictionaries ------------------------------------------------
@@ -317,6 +349,13 @@ def _rules(c: ExperimentConfig):
         (finite(m.p_exe) and 0 <= m.p_exe <= 1,
          f"model.p_exe must be in [0, 1], got {m.p_exe}"),
         (m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}"),
+        (o.optimizer in OPTIMIZERS,
+         f"optim.optimizer must be one of {OPTIMIZERS}, got {o.optimizer!r}"),
+        (o.lr_schedule in LR_SCHEDULES,
+         f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {o.lr_schedule!r}"),
+        (o.clip_norm is None or (finite(o.clip_norm) and o.clip_norm > 0),
+         f"optim.clip_norm must be > 0 or none, got {o.clip_norm}"),
+        (r.recipe in RECIPES, f"run.recipe must be one of {tuple(RECIPES)}, got {r.recipe!r}"),
         (finite(o.lr) and o.lr > 0, f"optim.lr must be a positive number, got {o.lr}"),
         (finite(o.l2) and o.l2 >= 0, f"optim.l2 must be >= 0, got {o.l2}"),
         (finite(o.unimodal_weight) and o.unimodal_weight >= 0,
@@ -327,6 +366,15 @@ def _rules(c: ExperimentConfig):
          f"run.selection must be one of {SELECTIONS}, got {r.selection!r}"),
         (r.keep_checkpoints >= 1, f"run.keep_checkpoints must be >= 1, got {r.keep_checkpoints}"),
     ]
+
+
+def apply_recipe(config: ExperimentConfig, name: str) -> ExperimentConfig:
+    """`config` with the settings of recipe `name` (see `RECIPES`)."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; choose from {list(RECIPES)}")
+    for key, value in RECIPES[name].items():
+        config = replace_key(config, key, value)
+    return config
 
 
 def validate(config: ExperimentConfig) -> ExperimentConfig:

@@ -6,29 +6,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
-import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
-from ambjax.graphs import GraphBatcher
-from ambjax.losses import IEMOCAP_CLASS_WEIGHTS
-from ambjax.metrics import classification_report, weighted_f1
-from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
+from ambjax.data.standardize import Standardizer
 from ambjax.train import checkpoint as ckpt
-from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
-                                 from_dict, to_dict, validate)
 from ambjax.train import run_folder
-from ambjax.train.compile import compile_programs
+from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, from_dict,
+                                 replace_key, to_dict, validate)
 from ambjax.train.report import write_report
 from ambjax.train.run_folder import RunFolderError
-from ambjax.train.state import create_optimizer, create_train_state
-from ambjax.train.steps import compile_steps, replicate, unreplicate
+from ambjax.train.trainer import Trainer
 
 
 def maybe_initialize_distributed() -> None:
@@ -37,9 +29,15 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def load_dataset(data: DataConfig) -> DialogueDataset:
-    """The feature file `data.path`, or the bundled synthetic set, restricted to
-    `data.modalities`."""
+STATS_FILE = "standardization.npz"
+
+
+def load_dataset(data: DataConfig, *,
+                 log: Callable[[str], None] | None = None) -> DialogueDataset:
+    """The dataset of a run before standardisation: the feature file `data.path` (or the
+    bundled synthetic set), restricted to `data.modalities`, without constant modalities when
+    `data.drop_constant`. Constant modalities are reported through `log` whatever the
+    settings. `standardized` applies `data.standardize`."""
     if data.path:
         dataset = load_features(data.path, text=data.text, valid_fraction=data.valid_fraction,
                                 seed=0)
@@ -58,24 +56,31 @@ def load_dataset(data: DataConfig) -> DialogueDataset:
         if not dataset.splits[split]:
             raise DataFormatError(f"{where}: the {split} split is empty; a run needs train, "
                                   "validation and test dialogues")
+    fitted = Standardizer.fit(dataset)
+    constant = fitted.constant
+    if constant:
+        kept = tuple(m for m in dataset.modalities if m not in constant)
+        if data.drop_constant and not kept:
+            raise DataFormatError(f"{where}: every modality is constant over the train split; "
+                                  "the features carry no information")
+        if log:
+            action = (f"left out (data.drop_constant); training on {list(kept)}"
+                      if data.drop_constant else "kept; --recipe robust leaves them out")
+            log(f"warning: modalities {list(constant)} are constant (e.g. all zero) over the "
+                f"train split and carry no information: {action}")
+        if data.drop_constant:
+            dataset = dataclasses.replace(dataset, modalities=kept)
     return dataset
 
 
-def model_for(config: ExperimentConfig, dataset: DialogueDataset) -> ModelConfig:
-    """The run's `ModelConfig` filled with the data's widths, classes and speakers."""
-    return config.model.with_data({m: dataset.dims[m] for m in dataset.modalities},
-                                  dataset.num_classes, dataset.num_speakers)
-
-
-def resolve_devices(n_devices: int | None) -> int:
-    """`n_devices` checked against the local devices (None: all of them)."""
-    available = jax.local_device_count()
-    if n_devices is None:
-        return available
-    if not 1 <= n_devices <= available:
-        raise ConfigError(f"--devices must be between 1 and the {available} local device(s) "
-                          f"of this machine, got {n_devices}")
-    return n_devices
+def standardized(dataset: DialogueDataset, data: DataConfig,
+                 stats: Standardizer | None = None) -> tuple[DialogueDataset, Standardizer | None]:
+    """(`dataset` standardised with `stats` or its own train statistics, the statistics) when
+    `data.standardize`, else (`dataset`, None)."""
+    if not data.standardize:
+        return dataset, None
+    stats = stats or Standardizer.fit(dataset)
+    return stats.apply(dataset), stats
 
 
 def read_run_config(run_dir: str) -> ExperimentConfig:
@@ -97,107 +102,30 @@ def read_run_config(run_dir: str) -> ExperimentConfig:
         raise ckpt.CheckpointError(f"{cfg_path}: {e}") from None
 
 
-class Trainer:
-    """The compiled steps, batcher and train state of one run.
-
-    `state` lives on the device(s) between epochs (replicated along a leading device axis when
-    `n_devices` > 1); only checkpoints copy it to the host.
-    """
-
-    def __init__(self, config: ExperimentConfig, dataset: DialogueDataset, *,
-                 n_devices: int | None = None):
-        self.config = config
-        self.dataset = dataset
-        self.n_devices = resolve_devices(n_devices)
-        self.model_config = model_for(config, dataset)
-        self.fingerprint = fingerprint(self.model_config)
-        self.model = AMBDSGDN(self.model_config)
-        data = config.data
-        self.batcher = GraphBatcher(dataset, window=data.window, batch_size=data.batch_size,
-                                    n_devices=self.n_devices, growth=data.budget_growth)
-        weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.optim.class_weights
-                   and dataset.num_classes == len(IEMOCAP_CLASS_WEIGHTS) else None)
-        self.optimizer = create_optimizer(config.optim.lr, config.optim.l2)
-        self.train_step, self.eval_step = compile_steps(
-            self.model, self.optimizer, self.n_devices, class_weights=weights,
-            unimodal_weight=config.optim.unimodal_weight)
-        example = self.batcher.build(dataset.split("train")[:1] * self.n_devices)
-        if self.n_devices > 1:
-            example = unreplicate(example)
-        state = create_train_state(self.model, example, self.optimizer, config.run.seed)
-        self.num_parameters = count_parameters(state.params)
-        self.state = self.to_device(state)
-        self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
-
-    def compile(self, log: Callable[[str], None] | None = None) -> None:
-        """Compile every bucket's train and eval program now (concurrently), checking the
-        largest one's memory first (`ambjax.train.compile`); steps then dispatch to them."""
-        batches = [self.batcher.build([], budget) for budget in self.batcher.budgets]
-        programs = compile_programs(self.train_step, self.eval_step, self.state, batches,
-                                    jnp.asarray(True), describe=self._describe_largest,
-                                    log=log)
-        self.train_step, self.eval_step = programs.train_step, programs.eval_step
-
-    def _describe_largest(self, batch) -> str:
-        longest = max(self.dataset.dialogues.values(), key=len)
-        return (f"{batch.nodes.mask.shape[-1]} node slots per device; the longest dialogue, "
-                f"{longest.id!r}, has {len(longest)} utterances")
-
-    def to_device(self, state):
-        """A host or single-device state placed for the steps (replicated for pmap)."""
-        return replicate(state, self.n_devices) if self.n_devices > 1 else jax.device_put(state)
-
-    def host_state(self):
-        """One copy of the state, as the checkpoint stores it."""
-        return unreplicate(self.state) if self.n_devices > 1 else self.state
-
-    def _gather(self, outputs: list) -> list:
-        outputs = jax.device_get(outputs)
-        return [unreplicate(o) for o in outputs] if self.n_devices > 1 else outputs
-
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the shuffled train split; returns host-side epoch metrics."""
-        cfg = self.config
-        active = jnp.asarray(cfg.model.balance and epoch >= cfg.schedule.balance_warmup)
-        outputs = []
-        n = self.batcher.num_batches("train")
-        report_every = max(1, n // 4) if n >= 20 else 0
-        start = time.perf_counter()
-        for i, batch in enumerate(self.batcher.batches("train", shuffle=True,
-                                                       seed=cfg.run.seed, epoch=epoch)):
-            self.state, metrics = self.train_step(self.state, batch, active)
-            outputs.append(metrics)
-            if report_every and (i + 1) % report_every == 0 and i + 1 < n:
-                print(f"  epoch {epoch + 1}: {i + 1}/{n} batches "
-                      f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
-        outputs = self._gather(outputs)
-        elapsed = time.perf_counter() - start
-        counts = np.array([o["utterances"] for o in outputs], np.float64)
-        conf = np.sum([o["confusion"] for o in outputs], axis=0)
-        report = classification_report(conf, self.dataset.label_names)
-        return {"loss": float(np.dot([o["loss"] for o in outputs], counts) / counts.sum()),
-                "accuracy": report["accuracy"], "weighted_f1": report["weighted_f1"],
-                "modality_f1": np.mean([o["modality_f1"] for o in outputs], 0).tolist(),
-                "q": np.mean([o["q"] for o in outputs], 0).tolist(),
-                "seconds": elapsed, "steps_per_s": len(outputs) / elapsed}
-
-    def evaluate(self, split: str) -> dict:
-        """Metrics of the current params on a split: classification_report plus "loss" and
-        "modality_f1" {m: weighted F1}."""
-        outputs = self._gather([self.eval_step(self.state.params, b)
-                                for b in self.batcher.batches(split)])
-        total = sum(int(o["utterances"]) for o in outputs)
-        report = classification_report(np.sum([o["confusion"] for o in outputs], 0),
-                                       self.dataset.label_names)
-        mod_conf = np.sum([o["modality_confusion"] for o in outputs], 0)
-        report["loss"] = float(sum(o["loss_sum"] for o in outputs) / max(total, 1))
-        report["modality_f1"] = dict(zip(self.dataset.modalities,
-                                         np.asarray(weighted_f1(mod_conf)).tolist()))
-        return report
-
-
 def _fmt(x: float) -> str:
     return f"{100 * x:5.2f}"
+
+
+STALL_AFTER_EPOCHS = 2
+STALL_SHARE = 0.95
+
+
+def stall_warning(valid: dict, label_names, epoch: int, config: ExperimentConfig) -> str | None:
+    """A one-line warning when the model predicts one class for nearly all (>= 95%) validation
+    utterances after `epoch` epochs, with the likely causes and the flags to try; else None."""
+    conf = np.asarray(valid["confusion"])
+    predicted = conf.sum(0)
+    if predicted.sum() == 0 or predicted.max() < STALL_SHARE * predicted.sum():
+        return None
+    share = predicted.max() / predicted.sum()
+    hint = ("features of an unusual scale or a learning rate too small for them: try "
+            "--recipe robust (standardised features, AdamW 1e-3)"
+            if config.run.recipe == "release" else
+            "a learning rate too large or too small (--set optim.lr=...), constant or "
+            "uninformative features, or too few epochs")
+    return (f"warning: after epoch {epoch} the model predicts '{label_names[predicted.argmax()]}' "
+            f"for {100 * share:.0f}% of validation utterances (it is not learning); likely "
+            f"causes: {hint}")
 
 
 def read_history(path: str, upto: int, log: Callable[[str], None]) -> list[dict]:
@@ -219,97 +147,218 @@ def read_history(path: str, upto: int, log: Callable[[str], None]) -> list[dict]
     return [h for h in history if h.get("epoch", 0) <= upto]
 
 
-def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, resume: bool = False,
-                       overwrite: bool = False, n_devices: int | None = None,
-                       log: Callable[[str], None] = print) -> dict:
-    """Train, select the best epoch, evaluate, and write the run folder. Returns the report.
+def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
+    """The run folder of each seed: `out_dir` itself for a single run, `out_dir/seed<k>`
+    when `seeds` are given."""
+    return [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
 
-    The configuration and the data are checked before anything on disk is touched. The run
-    folder holds config.json (the config tree), metrics.jsonl (one object per epoch),
-    checkpoints/ (orbax), report.json and report.md (and plots with matplotlib installed).
+
+def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequence[int] | None = None,
+                       resume: bool = False, overwrite: bool = False,
+                       n_devices: int | None = None,
+                       log: Callable[[str], None] = print) -> dict:
+    """Train, select the best epoch, evaluate, and write the run folder(s).
+
+    With `seeds`, all seeds train together as one vmapped program (`Trainer`); each gets its
+    own run folder `out_dir/seed<k>` and `out_dir` gets seeds_report.json / .md (mean +- std of
+    every reported metric). Without, `config.run.seed` trains into `out_dir`.
+
+    The configuration and the data are checked, and every program compiled (with a memory
+    check), before anything on disk is touched. A run folder holds config.json (the config
+    tree), metrics.jsonl (one object per epoch), checkpoints/ (orbax), report.json and
+    report.md (and plots with matplotlib installed).
+
+    Returns:
+      The report (one run), or {"seeds", "reports": {seed: report}, "summary"} with `seeds`.
     """
     validate(config)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: resume continues the "
                           "run in the folder, overwrite replaces it")
     maybe_initialize_distributed()
-    dataset = load_dataset(config.data)
-    trainer = Trainer(config, dataset, n_devices=n_devices)
-    run_folder.check(out_dir, trainer.fingerprint, resume=resume, overwrite=overwrite)
+    dataset, stats = standardized(load_dataset(config.data, log=log), config.data)
+    trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
+    folders = seed_folders(out_dir, seeds)
+    if seeds and os.path.isfile(out_dir):
+        raise RunFolderError(f"--out {out_dir} is a file, not a folder")
+    for folder in folders:
+        run_folder.check(folder, trainer.fingerprint, resume=resume, overwrite=overwrite)
     tag = (" [model selected on TEST: the release's protocol]"
            if config.run.selection == "test" else "")
     log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
+        f"{len(trainer.seeds)} seed(s) as one program, "
         f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
         f"{trainer.batcher.num_batches('train')} batches/epoch, "
         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
     trainer.compile(log)
     lock = run_folder.RunLock(out_dir)
     try:
-        run_folder.check(out_dir, trainer.fingerprint, resume=resume, overwrite=overwrite)
+        for folder in folders:
+            run_folder.check(folder, trainer.fingerprint, resume=resume, overwrite=overwrite)
         if overwrite:
             run_folder.clear(out_dir)
-        return _train(trainer, out_dir, resume=resume, log=log)
+        reports = _train(trainer, folders, stats=stats, resume=resume, log=log)
+        if not seeds:
+            return reports[0]
+        summary = summarize_seeds(dict(zip(trainer.seeds, reports)))
+        write_seeds_report(out_dir, summary)
+        t = summary["test"]
+        log(f"{len(trainer.seeds)} seeds: test acc {100 * t['accuracy']['mean']:.2f} ± "
+            f"{100 * t['accuracy']['std']:.2f}, wF1 {100 * t['weighted_f1']['mean']:.2f} ± "
+            f"{100 * t['weighted_f1']['std']:.2f}; {os.path.join(out_dir, 'seeds_report.md')}")
+        return {"seeds": list(trainer.seeds), "reports": dict(zip(trainer.seeds, reports)),
+                "summary": summary}
     finally:
         lock.release()
 
 
-def _train(trainer: Trainer, out_dir: str, *, resume: bool, log: Callable[[str], None]) -> dict:
-    """The epochs of `train_and_evaluate` in a checked, locked run folder."""
+def _resume_epoch(managers: list, folders: list[str]) -> int | None:
+    """The epoch every seed can resume from (the latest one all have), or None."""
+    latest = [m.latest_step() for m in managers]
+    if all(step is None for step in latest):
+        return None
+    target = min(step or 0 for step in latest)
+    if target == 0 or any(target not in m.all_steps() for m in managers):
+        raise RunFolderError(f"seed folders {folders} hold checkpoints of different epochs "
+                             f"{latest} and no common one; resume is impossible, use "
+                             "--overwrite")
+    for m in managers:                    # a seed saved past the others (killed mid-epoch)
+        for step in m.all_steps():
+            if step > target:
+                m.delete(step)
+    return target
+
+
+def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, resume: bool,
+           log: Callable[[str], None]) -> list[dict]:
+    """The epochs of `train_and_evaluate` in checked, locked run folders (one per seed)."""
     config, dataset = trainer.config, trainer.dataset
-    manager = ckpt.create_manager(os.path.join(out_dir, "checkpoints"),
-                                  config.run.keep_checkpoints)
-    meta = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
-            "fingerprint": trainer.fingerprint, "dims": trainer.dims}
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    if resume and manager.latest_step() is not None:
-        state, meta = ckpt.restore(manager, manager.latest_step(), trainer.host_state(),
-                                   fingerprint=trainer.fingerprint, dims=trainer.dims)
-        trainer.state = trainer.to_device(state)
-        log(f"resumed from epoch {meta['epoch']}")
-    run_folder.write_json(os.path.join(out_dir, "config.json"),
-                          {**to_dict(config), "fingerprint": trainer.fingerprint})
-    history = read_history(metrics_path, meta["epoch"], log)
-    with open(metrics_path, "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
+    n = len(folders)
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    managers = [ckpt.create_manager(os.path.join(f, "checkpoints"), config.run.keep_checkpoints)
+                for f in folders]
+    metas = [{"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
+              "fingerprint": trainer.fingerprint, "dims": trainer.dims} for _ in folders]
+    start_epoch = _resume_epoch(managers, folders) if resume else None
+    if start_epoch is not None:
+        states = []
+        for k, manager in enumerate(managers):
+            state, metas[k] = ckpt.restore(manager, start_epoch, trainer.seed_state(k),
+                                           fingerprint=trainer.fingerprint, dims=trainer.dims)
+            states.append(state)
+        trainer.state = trainer.to_device(states)
+        log(f"resumed from epoch {start_epoch}")
+    configs = [replace_key(config, "run.seed", seed) for seed in trainer.seeds]
+    histories = []
+    for folder, cfg, meta in zip(folders, configs, metas):
+        run_folder.write_json(os.path.join(folder, "config.json"),
+                              {**to_dict(cfg), "fingerprint": trainer.fingerprint})
+        if stats is not None:
+            stats.save(os.path.join(folder, STATS_FILE))
+        path = os.path.join(folder, "metrics.jsonl")
+        history = read_history(path, meta["epoch"], log)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+        histories.append(history)
     epochs = config.schedule.epochs
-    for epoch in range(meta["epoch"], epochs):
-        train = trainer.train_epoch(epoch)
-        valid, test = trainer.evaluate("valid"), trainer.evaluate("test")
-        score = (valid if config.run.selection == "valid" else test)["weighted_f1"]
-        if score > meta["best_score"]:
-            meta.update(best_score=score, best_epoch=epoch + 1,
-                        best={"valid": valid, "test": test})
-        meta["epoch"] = epoch + 1
-        keys = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
-        record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
-                  "valid": {k: valid[k] for k in keys}, "test": {k: test[k] for k in keys}}
-        history.append(record)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        ckpt.save(manager, epoch + 1, trainer.host_state(), meta, score)
-        q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
-        log(f"epoch {epoch + 1:3d}/{epochs} {train['seconds']:6.1f}s "
-            f"loss {train['loss']:.4f} | valid acc {_fmt(valid['accuracy'])} "
-            f"wF1 {_fmt(valid['weighted_f1'])} | test acc {_fmt(test['accuracy'])} "
-            f"wF1 {_fmt(test['weighted_f1'])} | q {q} | {train['steps_per_s']:.2f} steps/s"
-            + (" *" if meta["best_epoch"] == epoch + 1 else ""))
-    manager.close()
-    report = {
-        "selection": config.run.selection,
-        "selection_note": ("best epoch chosen on the TEST split (the release's protocol)"
-                           if config.run.selection == "test" else
-                           "best epoch chosen on the validation split"),
-        "best_epoch": meta["best_epoch"], "epochs": epochs,
-        "devices": trainer.n_devices, "platform": jax.devices()[0].platform,
-        "parameters": trainer.num_parameters, "dataset": dataset.name, "layout": dataset.layout,
-        "label_names": list(dataset.label_names),
-        "valid": meta["best"]["valid"], "test": meta["best"]["test"],
-    }
-    write_report(out_dir, report, history)
-    log(f"best epoch {report['best_epoch']} ({report['selection_note']}): test acc "
-        f"{_fmt(report['test']['accuracy'])} wF1 {_fmt(report['test']['weighted_f1'])}; "
-        f"report in {out_dir}")
-    return report
+    keys = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
+    for epoch in range(metas[0]["epoch"], epochs):
+        trains = trainer.train_epoch(epoch)
+        valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
+        for k in range(n):
+            train, valid, test, meta = trains[k], valids[k], tests[k], metas[k]
+            if meta.get("stall") is None and epoch + 1 >= STALL_AFTER_EPOCHS:
+                stall = stall_warning(valid, dataset.label_names, epoch + 1, config)
+                if stall:
+                    log(stall if n == 1 else f"seed {trainer.seeds[k]}: {stall}")
+                    meta["stall"] = stall
+            score = (valid if config.run.selection == "valid" else test)["weighted_f1"]
+            if score > meta["best_score"]:
+                meta.update(best_score=score, best_epoch=epoch + 1,
+                            best={"valid": valid, "test": test})
+            meta["epoch"] = epoch + 1
+            record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
+                      "valid": {x: valid[x] for x in keys}, "test": {x: test[x] for x in keys}}
+            histories[k].append(record)
+            with open(os.path.join(folders[k], "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            ckpt.save(managers[k], epoch + 1, trainer.seed_state(k), meta, score)
+            q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
+            who = f"seed {trainer.seeds[k]} " if n > 1 else ""
+            log(f"{who}epoch {epoch + 1:3d}/{epochs} {train['seconds']:6.1f}s "
+                f"loss {train['loss']:.4f} | valid acc {_fmt(valid['accuracy'])} "
+                f"wF1 {_fmt(valid['weighted_f1'])} | test acc {_fmt(test['accuracy'])} "
+                f"wF1 {_fmt(test['weighted_f1'])} | q {q} | {train['steps_per_s']:.2f} steps/s"
+                + (" *" if meta["best_epoch"] == epoch + 1 else ""))
+    reports = []
+    for k in range(n):
+        managers[k].close()
+        meta = metas[k]
+        report = {
+            "selection": config.run.selection,
+            "selection_note": ("best epoch chosen on the TEST split (the release's protocol)"
+                               if config.run.selection == "test" else
+                               "best epoch chosen on the validation split"),
+            "best_epoch": meta["best_epoch"], "epochs": epochs, "seed": trainer.seeds[k],
+            "devices": trainer.n_devices, "platform": jax.devices()[0].platform,
+            "parameters": trainer.num_parameters, "dataset": dataset.name,
+            "layout": dataset.layout, "label_names": list(dataset.label_names),
+            "recipe": config.run.recipe, "modalities": list(dataset.modalities),
+            "warning": meta.get("stall"),
+            "valid": meta["best"]["valid"], "test": meta["best"]["test"],
+        }
+        write_report(folders[k], report, histories[k])
+        log(f"{'seed %d: ' % trainer.seeds[k] if n > 1 else ''}best epoch "
+            f"{report['best_epoch']} ({report['selection_note']}): test acc "
+            f"{_fmt(report['test']['accuracy'])} wF1 {_fmt(report['test']['weighted_f1'])}; "
+            f"report in {folders[k]}")
+        reports.append(report)
+    return reports
+
+
+def summarize_seeds(reports: dict) -> dict:
+    """Mean and sample std over seeds of every reported metric: {"seeds", "selection",
+    split: {metric: {"mean", "std", "values"}}} for accuracy, weighted and macro F1, each
+    modality's weighted F1 ("modality_f1/<m>") and each class's F1 ("f1/<class>")."""
+    seeds = list(reports)
+    first = reports[seeds[0]]
+    out = {"seeds": seeds, "selection": first["selection"], "recipe": first.get("recipe")}
+    for split in ("valid", "test"):
+        names = ["accuracy", "weighted_f1", "macro_f1"] + [
+            f"modality_f1/{m}" for m in first[split]["modality_f1"]] + [
+            f"f1/{c}" for c in first[split]["per_class_f1"]]
+
+        def value(report, name):
+            part = report[split]
+            if name.startswith("modality_f1/"):
+                return part["modality_f1"][name.split("/", 1)[1]]
+            if name.startswith("f1/"):
+                return part["per_class_f1"][name.split("/", 1)[1]]
+            return part[name]
+
+        out[split] = {}
+        for name in names:
+            values = np.array([value(reports[s], name) for s in seeds], np.float64)
+            out[split][name] = {"mean": float(values.mean()),
+                                "std": float(values.std(ddof=1)) if len(seeds) > 1 else 0.0,
+                                "values": values.tolist()}
+    return out
+
+
+def write_seeds_report(out_dir: str, summary: dict) -> None:
+    """seeds_report.json and seeds_report.md (mean +- std, percent) in `out_dir`."""
+    run_folder.write_json(os.path.join(out_dir, "seeds_report.json"), summary)
+    lines = [f"# {len(summary['seeds'])} seeds: {', '.join(map(str, summary['seeds']))}", "",
+             f"Model selection on {summary['selection']}; recipe {summary.get('recipe')}. "
+             "Mean ± sample std over seeds, percent.", "",
+             "| metric | valid | test |", "|---|---|---|"]
+    for name in summary["test"]:
+        cells = [f"{100 * summary[s][name]['mean']:.2f} ± {100 * summary[s][name]['std']:.2f}"
+                 for s in ("valid", "test")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    with open(os.path.join(out_dir, "seeds_report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | None = None,
@@ -317,7 +366,7 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
     """Evaluate a saved checkpoint of a run folder (default: its best) on valid and test.
 
     Args:
-      run_dir: a folder written by `train_and_evaluate`.
+      run_dir: a folder written by `train_and_evaluate` (one seed's folder).
       data: a feature file to evaluate on instead of the run's own data (its widths must match).
       step: the checkpoint epoch (default: the best kept one).
 
@@ -327,16 +376,23 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
     config = read_run_config(run_dir)
     if data:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data))
-    dataset = load_dataset(config.data)
+    stats = None
+    if config.data.standardize:
+        stats_path = os.path.join(run_dir, STATS_FILE)
+        if not os.path.isfile(stats_path):
+            raise ckpt.CheckpointError(f"{run_dir}: the run standardised its features but "
+                                       f"{STATS_FILE} is missing")
+        stats = Standardizer.load(stats_path)
+    dataset, _ = standardized(load_dataset(config.data), config.data, stats)
     trainer = Trainer(config, dataset, n_devices=n_devices or 1)
     manager = ckpt.create_manager(os.path.join(run_dir, "checkpoints"),
                                   config.run.keep_checkpoints)
     step = step if step is not None else ckpt.best_step(manager)
     if step is None:
         raise ckpt.CheckpointError(f"{run_dir}: no checkpoint saved")
-    state, _ = ckpt.restore(manager, step, trainer.host_state(), fingerprint=trainer.fingerprint,
+    state, _ = ckpt.restore(manager, step, trainer.seed_state(0), fingerprint=trainer.fingerprint,
                             dims=trainer.dims)
-    trainer.state = trainer.to_device(state)
+    trainer.state = trainer.to_device([state])
     manager.close()
-    return {"checkpoint_epoch": step, "valid": trainer.evaluate("valid"),
-            "test": trainer.evaluate("test")}
+    return {"checkpoint_epoch": step, "valid": trainer.evaluate("valid")[0],
+            "test": trainer.evaluate("test")[0]}

@@ -20,7 +20,9 @@ def report_markdown(report: dict) -> str:
         f"# AMB-DSGDN on {report['dataset']} ({report['layout']})", "",
         f"Model selection: {report['selection_note']}; best epoch {report['best_epoch']} of "
         f"{report['epochs']}. {report['parameters']:,} parameters, {report['devices']} "
-        f"{report['platform']} device(s).", "",
+        f"{report['platform']} device(s). Recipe: {report.get('recipe', 'release')}; "
+        f"modalities: {', '.join(report.get('modalities', []))}.", "",
+        *([f"**{report['warning']}**", ""] if report.get("warning") else []),
         "| split | accuracy | weighted F1 | macro F1 |", "|---|---|---|---|",
         f"| valid | {_pct(valid['accuracy'])} | {_pct(valid['weighted_f1'])} | "
         f"{_pct(valid['macro_f1'])} |",

@@ -1,7 +1,9 @@
 """Train state and optimiser.
 
-The optimiser is torch's `Adam(weight_decay=l2)`: the L2 term l2 * param is added to the gradient
-before the Adam moments (not decoupled AdamW decay); no schedule, no clipping.
+The release's optimiser ("adam_l2") is torch's `Adam(weight_decay=l2)`: the L2 term l2 * param
+is added to the gradient before the Adam moments (not decoupled AdamW decay), with a constant
+learning rate and no clipping. The robust recipe uses "adamw" (decoupled decay), a warm-up +
+cosine schedule and gradient clipping (`ambjax.train.config.OptimConfig`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,33 @@ class TrainState:
     rng: jax.Array
 
 
-def create_optimizer(lr: float, l2: float) -> optax.GradientTransformation:
-    """Adam with L2 added to the gradient (torch-style weight_decay)."""
-    return optax.chain(optax.add_decayed_weights(l2), optax.scale_by_adam(), optax.scale(-lr))
+def learning_rate(optim, total_steps: int):
+    """The learning rate (a float or an optax schedule of the step) of an `OptimConfig`."""
+    if optim.lr_schedule == "constant":
+        return optim.lr
+    warmup = max(1, int(0.05 * total_steps))
+    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup,
+                                              max(total_steps, warmup + 1), end_value=0.0)
+
+
+def create_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
+    """The optimiser of an `OptimConfig` over `total_steps` steps (for schedules).
+
+    Example:
+      >>> from ambjax.train.config import OptimConfig
+      >>> opt = create_optimizer(OptimConfig(lr=1e-3, l2=0.0))     # the release's Adam + L2
+      >>> opt = create_optimizer(OptimConfig(optimizer="adamw", lr_schedule="warmup_cosine",
+      ...                                    clip_norm=1.0), total_steps=100)
+    """
+    lr = learning_rate(optim, total_steps)
+    clip = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
+    if optim.optimizer == "adamw":
+        return optax.chain(*clip, optax.adamw(lr, weight_decay=optim.l2))
+    if optim.optimizer == "sgd":
+        return optax.chain(*clip, optax.add_decayed_weights(optim.l2), optax.sgd(lr))
+    scale = (optax.scale_by_schedule(lambda step: -lr(step)) if callable(lr)
+             else optax.scale(-lr))
+    return optax.chain(*clip, optax.add_decayed_weights(optim.l2), optax.scale_by_adam(), scale)
 
 
 def create_train_state(model: nn.Module, example_batch, optimizer: optax.GradientTransformation,

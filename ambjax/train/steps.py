@@ -142,15 +142,24 @@ def unreplicate(tree):
 
 
 def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation, n_devices: int, *,
-                  class_weights=None, unimodal_weight: float = 0.1):
+                  class_weights=None, unimodal_weight: float = 0.1, seed_axis: bool = False):
     """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
     "batch") for more. With pmap the state, params and step outputs carry a leading device axis
-    (use `replicate` / `unreplicate`); the train state's buffers are donated."""
+    (use `replicate` / `unreplicate`); the train state's buffers are donated.
+
+    With `seed_axis`, several independent runs (seeds) train as one program: the step is
+    `jax.vmap`ped over a seed axis of the state and the batch (train) or of the params (eval;
+    the batch is shared), inside the pmap when there are several devices, so arrays are
+    [S, ...] on one device and [n_devices, S, ...] on several.
+    """
     kwargs = dict(class_weights=class_weights, unimodal_weight=unimodal_weight)
+    axis = None if n_devices == 1 else AXIS
+    train = make_train_step(model, optimizer, axis_name=axis, **kwargs)
+    evaluate = make_eval_step(model, axis_name=axis, **kwargs)
+    if seed_axis:
+        train = jax.vmap(train, in_axes=(0, 0, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None))
     if n_devices == 1:
-        return (jax.jit(make_train_step(model, optimizer, **kwargs), donate_argnums=0),
-                jax.jit(make_eval_step(model, **kwargs)))
-    train = jax.pmap(make_train_step(model, optimizer, axis_name=AXIS, **kwargs),
-                     axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0)
-    evaluate = jax.pmap(make_eval_step(model, axis_name=AXIS, **kwargs), axis_name=AXIS)
-    return train, evaluate
+        return jax.jit(train, donate_argnums=0), jax.jit(evaluate)
+    return (jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0),
+            jax.pmap(evaluate, axis_name=AXIS))

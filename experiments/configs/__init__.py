@@ -2,17 +2,20 @@
 
 A preset module defines `get_config() -> ExperimentConfig`; its docstring gives the command and
 the result it gives. `load(name)` returns a preset's tree, `ABLATIONS` maps each ablation to the
-dotted settings it changes, and `make_config` composes preset, ablation and `--set` overrides
-into one validated tree.
+dotted settings it changes, `RECIPES` (from `ambjax.train.config`) the release and robust
+recipes, and `make_config` composes preset, recipe, ablation and `--set` overrides into one
+validated tree.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from ambjax.train.config import ConfigError, ExperimentConfig, override, replace_key, validate
+from ambjax.train.config import (RECIPES, ConfigError, ExperimentConfig, apply_recipe, override,
+                                 replace_key, validate)
 
 PRESETS = ("iemocap", "meld", "synthetic", "tiny")
+__all__ = ["PRESETS", "ABLATIONS", "RECIPES", "load", "make_config"]
 
 ABLATIONS: dict[str, dict[str, object]] = {
     "full": {},
@@ -33,9 +36,10 @@ def load(name: str) -> ExperimentConfig:
     return importlib.import_module(f"experiments.configs.{name}").get_config()
 
 
-def make_config(preset: str, overrides=(), ablation: str = "full") -> ExperimentConfig:
-    """Preset, then ablation, then "key=value" overrides (list or {key: string}) -> a
-    validated `ExperimentConfig`.
+def make_config(preset: str, overrides=(), ablation: str = "full",
+                recipe: str = "release") -> ExperimentConfig:
+    """Preset, then recipe (`RECIPES`), then ablation, then "key=value" overrides (list or
+    {key: string}) -> a validated `ExperimentConfig`.
 
     Example:
       >>> cfg = make_config("iemocap", ["model.hidden_dim=256", "optim.lr=1e-4"], "no_inter")
@@ -44,7 +48,7 @@ def make_config(preset: str, overrides=(), ablation: str = "full") -> Experiment
     """
     if ablation not in ABLATIONS:
         raise ConfigError(f"unknown ablation {ablation!r}; choose from {list(ABLATIONS)}")
-    config = load(preset)
+    config = apply_recipe(load(preset), recipe)
     for key, value in ABLATIONS[ablation].items():
         config = replace_key(config, key, value)
     return validate(override(config, overrides))

@@ -1,0 +1,92 @@
+"""Per-dimension standardisation of features, with statistics from the train split only.
+
+Users' own features come at any scale (sentence embeddings of norm 1, raw acoustic statistics in
+the thousands, all-zero placeholders). `Standardizer.fit` measures every modality's
+per-dimension mean and standard deviation over the train split's utterances; `apply` maps
+x -> (x - mean) / std (dimensions that are constant in train are only centred). A modality whose
+every dimension is constant over the train split carries no information and is listed in
+`constant`. The statistics are saved with a run (`save` / `load`, an .npz file) so that
+evaluation reuses exactly the training statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from typing import Mapping
+
+import numpy as np
+
+from ambjax.data.dataset import DataFormatError, Dialogue, DialogueDataset
+
+CONSTANT_STD = 1e-6
+
+
+def constant_modalities(dataset: DialogueDataset, split: str = "train") -> tuple[str, ...]:
+    """Modalities whose every feature dimension is constant over `split`'s utterances."""
+    return Standardizer.fit(dataset, split).constant
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardizer:
+    """Per-modality feature statistics: mean and std float32 [D_m] each."""
+
+    mean: Mapping[str, np.ndarray]
+    std: Mapping[str, np.ndarray]
+
+    @property
+    def constant(self) -> tuple[str, ...]:
+        return tuple(m for m, s in self.std.items() if float(np.max(s, initial=0.0)) < CONSTANT_STD)
+
+    @classmethod
+    def fit(cls, dataset: DialogueDataset, split: str = "train") -> "Standardizer":
+        """Statistics of every modality of `dataset` over the utterances of `split`."""
+        dialogues = dataset.split(split)
+        if not dialogues:
+            raise DataFormatError(f"cannot standardise: the {split} split is empty")
+        mean, std = {}, {}
+        for m in dataset.modalities:
+            x = np.concatenate([d.features[m] for d in dialogues]).astype(np.float64)
+            mean[m] = x.mean(0).astype(np.float32)
+            std[m] = x.std(0).astype(np.float32)
+        return cls(types.MappingProxyType(mean), types.MappingProxyType(std))
+
+    def apply(self, dataset: DialogueDataset) -> DialogueDataset:
+        """`dataset` with every modality it shares with the statistics standardised."""
+        missing = set(dataset.modalities) - set(self.mean)
+        if missing:
+            raise DataFormatError(f"no standardisation statistics for modalities {sorted(missing)}")
+        for m in dataset.modalities:
+            if dataset.dims[m] != self.mean[m].shape[0]:
+                raise DataFormatError(f"modality {m} has width {dataset.dims[m]}, the "
+                                      f"standardisation statistics {self.mean[m].shape[0]}")
+        scale = {m: np.where(s < CONSTANT_STD, 1.0, s).astype(np.float32)
+                 for m, s in self.std.items()}
+        dialogues = {
+            vid: Dialogue(id=d.id, speakers=d.speakers, labels=d.labels,
+                          features={m: (x - self.mean[m]) / scale[m] if m in self.mean else x
+                                    for m, x in d.features.items()})
+            for vid, d in dataset.dialogues.items()}
+        return dataclasses.replace(dataset, dialogues=dialogues)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics as an .npz file (atomically)."""
+        arrays = {f"{k}/{m}": v for k, table in (("mean", self.mean), ("std", self.std))
+                  for m, v in table.items()}
+        tmp = os.fspath(path) + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Standardizer":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                tables: dict = {"mean": {}, "std": {}}
+                for key in f.files:
+                    kind, m = key.split("/", 1)
+                    tables[kind][m] = f[key].astype(np.float32)
+        except (OSError, ValueError, KeyError) as e:
+            raise DataFormatError(f"{path}: unreadable standardisation statistics ({e})") \
+                from None
+        return cls(types.MappingProxyType(tables["mean"]), types.MappingProxyType(tables["std"]))

@@ -1,0 +1,77 @@
+"""Recipes (release / robust), train-split standardisation and the stall warning."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from ambjax.data import make_synthetic, write_pickle
+from ambjax.data.dataset import Dialogue
+from ambjax.data.standardize import Standardizer
+from ambjax.train import ConfigError, evaluate_checkpoint, train_and_evaluate
+from experiments.configs import make_config
+
+
+def test_recipes_set_their_fields_and_overrides_win():
+    release, robust = make_config("meld"), make_config("meld", recipe="robust")
+    assert release.run.recipe == "release" and release.optim.optimizer == "adam_l2"
+    assert not release.data.standardize and release.optim.lr == 5e-5
+    assert robust.run.recipe == "robust" and robust.data.standardize and robust.data.drop_constant
+    assert (robust.optim.optimizer, robust.optim.lr, robust.optim.lr_schedule) == (
+        "adamw", 1e-3, "warmup_cosine")
+    assert make_config("meld", ["optim.lr=3e-4"], recipe="robust").optim.lr == 3e-4
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        make_config("meld", recipe="fast")
+
+
+def test_standardizer_uses_train_statistics_only():
+    data = make_synthetic("iemocap", scale=0.1, dims={"text": 6, "audio": 5, "visual": 4})
+    zero = {vid: Dialogue(id=d.id, speakers=d.speakers, labels=d.labels,
+                          features={**d.features, "visual": np.zeros_like(d.features["visual"])})
+            for vid, d in data.dialogues.items()}
+    data = dataclasses.replace(data, dialogues=zero)
+    stats = Standardizer.fit(data)
+    assert stats.constant == ("visual",)
+    out = stats.apply(data)
+    train = np.concatenate([d.features["text"] for d in out.split("train")])
+    np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train.std(0), 1, atol=1e-4)
+    test = np.concatenate([d.features["text"] for d in out.split("test")])
+    assert np.abs(test.mean(0)).max() > 1e-3          # test statistics were not used
+    assert (np.concatenate([d.features["visual"] for d in out.split("test")]) == 0).all()
+
+
+def _scaled_tiny(path, factor):
+    config = make_config("tiny")
+    data = make_synthetic("iemocap", scale=config.data.synthetic_scale,
+                          dims=dict(config.data.synthetic_dims))
+    scaled = {vid: Dialogue(id=d.id, speakers=d.speakers, labels=d.labels,
+                            features={m: x * factor for m, x in d.features.items()})
+              for vid, d in data.dialogues.items()}
+    write_pickle(dataclasses.replace(data, dialogues=scaled), path)
+    return str(path)
+
+
+def test_robust_learns_tiny_features_that_stall_the_release_recipe(tmp_path):
+    path = _scaled_tiny(tmp_path / "scaled.pkl", 1e-3)
+    common = [f"data.path={path}", "schedule.epochs=4", "data.valid_fraction=0.3"]
+    logs = {"release": [], "robust": []}
+    reports = {}
+    for recipe in logs:
+        reports[recipe] = train_and_evaluate(make_config("tiny", common, recipe=recipe),
+                                             str(tmp_path / recipe), n_devices=1,
+                                             log=logs[recipe].append)
+    release_warnings = [m for m in logs["release"] if "not learning" in m]
+    assert len(release_warnings) == 1 and "--recipe robust" in release_warnings[0]
+    assert reports["release"]["warning"] == release_warnings[0]
+    assert reports["robust"]["warning"] is None
+    assert not [m for m in logs["robust"] if "not learning" in m]
+    assert reports["robust"]["recipe"] == "robust"
+    assert reports["robust"]["test"]["weighted_f1"] > reports["release"]["test"]["weighted_f1"]
+    # the run folder keeps the train statistics; evaluation reuses them
+    run = tmp_path / "robust"
+    assert (run / "standardization.npz").is_file()
+    assert json.loads((run / "config.json").read_text())["data"]["standardize"] is True
+    again = evaluate_checkpoint(str(run))
+    assert again["test"]["weighted_f1"] == pytest.approx(reports["robust"]["test"]["weighted_f1"])
