@@ -123,6 +123,7 @@ class Trainer:
         programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
                                     jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, log=log)
+        self.programs = programs
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
 
     def _describe_largest(self, batch) -> str:

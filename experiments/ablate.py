@@ -1,0 +1,152 @@
+"""Ablation tables: the full model and each ablation, each with its seeds trained as one program.
+
+    python -m experiments.ablate --preset synthetic --seeds 1,2,3 --out runs/ablation
+    python -m experiments.ablate --preset meld --data F.pkl --seeds 1,2,3 \\
+        --ablations no_differential,no_balancing --recipe robust --out runs/abl-meld
+
+Variants: `full` and `--ablations` (default `all`: no_differential, no_balancing, no_intra,
+no_inter, text_only, audio_only, visual_only). Each trains with `experiments.train`'s machinery
+(`--seeds` vmapped) into OUT/<variant>/seed<k>. OUT gets ablation.json, ablation.md (rows:
+variant; columns: test accuracy, weighted F1 and macro F1 as mean ± std over seeds, each
+modality's test weighted F1, and the weighted-F1 difference to the full model) and, with
+matplotlib, ablation.png (bars with error bars). `--resume` continues the variants already
+started; errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ambjax.cli import UserError, enable_compile_cache, run_main
+from ambjax.train import ConfigError, train_and_evaluate
+from ambjax.train.run_folder import write_json
+from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
+from experiments.train import parse_seeds
+
+VARIANTS = tuple(a for a in ABLATIONS if a != "full")
+
+
+def parse_ablations(text: str) -> list[str]:
+    names = list(VARIANTS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown or not names:
+        raise ConfigError(f"--ablations: unknown {unknown or text!r}; choose 'all' or names from "
+                          f"{list(VARIANTS)}")
+    return ["full"] + [n for n in names if n != "full"]
+
+
+def table_rows(results: dict) -> list[dict]:
+    """One row per variant: mean/std of test accuracy, weighted and macro F1, per-modality
+    weighted F1, and the weighted-F1 difference to the full model (percent)."""
+    full = results["full"]["test"]["weighted_f1"]["mean"]
+    rows = []
+    for variant, summary in results.items():
+        test = summary["test"]
+        rows.append({
+            "variant": variant,
+            **{m: {"mean": 100 * test[m]["mean"], "std": 100 * test[m]["std"]}
+               for m in ("accuracy", "weighted_f1", "macro_f1")},
+            "modality_f1": {k.split("/", 1)[1]: 100 * v["mean"] for k, v in test.items()
+                            if k.startswith("modality_f1/")},
+            "delta_weighted_f1": 100 * (test["weighted_f1"]["mean"] - full),
+        })
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    mods = sorted({m for r in rows for m in r["modality_f1"]})
+    lines = [header, "",
+             "| variant | test acc | test wF1 | test macro F1 | "
+             + " | ".join(f"{m} wF1" for m in mods) + " | Δ wF1 vs full |",
+             "|---|---|---|---|" + "---|" * len(mods) + "---|"]
+    for r in rows:
+        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}"
+                 for m in ("accuracy", "weighted_f1", "macro_f1")]
+        mod = [f"{r['modality_f1'][m]:.2f}" if m in r["modality_f1"] else "-" for m in mods]
+        lines.append(f"| {r['variant']} | " + " | ".join(cells + mod)
+                     + f" | {r['delta_weighted_f1']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
+    x = range(len(rows))
+    ax.bar(x, [r["weighted_f1"]["mean"] for r in rows],
+           yerr=[r["weighted_f1"]["std"] for r in rows], capsize=4, color="#4c72b0")
+    ax.set_xticks(list(x), [r["variant"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("test weighted F1 (%)")
+    ax.set_title("ablations: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def ablate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="synthetic", help=f"one of {list(PRESETS)}")
+    p.add_argument("--data", help="feature pickle (default: the bundled synthetic data)")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (vmapped)")
+    p.add_argument("--ablations", default="all", help=f"'all' or names from {list(VARIANTS)}")
+    p.add_argument("--recipe", default="release", help=f"one of {list(RECIPES)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--epochs", help="shortcut for --set schedule.epochs=N")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--devices", type=int, help="local devices to use (default: all)")
+    p.add_argument("--resume", action="store_true", help="continue started variants")
+    p.add_argument("--overwrite", action="store_true", help="replace existing variants")
+    p.add_argument("--no-compile-cache", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    enable_compile_cache(not args.no_compile_cache)
+    seeds = parse_seeds(args.seeds)
+    overrides = list(args.set)
+    if args.epochs is not None:
+        overrides.append(f"schedule.epochs={args.epochs}")
+    if args.data:
+        if not os.path.isfile(args.data):
+            raise UserError(f"--data {args.data}: no such file")
+        overrides.append(f"data.path={args.data}")
+    variants = parse_ablations(args.ablations)
+    configs = {v: make_config(args.preset, overrides, v, args.recipe) for v in variants}
+    results = {}
+    for variant, config in configs.items():
+        print(f"== {variant} ==", flush=True)
+        out = train_and_evaluate(config, os.path.join(args.out, variant), seeds=seeds,
+                                 resume=args.resume, overwrite=args.overwrite,
+                                 n_devices=args.devices)
+        results[variant] = out["summary"]
+    rows = table_rows(results)
+    header = (f"# Ablations: preset {args.preset}, "
+              f"{'data ' + args.data if args.data else 'bundled synthetic data'}, recipe "
+              f"{args.recipe}, seeds {', '.join(map(str, seeds))}\n\nPercent, mean ± sample std "
+              "over seeds; model selection on validation.")
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, "ablation.json"),
+               {"preset": args.preset, "data": args.data, "recipe": args.recipe,
+                "seeds": seeds, "rows": rows, "summaries": results})
+    table = markdown(rows, header)
+    with open(os.path.join(args.out, "ablation.md"), "w") as f:
+        f.write(table)
+    plotted = plot(rows, os.path.join(args.out, "ablation.png"))
+    print(table)
+    print(f"wrote {os.path.join(args.out, 'ablation.md')}"
+          + (" and ablation.png" if plotted else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(ablate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
