@@ -164,6 +164,8 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         "train_flops_per_epoch": epoch_flops, "eval_flops_per_pass": pass_flops,
         "achieved_flops_per_s_real": epoch_flops * real_nodes / padded_nodes / train_epoch_s,
         "peak_rss_gb": _peak_rss_gb(), "peak_device_memory_gb": _device_memory_gb(),
+        "largest_train_step_gb": max((v or 0) for v in trainer.programs.train_bytes.values())
+        / 1e9,
     }
 
 
