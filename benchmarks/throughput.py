@@ -230,7 +230,14 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="also write the result object here")
     p.add_argument("--name", default="throughput",
                    help="results file stem: results/<name>-<device>-<date>.json")
+    p.add_argument("--processes", type=int,
+                   help="instead: the same job as N processes on localhost against one process "
+                        "(benchmarks.multiprocess; --preset's first entry)")
     args = p.parse_args(argv)
+    if args.processes:
+        from benchmarks import multiprocess
+        return multiprocess.main(["--processes", str(args.processes), "--preset",
+                                  args.preset[0]])
     env = environment()
     peak = matmul_peak_flops()
     rows = []

@@ -6,6 +6,7 @@
     python -m experiments.train --preset synthetic --set model.hidden_dim=32 --epochs 3 --out runs/x
     python -m experiments.train --preset synthetic --ablation no_differential --seeds 1,2,3
     python -m experiments.train --preset meld --data my_features.pkl --recipe robust
+    python -m experiments.train --coordinator localhost:12355 --num-processes 2 --process-id 0
 
 Presets are files under experiments/configs/ (iemocap, meld: the release's hyper-parameters;
 synthetic: the small default job; tiny: a smoke run). `--set KEY=VALUE` overrides any field of
@@ -20,7 +21,7 @@ import os
 import sys
 
 from ambjax.cli import enable_compile_cache, run_main
-from ambjax.train import ConfigError, train_and_evaluate
+from ambjax.train import ConfigError, distributed, train_and_evaluate
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
 
 
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help="local devices to use (default: all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process run: process 0's address (or JAX_COORDINATOR_ADDRESS)")
+    p.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
+    p.add_argument("--process-id", type=int, help="multi-process run: this process (0..N-1)")
+    p.add_argument("--process-timeout", type=int, default=120, metavar="S",
+                   help="multi-process run: seconds to wait for the other processes (to join, "
+                        "or when one stops answering) before stopping with an error")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use the persistent XLA compilation cache (default: on, in "
                         "~/.cache/ambjax/xla; AMBJAX_COMPILE_CACHE=0 also turns it off)")
@@ -82,6 +90,9 @@ def run(args: argparse.Namespace) -> dict:
     config = make_config(args.preset, overrides, args.ablation, args.recipe)
     devices = None if args.devices is None else _int(args.devices, "--devices")
     seeds = parse_seeds(args.seeds) if args.seeds else None
+    # flags and settings are checked above, before joining the other processes
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           timeout_s=args.process_timeout)
     out = args.out or os.path.join(
         "runs", args.preset + ("" if args.ablation == "full" else f"-{args.ablation}"))
     return train_and_evaluate(config, out, seeds=seeds, resume=args.resume,

@@ -182,8 +182,10 @@ class GraphBatcher:
       dataset: the dataset.
       window: edge window (IEMOCAP 20, MELD 6).
       batch_size: dialogues per global batch.
-      n_devices: shards per batch; with more than one, batches get a leading device axis and
-        every shard uses the same budget.
+      n_devices: shards per batch (every device of every process); with more than one,
+        batches get a leading device axis and every shard uses the same budget.
+      local_devices: [start, stop) of the shards this process builds and feeds (a
+        multi-process run); default: all of them.
       modalities: modalities to carry (default: all of the dataset's).
       growth: node-budget ratio between buckets (see `plan_budgets`; None: one bucket).
 
@@ -201,13 +203,14 @@ class GraphBatcher:
 
     def __init__(self, dataset: DialogueDataset, *, window: int, batch_size: int,
                  n_devices: int = 1, modalities: Sequence[str] | None = None,
-                 growth: float | None = 1.25):
+                 growth: float | None = 1.25, local_devices: tuple[int, int] | None = None):
         if batch_size < n_devices:
             raise ValueError(f"batch_size {batch_size} is smaller than the {n_devices} devices")
         self.dataset = dataset
         self.window = window
         self.batch_size = batch_size
         self.n_devices = n_devices
+        self.local_devices = local_devices or (0, n_devices)
         self.modalities = tuple(modalities or dataset.modalities)
         self.edges = {kind: {vid: dialogue_edges(d.speakers, window, kind)
                              for vid, d in dataset.dialogues.items()} for kind in GRAPH_KINDS}
@@ -225,10 +228,12 @@ class GraphBatcher:
         raise ValueError(f"{n_utterances} utterances exceed the largest budget {self.budgets[-1]}")
 
     def build(self, dialogues: Sequence[Dialogue], budget: Budget | None = None) -> DialogueBatch:
-        """One padded batch (stacked per device when n_devices > 1), in the smallest budget
-        that holds it or in `budget` (e.g. an all-padding batch of each bucket:
-        `build([], budget)`, for compiling ahead of time)."""
-        shards = shard_dialogues(dialogues, self.n_devices)
+        """One padded batch (stacked per device when n_devices > 1; only this process's
+        devices), in the smallest budget that holds the whole global batch or in `budget`
+        (e.g. an all-padding batch of each bucket: `build([], budget)`, for compiling ahead of
+        time)."""
+        start, stop = self.local_devices
+        shards = shard_dialogues(dialogues, self.n_devices)[start:stop]
         budget = budget or self.budget_of(dialogues)
         batches = [build_batch(s, budget, modalities=self.modalities,
                                num_speakers=self.dataset.num_speakers, dims=self.dataset.dims,

@@ -15,18 +15,12 @@ from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer
 from ambjax.train import checkpoint as ckpt
-from ambjax.train import run_folder
+from ambjax.train import distributed, run_folder
 from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, from_dict,
                                  replace_key, to_dict, validate)
 from ambjax.train.report import write_report
 from ambjax.train.run_folder import RunFolderError
 from ambjax.train.trainer import Trainer
-
-
-def maybe_initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when a multi-host environment is configured."""
-    if any(os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")):
-        jax.distributed.initialize()
 
 
 STATS_FILE = "standardization.npz"
@@ -147,6 +141,10 @@ def read_history(path: str, upto: int, log: Callable[[str], None]) -> list[dict]
     return [h for h in history if h.get("epoch", 0) <= upto]
 
 
+def _silent(_: str) -> None:
+    pass
+
+
 def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
     """The run folder of each seed: `out_dir` itself for a single run, `out_dir/seed<k>`
     when `seeds` are given."""
@@ -175,7 +173,9 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other: resume continues the "
                           "run in the folder, overwrite replaces it")
-    maybe_initialize_distributed()
+    primary = distributed.is_primary()
+    if not primary:
+        log = _silent
     dataset, stats = standardized(load_dataset(config.data, log=log), config.data)
     trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
     folders = seed_folders(out_dir, seeds)
@@ -191,17 +191,21 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
         f"{trainer.batcher.num_batches('train')} batches/epoch, "
         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
     trainer.compile(log)
-    lock = run_folder.RunLock(out_dir)
+    lock = run_folder.RunLock(out_dir) if primary else None
     try:
-        for folder in folders:
-            run_folder.check(folder, trainer.fingerprint, resume=resume, overwrite=overwrite)
-        if overwrite:
-            run_folder.clear(out_dir)
+        if primary:
+            for folder in folders:
+                run_folder.check(folder, trainer.fingerprint, resume=resume,
+                                 overwrite=overwrite)
+            if overwrite:
+                run_folder.clear(out_dir)
+        distributed.barrier("ambjax-run-folder-ready")
         reports = _train(trainer, folders, stats=stats, resume=resume, log=log)
         if not seeds:
             return reports[0]
         summary = summarize_seeds(dict(zip(trainer.seeds, reports)))
-        write_seeds_report(out_dir, summary)
+        if primary:
+            write_seeds_report(out_dir, summary)
         t = summary["test"]
         log(f"{len(trainer.seeds)} seeds: test acc {100 * t['accuracy']['mean']:.2f} ± "
             f"{100 * t['accuracy']['std']:.2f}, wF1 {100 * t['weighted_f1']['mean']:.2f} ± "
@@ -209,7 +213,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
         return {"seeds": list(trainer.seeds), "reports": dict(zip(trainer.seeds, reports)),
                 "summary": summary}
     finally:
-        lock.release()
+        if lock:
+            lock.release()
 
 
 def _resume_epoch(managers: list, folders: list[str]) -> int | None:
@@ -234,8 +239,11 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
     """The epochs of `train_and_evaluate` in checked, locked run folders (one per seed)."""
     config, dataset = trainer.config, trainer.dataset
     n = len(folders)
-    for folder in folders:
-        os.makedirs(folder, exist_ok=True)
+    primary = distributed.is_primary()
+    if primary:
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+    distributed.barrier("ambjax-seed-folders")
     managers = [ckpt.create_manager(os.path.join(f, "checkpoints"), config.run.keep_checkpoints)
                 for f in folders]
     metas = [{"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
@@ -252,14 +260,16 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
     configs = [replace_key(config, "run.seed", seed) for seed in trainer.seeds]
     histories = []
     for folder, cfg, meta in zip(folders, configs, metas):
-        run_folder.write_json(os.path.join(folder, "config.json"),
-                              {**to_dict(cfg), "fingerprint": trainer.fingerprint})
-        if stats is not None:
-            stats.save(os.path.join(folder, STATS_FILE))
-        path = os.path.join(folder, "metrics.jsonl")
-        history = read_history(path, meta["epoch"], log)
-        with open(path, "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        history = []
+        if primary:
+            run_folder.write_json(os.path.join(folder, "config.json"),
+                                  {**to_dict(cfg), "fingerprint": trainer.fingerprint})
+            if stats is not None:
+                stats.save(os.path.join(folder, STATS_FILE))
+            path = os.path.join(folder, "metrics.jsonl")
+            history = read_history(path, meta["epoch"], log)
+            with open(path, "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
         histories.append(history)
     epochs = config.schedule.epochs
     keys = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
@@ -281,8 +291,9 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
             record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
                       "valid": {x: valid[x] for x in keys}, "test": {x: test[x] for x in keys}}
             histories[k].append(record)
-            with open(os.path.join(folders[k], "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if primary:
+                with open(os.path.join(folders[k], "metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
             ckpt.save(managers[k], epoch + 1, trainer.seed_state(k), meta, score)
             q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
             who = f"seed {trainer.seeds[k]} " if n > 1 else ""
@@ -308,7 +319,8 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
             "warning": meta.get("stall"),
             "valid": meta["best"]["valid"], "test": meta["best"]["test"],
         }
-        write_report(folders[k], report, histories[k])
+        if primary:
+            write_report(folders[k], report, histories[k])
         log(f"{'seed %d: ' % trainer.seeds[k] if n > 1 else ''}best epoch "
             f"{report['best_epoch']} ({report['selection_note']}): test acc "
             f"{_fmt(report['test']['accuracy'])} wF1 {_fmt(report['test']['weighted_f1'])}; "

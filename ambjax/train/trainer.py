@@ -25,12 +25,19 @@ from ambjax.metrics import classification_report, weighted_f1
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
 from ambjax.train.compile import compile_programs
 from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
+from ambjax.train.distributed import local_device_range
 from ambjax.train.state import create_optimizer, create_train_state
 from ambjax.train.steps import compile_steps, replicate
 
 
 def resolve_devices(n_devices: int | None) -> int:
-    """`n_devices` checked against the local devices (None: all of them)."""
+    """`n_devices` checked against the local devices (None: all of them). A multi-process run
+    uses every device of every process."""
+    if jax.process_count() > 1:
+        if n_devices not in (None, jax.device_count()):
+            raise ConfigError(f"--devices cannot be combined with {jax.process_count()} "
+                              "processes: every device of every process is used")
+        return jax.device_count()
     available = jax.local_device_count()
     if n_devices is None:
         return available
@@ -67,12 +74,15 @@ class Trainer:
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {list(self.seeds)}")
         self.n_devices = resolve_devices(n_devices)
+        self.n_local = jax.local_device_count() if jax.process_count() > 1 else self.n_devices
         self.model_config = model_for(config, dataset)
         self.fingerprint = fingerprint(self.model_config)
         self.model = AMBDSGDN(self.model_config)
         data = config.data
         self.batcher = GraphBatcher(dataset, window=data.window, batch_size=data.batch_size,
-                                    n_devices=self.n_devices, growth=data.budget_growth)
+                                    n_devices=self.n_devices, growth=data.budget_growth,
+                                    local_devices=local_device_range()
+                                    if jax.process_count() > 1 else None)
         weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.optim.class_weights
                    and dataset.num_classes == len(IEMOCAP_CLASS_WEIGHTS) else None)
         self.optimizer = create_optimizer(
@@ -80,7 +90,7 @@ class Trainer:
         self.train_step, self.eval_step = compile_steps(
             self.model, self.optimizer, self.n_devices, class_weights=weights,
             unimodal_weight=config.optim.unimodal_weight, seed_axis=True)
-        example = self.batcher.build(dataset.split("train")[:self.n_devices])
+        example = self.batcher.build(dataset.split("train")[:self.n_devices])   # local shards
         if self.n_devices > 1:
             example = jax.tree.map(lambda x: x[0], example)
         states = [create_train_state(self.model, example, self.optimizer, seed)
@@ -94,7 +104,7 @@ class Trainer:
     def to_device(self, states: Sequence):
         """Per-seed host states -> the stacked device state (replicated for pmap)."""
         stacked = _stack([jax.tree.map(jnp.asarray, s) for s in states])
-        return replicate(stacked, self.n_devices) if self.n_devices > 1 else stacked
+        return replicate(stacked, self.n_local) if self.n_devices > 1 else stacked
 
     def seed_state(self, k: int):
         """Seed k's state (no seed or device axis), as its checkpoint stores it."""
@@ -120,6 +130,14 @@ class Trainer:
         train = [jax.tree.map(lambda x: np.stack([x] * len(self.seeds), axis=axis),
                               self.batcher.build([], b)) for b in used["train"]]
         evals = [self.batcher.build([], b) for b in used["eval"]]
+        if jax.process_count() > 1:
+            # an ahead-of-time pmap executable expects global shapes when called in a
+            # multi-process run: check the largest program's memory, and let the pmapped steps
+            # compile (through the persistent cache) when first called
+            compile_programs(self.train_step, self.eval_step, self.state, train[-1:], [],
+                             jnp.asarray(True), describe=self._describe_largest,
+                             memory_limit=memory_limit, log=log)
+            return
         programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
                                     jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, log=log)
