@@ -7,8 +7,8 @@ Each process builds only its own devices' shards of every global batch (`GraphBa
 restores checkpoints with every process taking part.
 
 Set-up comes from `--coordinator HOST:PORT --num-processes N --process-id I`, or from the
-environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, or a cluster
-JAX detects itself: SLURM, Cloud TPU). On the CPU backend the cross-process collectives use
+environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), or, with
+`AMBJAX_DISTRIBUTED=auto`, from a cluster JAX detects itself (SLURM, Cloud TPU pods). On the CPU backend the cross-process collectives use
 gloo. With an explicit coordinator the processes first meet on the next port (PORT + 1): a
 process that cannot reach all the others within `timeout_s` stops with one line (XLA's own
 set-up would abort the process instead). A process lost later is detected by XLA's heartbeats
@@ -45,7 +45,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     given = [coordinator, num_processes, process_id]
     if any(v is not None for v in given) and any(v is None for v in given):
         raise DistributedError("--coordinator, --num-processes and --process-id go together")
-    if coordinator is None and not any(os.environ.get(k) for k in ENV_KEYS):
+    if (coordinator is None and not any(os.environ.get(k) for k in ENV_KEYS)
+            and os.environ.get("AMBJAX_DISTRIBUTED") != "auto"):
         return False
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise DistributedError(f"--process-id must be in 0..{num_processes - 1}, got "
