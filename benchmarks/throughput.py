@@ -45,7 +45,7 @@ from ambjax.data import make_synthetic
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError, batch_key
 from benchmarks.common import environment, write_results
-from experiments.configs import make_config
+from experiments.configs import load as load_preset, make_config
 
 # The PyTorch release (torch 2.13, 2 threads, hidden 512) measured side by side with ambjax on
 # this 2-core CPU kind, on the synthetic presets' train split at seed 0 (experiment-engine
@@ -234,6 +234,8 @@ def main(argv=None) -> dict:
                    help="instead: the same job as N processes on localhost against one process "
                         "(benchmarks.multiprocess; --preset's first entry)")
     args = p.parse_args(argv)
+    for preset in args.preset:
+        load_preset(preset)                      # an unknown preset is one line, at once
     if args.processes:
         from benchmarks import multiprocess
         return multiprocess.main(["--processes", str(args.processes), "--preset",

@@ -295,3 +295,16 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_first_step():
             as info:
         trainer.compile(memory_limit=100_000)
     assert "GB for one train step; 0.0 GB are available" in str(info.value)
+
+
+def test_compile_cache_is_on_by_default_and_can_be_turned_off(tmp_path):
+    code = "from ambjax.cli import enable_compile_cache as e; print(e(), e(False))"
+    env = {k: v for k, v in os.environ.items() if k != "AMBJAX_COMPILE_CACHE"}
+    env.update(AMBJAX_CACHE_DIR=str(tmp_path / "xla"), JAX_PLATFORMS="cpu")
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=120)
+    assert on.stdout.split() == [str(tmp_path / "xla"), "None"], on.stderr[-300:]
+    assert (tmp_path / "xla").is_dir()
+    off = subprocess.run([sys.executable, "-c", code], env={**env, "AMBJAX_COMPILE_CACHE": "0"},
+                         capture_output=True, text=True, timeout=120)
+    assert off.stdout.split() == ["None", "None"], off.stderr[-300:]
