@@ -12,13 +12,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ambjax.train import checkpoint as ckpt
+from ambjax.train import train_and_evaluate
+from experiments.configs import make_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a small model for fast compiles; SGD because Adam turns float noise in gradients that are
 # zero in exact arithmetic (the attention key bias) into +-lr steps (see tests/test_seeds.py)
-ARGS = ["--preset", "tiny", "--set", "model.hidden_dim=8", "--set", "model.graph_heads=1",
-        "--set", "model.graphs=inter", "--set", "data.modalities=text,audio",
-        "--set", "optim.optimizer=sgd", "--set", "optim.lr=0.1"]
+SETTINGS = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
+            "data.modalities=text,audio", "optim.optimizer=sgd", "optim.lr=0.1"]
+ARGS = ["--preset", "tiny"] + [a for s in SETTINGS for a in ("--set", s)]
 
 
 def _port() -> int:
@@ -34,17 +36,13 @@ def _env(devices: int, cache: str) -> dict:
 
 def _train(extra, *, processes: int, devices: int, cache: str, timeout: int = 240):
     cmd = [sys.executable, "-m", "experiments.train", *ARGS, *extra]
-    if processes == 1:
-        runs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(devices, cache), text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
-    else:
-        port = _port()
-        runs = [subprocess.Popen(cmd + ["--coordinator", f"localhost:{port}", "--num-processes",
-                                        str(processes), "--process-id", str(i),
-                                        "--process-timeout", "60"],
-                                 cwd=ROOT, env=_env(devices, cache), text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                for i in range(processes)]
+    port = _port()
+    runs = [subprocess.Popen(cmd + ["--coordinator", f"localhost:{port}", "--num-processes",
+                                    str(processes), "--process-id", str(i),
+                                    "--process-timeout", "60"],
+                             cwd=ROOT, env=_env(devices, cache), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(processes)]
     results = [(p.wait(timeout=timeout), *p.communicate()) for p in runs]
     for rc, out, err in results:
         assert rc == 0, (extra, out[-800:], err[-1500:])
@@ -71,8 +69,9 @@ def test_two_processes_train_and_resume_as_one_four_device_run(tmp_path):
     own_lines = [l for l in first[1][1].splitlines() if not l.startswith("[Gloo]")]
     assert "epoch   1/1" in first[0][1] and own_lines == []     # process 1 prints nothing
     _train(["--epochs", "2", "--resume", "--out", multi], processes=2, devices=2, cache=cache)
-    _train(["--epochs", "2", "--devices", "4", "--out", single], processes=1, devices=4,
-           cache=cache)
+    # the reference: this process's 4 fake CPU devices (conftest), one process
+    train_and_evaluate(make_config("tiny", SETTINGS + ["schedule.epochs=2"]), single,
+                       n_devices=4, log=lambda *_: None)
     report = json.loads(open(os.path.join(multi, "report.json")).read())
     assert report["devices"] == 4
     a, b = _metrics(multi), _metrics(single)

@@ -16,11 +16,11 @@ from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer
 from ambjax.train import checkpoint as ckpt
 from ambjax.train import distributed, run_folder
-from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, from_dict,
-                                 replace_key, to_dict, validate)
+from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
+                                 from_dict, replace_key, to_dict, validate)
 from ambjax.train.report import write_report
 from ambjax.train.run_folder import RunFolderError
-from ambjax.train.trainer import Trainer
+from ambjax.train.trainer import Trainer, model_for
 
 
 STATS_FILE = "standardization.npz"
@@ -177,12 +177,13 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
     if not primary:
         log = _silent
     dataset, stats = standardized(load_dataset(config.data, log=log), config.data)
-    trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
+    model_fingerprint = fingerprint(model_for(config, dataset))
     folders = seed_folders(out_dir, seeds)
     if seeds and os.path.isfile(out_dir):
         raise RunFolderError(f"--out {out_dir} is a file, not a folder")
     for folder in folders:
-        run_folder.check(folder, trainer.fingerprint, resume=resume, overwrite=overwrite)
+        run_folder.check(folder, model_fingerprint, resume=resume, overwrite=overwrite)
+    trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
     tag = (" [model selected on TEST: the release's protocol]"
            if config.run.selection == "test" else "")
     log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
