@@ -45,7 +45,9 @@ def save(manager: ocp.CheckpointManager, epoch: int, state, meta: dict, score: f
     host_state = jax.tree.map(np.asarray, jax.device_get(state))
     manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
                                                 meta=ocp.args.JsonSave(meta)),
-                 metrics={"score": float(score)})
+                 # ties go to the earlier epoch, as the loop's selection (a strict >) does;
+                 # without this, orbax's BestN keeps the later of two equal scores
+                 metrics={"score": float(score) - 1e-9 * epoch})
     manager.wait_until_finished()
 
 

@@ -100,24 +100,31 @@ def _fmt(x: float) -> str:
     return f"{100 * x:5.2f}"
 
 
-STALL_AFTER_EPOCHS = 2
-STALL_SHARE = 0.95
+STALL_AFTER_EPOCHS = 3
+STALL_SHARE = 0.8           # one class predicted for at least this share of utterances ...
+STALL_EXCESS = 0.3          # ... and for this much more than its true share
 
 
 def stall_warning(valid: dict, label_names, epoch: int, config: ExperimentConfig) -> str | None:
-    """A one-line warning when the model predicts one class for nearly all (>= 95%) validation
-    utterances after `epoch` epochs, with the likely causes and the flags to try; else None."""
+    """A one-line warning when, after `epoch` epochs, the model predicts one class for nearly
+    all validation utterances (at least 80%, and 30 points more than that class's true share:
+    a collapse, not a dominant class), with the likely causes and the flags to try; else
+    None."""
     conf = np.asarray(valid["confusion"])
-    predicted = conf.sum(0)
-    if predicted.sum() == 0 or predicted.max() < STALL_SHARE * predicted.sum():
+    predicted, actual = conf.sum(0), conf.sum(1)
+    total = predicted.sum()
+    if total == 0:
         return None
-    share = predicted.max() / predicted.sum()
+    top = int(predicted.argmax())
+    share = predicted[top] / total
+    if share < STALL_SHARE or share < actual[top] / total + STALL_EXCESS:
+        return None
     hint = ("features of an unusual scale or a learning rate too small for them: try "
             "--recipe robust (standardised features, AdamW 1e-3)"
             if config.run.recipe == "release" else
             "a learning rate too large or too small (--set optim.lr=...), constant or "
             "uninformative features, or too few epochs")
-    return (f"warning: after epoch {epoch} the model predicts '{label_names[predicted.argmax()]}' "
+    return (f"warning: after epoch {epoch} the model predicts '{label_names[top]}' "
             f"for {100 * share:.0f}% of validation utterances (it is not learning); likely "
             f"causes: {hint}")
 
