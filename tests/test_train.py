@@ -27,8 +27,8 @@ def test_pmap_step_equals_single_device_step(iemocap_small):
     assert jax.local_device_count() >= n_dev
     # no dropout, so that the two runs draw no different masks; balancing active: q is
     # computed from confusion counts summed over the devices, as on the global batch
-    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.0,
-                         graph_dropout=0.0, p_exe=0.0)
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, dropout=0.0,
+                         graph_dropout=0.0, p_exe=0.0, graph_heads=1)
     # plain SGD: Adam's first step is ~lr * sign(g), which blows up float noise in tiny gradients
     opt = optax.sgd(1.0)
     dialogues = iemocap_small.split("train")[:8]

@@ -198,9 +198,16 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
         f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
         f"{trainer.batcher.num_batches('train')} batches/epoch, "
         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
-    trainer.compile(log)
+    created = not os.path.isdir(out_dir)
     lock = run_folder.RunLock(out_dir) if primary else None
     try:
+        try:
+            trainer.compile(log)
+        except BaseException:
+            if lock and created:          # refused before any work: leave no empty folder
+                lock.release()
+                run_folder.remove_if_empty(out_dir)
+            raise
         if primary:
             for folder in folders:
                 run_folder.check(folder, trainer.fingerprint, resume=resume,

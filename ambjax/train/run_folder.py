@@ -84,6 +84,12 @@ class RunLock:
             self.file.close()
 
 
+def remove_if_empty(out_dir: str) -> None:
+    """Remove `out_dir` if it holds nothing but its lock (a run refused before it started)."""
+    if os.path.isdir(out_dir) and set(os.listdir(out_dir)) <= {LOCK_NAME}:
+        shutil.rmtree(out_dir)
+
+
 def clear(out_dir: str) -> None:
     """Remove everything in `out_dir` except its lock (for `--overwrite`, once the new run is
     ready to start)."""

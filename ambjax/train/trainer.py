@@ -132,11 +132,10 @@ class Trainer:
         evals = [self.batcher.build([], b) for b in used["eval"]]
         if jax.process_count() > 1:
             # an ahead-of-time pmap executable expects global shapes when called in a
-            # multi-process run: check the largest program's memory, and let the pmapped steps
-            # compile (through the persistent cache) when first called
-            compile_programs(self.train_step, self.eval_step, self.state, train[-1:], [],
-                             jnp.asarray(True), describe=self._describe_largest,
-                             memory_limit=memory_limit, log=log)
+            # multi-process run, and lowering one costs a second compile: the pmapped steps
+            # compile when first called (through the persistent cache), without the memory check
+            if log:
+                log("multi-process run: programs compile at their first step")
             return
         programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
                                     jnp.asarray(True), describe=self._describe_largest,
