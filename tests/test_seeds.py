@@ -31,7 +31,9 @@ def test_seeds_vmapped_equal_seeds_alone(tmp_path):
     # attention key bias: softmax ignores it) into full +-lr steps, so with Adam the vmapped
     # and separate runs agree on every metric to 1e-5 but such parameters differ by ~lr.
     config = make_config("tiny", ["model.dropout=0", "model.graph_dropout=0",
-                                  "schedule.epochs=2", "optim.optimizer=sgd", "optim.lr=0.1"])
+                                  "schedule.epochs=2", "optim.optimizer=sgd", "optim.lr=0.1",
+                                  "model.hidden_dim=8", "model.graph_heads=1",
+                                  "data.modalities=text,audio"])
     together = train_and_evaluate(config, str(tmp_path / "together"), seeds=[1, 2], **QUIET)
     assert sorted(together["reports"]) == [1, 2]
     assert (tmp_path / "together" / "seeds_report.md").is_file()

@@ -1,5 +1,5 @@
 """A seconds-long smoke run for tests: 5% of IEMOCAP-shaped synthetic dialogues with narrow
-features, hidden 16, 2 epochs.
+features, hidden 16, 2 epochs, no class weights.
 
     python -m experiments.train --preset tiny --out runs/tiny
 
@@ -17,5 +17,5 @@ def get_config() -> ExperimentConfig:
                         synthetic_dims=(("text", 24), ("audio", 16), ("visual", 12)),
                         window=4, batch_size=4, budget_growth=None),
         model=ModelConfig(hidden_dim=16, num_heads=2, dropout=0.1),
-        optim=OptimConfig(lr=1e-3),
+        optim=OptimConfig(lr=1e-3, class_weights=False),
         schedule=ScheduleConfig(epochs=2, balance_warmup=1))
