@@ -107,8 +107,14 @@ class Trainer:
         return replicate(stacked, self.n_local) if self.n_devices > 1 else stacked
 
     def seed_state(self, k: int):
-        """Seed k's state (no seed or device axis), as its checkpoint stores it."""
-        return jax.tree.map(lambda x: x[0, k] if self.n_devices > 1 else x[k], self.state)
+        """Seed k's state (no seed or device axis), as its checkpoint stores it: a host copy
+        read from this process's first device, so that no process issues device work the
+        others do not (in a multi-process run every device op must be matched)."""
+        def pick(x):
+            if self.n_devices > 1:
+                return np.asarray(x.addressable_shards[0].data)[0, k]
+            return x[k]
+        return jax.tree.map(pick, self.state)
 
     def _per_seed(self, outputs: list) -> list[list[dict]]:
         """Step outputs [S, ...] (or [D, S, ...]) -> for each seed, its list of outputs."""
