@@ -112,7 +112,8 @@ class Trainer:
         others do not (in a multi-process run every device op must be matched)."""
         def pick(x):
             if self.n_devices > 1:
-                return np.asarray(x.addressable_shards[0].data)[0, k]
+                local = x.addressable_shards[0].data if hasattr(x, "addressable_shards") else x
+                return np.asarray(local)[0, k]
             return x[k]
         return jax.tree.map(pick, self.state)
 
