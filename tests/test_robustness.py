@@ -173,27 +173,25 @@ def _write_fields(path, data, edit):
     return layout
 
 
-def test_values_are_range_checked_before_casting(tmp_path):
+def _huge_label(fields, vid):
+    fields[2][vid] = [2 ** 32 + 1] + list(fields[2][vid])[1:]
+
+
+def _train_twice(fields, vid):
+    fields[-2] = list(fields[-2]) + [vid]
+
+
+@pytest.mark.parametrize("edit,message", [
+    # range-checked before the cast to int32, which would read 2**32 + 1 as class 1
+    (_huge_label, "dialogue '{vid}': field labels has label 4294967297"),
+    (_train_twice, "field train lists dialogue '{vid}' twice"),
+])
+def test_silent_wrong_values_are_errors_naming_the_dialogue(tmp_path, edit, message):
     data = make_synthetic("iemocap", scale=0.05, dims={"text": 6, "audio": 5, "visual": 4})
     vid = data.splits["train"][0]
-    path = tmp_path / "labels.pkl"
-
-    def huge_label(fields):
-        fields[2][vid] = [2 ** 32 + 1] + list(fields[2][vid])[1:]
-    _write_fields(path, data, huge_label)
-    with pytest.raises(DataFormatError, match=f"dialogue '{vid}': field labels has label 4294967297"):
-        load_features(path)
-
-
-def test_duplicate_dialogue_in_a_split_is_named(tmp_path):
-    data = make_synthetic("iemocap", scale=0.05, dims={"text": 6, "audio": 5, "visual": 4})
-    vid = data.splits["train"][0]
-    path = tmp_path / "dup.pkl"
-
-    def duplicate(fields):
-        fields[-2] = list(fields[-2]) + [vid]
-    _write_fields(path, data, duplicate)
-    with pytest.raises(DataFormatError, match=f"field train lists dialogue '{vid}' twice"):
+    path = tmp_path / "edited.pkl"
+    _write_fields(path, data, lambda fields: edit(fields, vid))
+    with pytest.raises(DataFormatError, match=message.format(vid=vid)):
         load_features(path)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
-from ambjax.data.standardize import Standardizer
+from ambjax.data.standardize import Standardizer, constant_modalities
 from ambjax.train import checkpoint as ckpt
 from ambjax.train import distributed, run_folder
 from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
@@ -50,8 +50,7 @@ def load_dataset(data: DataConfig, *,
         if not dataset.splits[split]:
             raise DataFormatError(f"{where}: the {split} split is empty; a run needs train, "
                                   "validation and test dialogues")
-    fitted = Standardizer.fit(dataset)
-    constant = fitted.constant
+    constant = constant_modalities(dataset)
     if constant:
         kept = tuple(m for m in dataset.modalities if m not in constant)
         if data.drop_constant and not kept:
