@@ -2,7 +2,11 @@
 layout -> `DialogueBatch`, and its outputs back.
 
 The release stores `nn.Linear` weights as [out, in] (ambjax `Dense` kernels are [in, out]), the
-differential layers' `W` as [in, out], score vectors as [1, k]. Its unused entries (the sinusoid
+differential layers' `W` as [in, out], score vectors as [1, k], and one module per modality:
+its relational blocks (gatTer, gatAer, gatVer, ...) become the rows of ambjax's stacked blocks
+("inter", "intra": leaves [M, ...] in the config's modality order), its audio and visual
+encoders and gates those of "encoder" and "gate" ([M', ...] over the non-text modalities;
+`ambjax.nn.stack`). Its unused entries (the sinusoid
 buffers `*.pos_emb.pe`, recomputed here, and the transformer layer's own LayerNorm, which the
 release applies only from a second layer on) are ignored.
 
@@ -27,8 +31,8 @@ from ambjax.nn.model import AMBDSGDN, ModelConfig
 
 _MODALITY = {"t": "text", "a": "audio", "v": "visual"}
 _INPUT = {"textf_input": "text", "acouf_input": "audio", "visuf_input": "visual"}
-_BLOCK = {"gatTer": "inter_text", "gatT": "intra_text", "gatAer": "inter_audio",
-          "gatA": "intra_audio", "gatVer": "inter_visual", "gatV": "intra_visual"}
+_BLOCK = {"gatTer": ("inter", "text"), "gatT": ("intra", "text"), "gatAer": ("inter", "audio"),
+          "gatA": ("intra", "audio"), "gatVer": ("inter", "visual"), "gatV": ("intra", "visual")}
 _ENCODER = {"a_a": "audio", "v_v": "visual"}
 _ATTN = {"linear_q": "query", "linear_k": "key", "linear_v": "value", "linear": "out"}
 _FFN = {"w_1": "ffn_in", "w_2": "ffn_out"}
@@ -46,7 +50,8 @@ def _norm(path: tuple, leaf: str, value: np.ndarray) -> dict:
 
 
 def _map_entry(name: str, value: np.ndarray) -> dict:
-    """One release state_dict entry -> {ambjax param path: array}."""
+    """One release state_dict entry -> {ambjax param path: array}; a path into a stacked module
+    starts with (module name, modality), the member's row."""
     parts = name.split(".")
     head, leaf = parts[0], parts[-1]
     if name == "speaker_embeddings.weight":
@@ -54,20 +59,20 @@ def _map_entry(name: str, value: np.ndarray) -> dict:
     if head in _INPUT and len(parts) == 2:
         return _dense((f"input_{_INPUT[head]}",), leaf, value)
     if head in ("agate", "vgate") and parts[1:3] == ["gate", "0"]:
-        return _dense((f"gate_{_MODALITY[head[0]]}", "dense"), leaf, value)
+        return _dense(("gate", _MODALITY[head[0]], "dense"), leaf, value)
     m = re.fullmatch(r"([tav])_output_layer\.2\.(weight|bias)", name)
     if m:
         return _dense((f"head_{_MODALITY[m.group(1)]}",), leaf, value)
     if head in _ENCODER and parts[1:3] == ["transformer_inter", "0"]:
-        enc = f"encoder_{_ENCODER[head]}"
+        enc = ("encoder", _ENCODER[head])
         if parts[3] == "self_attn" and parts[4] in _ATTN:
-            return _dense((enc, "self_attn", _ATTN[parts[4]]), leaf, value)
+            return _dense(enc + ("self_attn", _ATTN[parts[4]]), leaf, value)
         if parts[3] == "feed_forward" and parts[4] in _FFN:
-            return _dense((enc, _FFN[parts[4]]), leaf, value)
+            return _dense(enc + (_FFN[parts[4]],), leaf, value)
         if parts[3:5] == ["feed_forward", "layer_norm"]:
-            return _norm((enc, "ffn_norm"), leaf, value)
+            return _norm(enc + ("ffn_norm",), leaf, value)
     if head in _BLOCK:
-        block = (_BLOCK[head],)
+        block = _BLOCK[head]
         if parts[1] == "fc":
             return _dense(block + ("fc",), leaf, value)
         if parts[1] == "layer_norm":
@@ -80,6 +85,25 @@ def _map_entry(name: str, value: np.ndarray) -> dict:
         if leaf == "weight":  # a_*.weight [1, k], relation_embedding.weight [6, 10]
             return {layer + (parts[2],): value[0] if parts[2].startswith("a_") else value}
     raise KeyError(f"unknown release parameter {name!r}")
+
+
+def _stack_members(flat: dict, config: ModelConfig) -> dict:
+    """Per-modality entries (module, modality, *rest) -> stacked (module, *rest) [M, ...] in
+    the config's order of the modalities the module runs over; a member missing from the
+    release leaves the stacked leaf missing (reported by the caller)."""
+    members = {"inter": config.modalities, "intra": config.modalities,
+               "encoder": config.context_modalities, "gate": config.context_modalities}
+    out, rows = {}, {}
+    for path, value in flat.items():
+        if path[0] in members:
+            rows.setdefault((path[0],) + path[2:], {})[path[1]] = value
+        else:
+            out[path] = value
+    for path, by_modality in rows.items():
+        order = members[path[0]]
+        if sorted(by_modality) == sorted(order):
+            out[path] = np.stack([by_modality[m] for m in order])
+    return out
 
 
 def release_config(state_dict: Mapping[str, np.ndarray], *, num_heads: int = 8,
@@ -107,6 +131,7 @@ def release_to_params(state_dict: Mapping[str, np.ndarray], config: ModelConfig 
         if _IGNORED.match(name):
             continue
         flat.update(_map_entry(name, np.asarray(value, np.float32)))
+    flat = _stack_members(flat, config)
     if example_batch is None:
         example_batch = _dummy_batch(config)
     shapes = jax.eval_shape(lambda: AMBDSGDN(config).init(jax.random.key(0), example_batch))

@@ -10,8 +10,9 @@ summed over its threads; GPU: device kernels). The kernels are grouped
 - by kind: matmul (dots, including XNNPACK / cuBLAS fusions around a dot), random (threefry
   bits of the dropout masks), scatter/gather, and the rest (elementwise, reductions, copies);
 - by pass: forward, backward (`transpose(jvp(...))`), and the loss/optimizer/step key code;
-- by model component: the top-level module in the op's name (`inter_text`, `encoder_audio`,
-  `head_dropout`, ...).
+- by model component: the top-level module in the op's name (`inter`, `intra`, `encoder`,
+  `gate`, `head_text`, ...; the relational blocks, encoders and gates of all modalities run
+  as one stacked computation, `ambjax.nn.stack`).
 
 Shares are comparable across devices; seconds are thread- or kernel-time, not wall time.
 Results go to benchmarks/results/step_profile-<device>-<date>.json and .md.
@@ -85,7 +86,7 @@ def classify(name: str, info: dict | None) -> tuple[str, str, str]:
         kind = "other"
     step_pass = ("backward" if "transpose(jvp(" in op else "forward" if "jvp(" in op
                  else "loss/optimizer/keys")
-    module = re.search(r"AMBDSGDN(?:\.\w+)?/([A-Za-z_]+\d*)", op)
+    module = re.search(r"AMBDSGDN(?:\.\w+)?/(?:vmap\([^)]*\)/)?([A-Za-z_]+\d*)", op)
     component = module.group(1) if module else step_pass
     return kind, step_pass, component
 
@@ -107,7 +108,7 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
     config = make_config(preset, {"model.hidden_dim": str(hidden), "model.dtype": dtype})
     trainer = Trainer(config, load_dataset(config.data))
     by_shape = collections.defaultdict(list)
-    for b in trainer.batcher.batches("train", shuffle=True, seed=0, epoch=1):
+    for b in trainer.batcher.seed_batches("train", trainer.seeds, epoch=1):  # [1, ...]: 1 seed
         by_shape[b.nodes.mask.shape].append(b)
     batch = max(by_shape.values(), key=len)[0]
     state, active = trainer.state, jnp.asarray(True)

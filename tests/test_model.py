@@ -5,6 +5,7 @@ import glob
 import os
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
@@ -284,7 +285,7 @@ def test_variants_and_ablations_build(overrides, small):
                                                      "balance": jax.random.PRNGKey(1)}), shapes)
     assert out["logits"].shape == (small["budget"].n_node, 6)
     if not overrides.get("differential", True):
-        assert "a_left_neg" not in shapes["params"]["inter_text"]["attention_0"]
+        assert "a_left_neg" not in shapes["params"]["inter"]["attention_0"]
 
 
 def test_single_modality_model(iemocap_small):
@@ -292,8 +293,39 @@ def test_single_modality_model(iemocap_small):
     gb = GraphBatcher(iemocap_small, window=3, batch_size=2, modalities=("text",))
     batch = gb.build(iemocap_small.split("test")[:2])
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), batch))
-    assert set(shapes["params"]) == {"speaker_embedding", "input_text", "inter_text",
-                                     "intra_text", "head_text"}
+    assert set(shapes["params"]) == {"speaker_embedding", "input_text", "inter", "intra",
+                                     "head_text"}
+    assert shapes["params"]["inter"]["fc"]["kernel"].shape == (1, 16, 16)
+
+
+def test_stacked_modalities_equal_separate_modules(small):
+    """Each row of a stacked block is the block with that row's parameters, and the rows get
+    their own initialisation and dropout masks."""
+    from ambjax.nn import DifferentialRelationalBlock
+    from ambjax.nn.stack import GRAPH_AXES, stacked_call
+
+    class Stack(nn.Module):
+        @nn.compact
+        def __call__(self, graph, deterministic):
+            return stacked_call(DifferentialRelationalBlock(8, name="block"), 3, (GRAPH_AXES,),
+                                graph, deterministic=deterministic)
+
+    batch = small["batch"]
+    x = jax.random.normal(jax.random.PRNGKey(3), (3, batch.nodes.mask.shape[0], 8))
+    graph = batch.graph("inter", nodes=x)
+    params = Stack().init(jax.random.PRNGKey(0), graph, True)["params"]
+    out = Stack().apply({"params": params}, graph, True)
+    for i in range(3):
+        member = jax.tree.map(lambda p: p[i], params["block"])
+        alone = DifferentialRelationalBlock(8).apply({"params": member},
+                                                     batch.graph("inter", nodes=x[i]))
+        np.testing.assert_allclose(out[i], alone, rtol=1e-5, atol=1e-5)
+    kernels = params["block"]["fc"]["kernel"]
+    assert not np.allclose(kernels[0], kernels[1])
+    tied = {"block": jax.tree.map(lambda p: jnp.stack([p[0]] * 3), params["block"])}
+    dropped = Stack().apply({"params": tied}, graph._replace(nodes=jnp.stack([x[0]] * 3)),
+                            False, rngs={"dropout": jax.random.PRNGKey(1)})
+    assert not np.allclose(dropped[0], dropped[1])  # same weights and inputs, own dropout masks
 
 
 def test_banded_and_dense_block_aggregation_equal_segment_sum(small):

@@ -65,7 +65,9 @@ def _scaled_tiny(path, factor):
 
 def test_robust_learns_scaled_features_that_stall_the_release_recipe(tmp_path):
     scaled = _scaled_tiny(tmp_path / "scaled.pkl", 1e-3)
-    common = ["schedule.epochs=20", "data.valid_fraction=0.3"]
+    # one batch per epoch: 20 steps, at a learning rate that lets unit-scale features be
+    # learnt in that many (the release recipe's optimiser at the same rate still stalls)
+    common = ["schedule.epochs=20", "data.valid_fraction=0.3", "optim.lr=1e-2"]
     logs = {"release": [], "robust": []}
     reports = {}
     for recipe in logs:
@@ -79,7 +81,7 @@ def test_robust_learns_scaled_features_that_stall_the_release_recipe(tmp_path):
     assert not [m for m in logs["robust"] if "not learning" in m]
     assert reports["robust"]["recipe"] == "robust"
     assert (reports["robust"]["valid"]["weighted_f1"]
-            > reports["release"]["valid"]["weighted_f1"] + 0.05)
+            > reports["release"]["valid"]["weighted_f1"] + 0.2)
     # the run folder keeps the train statistics; evaluation reuses them
     run = tmp_path / "robust"
     assert (run / "standardization.npz").is_file()

@@ -11,6 +11,7 @@ from ambjax.nn.kernels import (aggregate, banded_aggregate, dense_aggregate, seg
                                segment_softmax)
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters, create_model
 from ambjax.nn.protocol import DialogueModel, ModelOutput
+from ambjax.nn.stack import GRAPH_AXES, stacked_call
 
 __all__ = [
     "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "differential_lambda",
@@ -19,4 +20,5 @@ __all__ = [
     "DialogueSelfAttention", "SigmoidGate", "sinusoid_position_encoding", "aggregate",
     "banded_aggregate", "dense_aggregate", "segment_aggregate", "segment_softmax", "AMBDSGDN",
     "ModelConfig", "count_parameters", "create_model", "DialogueModel", "ModelOutput",
+    "GRAPH_AXES", "stacked_call",
 ]

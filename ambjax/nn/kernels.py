@@ -18,7 +18,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import jraph
-import numpy as np
 
 from ambjax.graphs.batch import DialogueLayout
 
@@ -65,20 +64,30 @@ def dense_slots(dense_index: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.
     return slot_graph, slot_pos
 
 
-def band_chunk_size(band: int) -> int:
-    """Receivers per block of the banded aggregation: max(16, 2 * band rounded up to 8)."""
-    return max(16, -(-2 * band // 8) * 8)
+def band_chunk_size(band: int, num_nodes: int | None = None) -> int:
+    """Receivers per block of the banded aggregation: C = max(16, 2 * band rounded up to 8), or
+    the next multiple of 8 up to 1.5 C that divides `num_nodes` (then the chunks tile the nodes
+    exactly and the result needs no slicing, which XLA's CPU backend runs slowly after a
+    batched matmul)."""
+    base = max(16, -(-2 * band // 8) * 8)
+    if num_nodes:
+        for c in range(base, base + base // 2 + 1, 8):
+            if num_nodes % c == 0:
+                return c
+    return base
 
 
 def banded_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
                      receivers: jax.Array, band: int) -> jax.Array:
     """sum_j A_ij values_j when every edge has |sender - receiver| <= `band` (static).
 
-    The flat nodes are cut into K chunks of C receivers (`band_chunk_size`); chunk k's senders
-    lie in the C + 2 band nodes around it, so the sum is one batched matmul
-    [K, C, C + 2 band] @ [K, C + 2 band, F]: about N (C + 2 band) F multiply-adds, where the
-    per-dialogue dense blocks need G L^2 F. Edges outside the band would be dropped: callers
-    guarantee the band (`build_batch` checks it).
+    The flat nodes are cut into K chunks of C receivers (`band_chunk_size`, C >= 2 band);
+    chunk k's senders lie in the C + 2 band nodes around it (its own chunk and the first
+    2 band nodes of the next, in the node order shifted by band), so the sum is one batched
+    matmul [K, C, C + 2 band] @ [K, C + 2 band, F]: about N (C + 2 band) F multiply-adds, where
+    the per-dialogue dense blocks need G L^2 F. The windows are slices of the padded nodes (no
+    gather), so the backward pass is slices and pads too. Edges outside the band would be
+    dropped: callers guarantee the band (`build_batch` checks it).
 
     Args:
       weights: float [E]; values: float [N, F]; senders, receivers: int32 [E].
@@ -87,15 +96,16 @@ def banded_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
       [N, F] in the dtype of `weights`.
     """
     n, f = values.shape
-    c = band_chunk_size(band)
+    c = band_chunk_size(band, n)
     k = -(-n // c)
-    width = c + 2 * band
     chunk = receivers // c
-    blocks = jnp.zeros((k, c, width), weights.dtype).at[
+    blocks = jnp.zeros((k, c, c + 2 * band), weights.dtype).at[
         chunk, receivers - chunk * c, senders - chunk * c + band].add(weights)
-    padded = jnp.pad(values.astype(weights.dtype), ((band, k * c - n + band), (0, 0)))
-    windows = padded[np.arange(k)[:, None] * c + np.arange(width)[None, :]]   # [K, C + 2B, F]
-    return (blocks @ windows).reshape(k * c, f)[:n]
+    padded = jnp.pad(values.astype(weights.dtype), ((band, (k + 1) * c - n - band), (0, 0)))
+    chunks = padded.reshape(k + 1, c, f)
+    windows = jnp.concatenate([chunks[:-1], chunks[1:, :2 * band]], axis=1)   # [K, C + 2B, F]
+    out = (blocks @ windows).reshape(k * c, f)
+    return out if k * c == n else out[:n]
 
 
 def dense_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,

@@ -8,6 +8,12 @@ Per modality m (separate parameters, shared graph topology):
     Z_m = sigmoid(W Z_m + b) * Z_m                               # audio, visual only
     l_m = Linear(Dropout(ReLU(Z_m)));  l = sum_m l_m
 
+The modality streams have the same shapes after their input projections, so the encoders and
+gates (audio, visual) and the relational blocks (all modalities) each run as one stacked
+computation over a leading modality axis (`ambjax.nn.stack`): parameters "encoder", "gate",
+"inter" and "intra" hold [M, ...] leaves in the config's modality order (without text for the
+encoder and gate); member m computes what a separate module with row m's parameters computes.
+
 In training with balancing active, P_m (weighted F1 of l_m over the global batch), q_m and
 `ModalityDropout` act on Z_m and the logits are recomputed from the kept features.
 
@@ -34,6 +40,7 @@ from ambjax.nn.balance import ModalityBalancing
 from ambjax.nn.block import DifferentialRelationalBlock
 from ambjax.nn.encoder import ContextEncoder, SigmoidGate
 from ambjax.nn.protocol import ModelOutput
+from ambjax.nn.stack import GRAPH_AXES, stacked_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +92,11 @@ class ModelConfig:
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m, _ in self.input_dims)
+
+    @property
+    def context_modalities(self) -> tuple[str, ...]:
+        """The modalities with a context encoder and a gate: all but text, in order."""
+        return tuple(m for m in self.modalities if m != "text")
 
     def with_data(self, dims: Mapping[str, int] | Sequence[tuple[str, int]], num_classes: int,
                   num_speakers: int) -> "ModelConfig":
@@ -138,22 +150,21 @@ class AMBDSGDN(nn.Module):
                                           name="speaker_embedding")
         self.inputs = {m: nn.Dense(c.hidden_dim, dtype=dtype, name=f"input_{m}")
                        for m in c.modalities}
-        self.encoders = {m: ContextEncoder(c.num_heads, c.dropout, dtype, name=f"encoder_{m}")
-                         for m in c.modalities if m != "text"}
-        self.gates = {m: SigmoidGate(dtype, name=f"gate_{m}")
-                      for m in c.modalities if m != "text"}
+        context = c.context_modalities
+        if context:
+            self.encoder = ContextEncoder(c.num_heads, c.dropout, dtype, name="encoder")
+            self.gate = SigmoidGate(dtype, name="gate")
         blocks = {}
-        for m in c.modalities:
-            for depth, kind in enumerate(c.graphs):
-                if c.depth_dependent_lambda:
-                    first = depth * 2 + 1  # heads at depth `first`, output layer at first + 1
-                    inits = (lambda_init_for_depth(first), lambda_init_for_depth(first + 1))
-                else:
-                    inits = (LAMBDA_INIT_OFFICIAL, LAMBDA_INIT_OFFICIAL)
-                blocks[f"{kind}_{m}"] = DifferentialRelationalBlock(
-                    c.hidden_dim, num_heads=c.graph_heads, dropout_rate=c.graph_dropout,
-                    lambda_init=inits[0], out_lambda_init=inits[1],
-                    differential=c.differential, norm=c.norm, dtype=dtype, name=f"{kind}_{m}")
+        for depth, kind in enumerate(c.graphs):
+            if c.depth_dependent_lambda:
+                first = depth * 2 + 1  # heads at depth `first`, output layer at first + 1
+                inits = (lambda_init_for_depth(first), lambda_init_for_depth(first + 1))
+            else:
+                inits = (LAMBDA_INIT_OFFICIAL, LAMBDA_INIT_OFFICIAL)
+            blocks[kind] = DifferentialRelationalBlock(
+                c.hidden_dim, num_heads=c.graph_heads, dropout_rate=c.graph_dropout,
+                lambda_init=inits[0], out_lambda_init=inits[1], differential=c.differential,
+                norm=c.norm, dtype=dtype, name=kind)
         self.blocks = blocks
         self.heads = {m: nn.Dense(c.num_classes, name=f"head_{m}") for m in c.modalities}
         self.head_dropout = nn.Dropout(c.dropout)
@@ -166,18 +177,25 @@ class AMBDSGDN(nn.Module):
         det = not train
         speaker = nodes.speaker
         spk = self.speaker_embedding(speaker) * (speaker < c.num_speakers)[:, None]
-        out = {}
+        h = {}
         for m in c.modalities:
             x = nodes.features[m]
             chex.assert_shape(x, (nodes.mask.shape[0], dict(c.input_dims)[m]))
-            h = self.inputs[m](x)
-            if m in self.encoders:
-                h = self.encoders[m](h, spk, nodes, batch.layout.dense_index, deterministic=det)
-            for kind in c.graphs:
-                h = self.blocks[f"{kind}_{m}"](batch.graph(kind, nodes=h), deterministic=det)
-            if m in self.gates:
-                h = self.gates[m](h)
-            out[m] = h
+            h[m] = self.inputs[m](x)
+        context = c.context_modalities
+        if context:
+            encoded = stacked_call(self.encoder, len(context), (0, None, None, None),
+                                   jnp.stack([h[m] for m in context]), spk, nodes,
+                                   batch.layout.dense_index, deterministic=det)
+            h.update(zip(context, encoded))
+        z = jnp.stack([h[m] for m in c.modalities])                       # [M, N, d]
+        for kind in c.graphs:
+            z = stacked_call(self.blocks[kind], len(c.modalities), (GRAPH_AXES,),
+                             batch.graph(kind, nodes=z), deterministic=det)
+        out = dict(zip(c.modalities, z))
+        if context:
+            out.update(zip(context, stacked_call(self.gate, len(context), (0,),
+                                                 jnp.stack([out[m] for m in context]))))
         return out
 
     def classify(self, features: dict[str, jax.Array], *, train: bool = False) -> dict:

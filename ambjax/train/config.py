@@ -390,11 +390,17 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
+PARAM_LAYOUT = 2
+"""Version of the parameter tree's layout (2: modality streams stacked, `ambjax.nn.stack`);
+part of the fingerprint, so that a run saved by an older layout is refused on resume."""
+
+
 def fingerprint(model: ModelConfig) -> str:
     """Hash of what fixes the parameter shapes of a model built for its data (a `ModelConfig`
-    after `with_data`): for checkpoint compatibility. Settings such as dropout or the learning
-    rate may change on resume."""
+    after `with_data`) and of `PARAM_LAYOUT`: for checkpoint compatibility. Settings such as
+    dropout or the learning rate may change on resume."""
     fields = ("input_dims", "num_classes", "num_speakers", "hidden_dim", "num_heads",
               "graph_heads", "graphs", "differential", "norm")
-    blob = json.dumps({k: getattr(model, k) for k in fields}, sort_keys=True)
+    blob = json.dumps({"layout": PARAM_LAYOUT, **{k: getattr(model, k) for k in fields}},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

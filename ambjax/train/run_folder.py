@@ -54,8 +54,9 @@ def check(out_dir: str, fingerprint: str, *, resume: bool, overwrite: bool) -> N
             raise RunFolderError(f"{cfg_path} is missing or unreadable ({e}); cannot resume "
                                  "(use --overwrite to start again)") from None
         if not isinstance(old, dict) or old.get("fingerprint") != fingerprint:
-            raise RunFolderError(f"{out_dir} holds a run of another model configuration; "
-                                 "resume with the same preset and overrides")
+            raise RunFolderError(f"{out_dir} holds a run of another model configuration "
+                                 "(or of an older ambjax parameter layout); resume with the "
+                                 "same preset and overrides")
 
 
 class RunLock:
