@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ambjax.train import checkpoint as ckpt
+from conftest import TEST_XLA_FLAGS
 from ambjax.train import train_and_evaluate
 from experiments.configs import make_config
 
@@ -31,7 +32,7 @@ def _port() -> int:
 
 def _env(devices: int, cache: str) -> dict:
     return {**os.environ, "JAX_PLATFORMS": "cpu", "AMBJAX_CACHE_DIR": cache,
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+            "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}"}
 
 
 def _train(extra, *, processes: int, devices: int, cache: str, timeout: int = 240):
