@@ -20,6 +20,7 @@ import jax
 
 from ambjax.cli import UserError
 from ambjax.graphs.batch import DialogueBatch
+from ambjax.train.executables import ExecutableStore
 
 
 class ResourceError(UserError):
@@ -86,7 +87,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                      eval_batches: Sequence[DialogueBatch], balance_active, *,
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
-                     log: Callable[[str], None] | None = None) -> Programs:
+                     log: Callable[[str], None] | None = None,
+                     store: ExecutableStore | None = None) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
 
     Args:
@@ -100,6 +102,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
       memory_limit: bytes a program may use (default: `available_memory_bytes()`).
       workers: compile threads (default: the CPU count, at most the number of programs).
       log: receives the progress line.
+      store: where compiled programs are looked up first and saved after compiling
+        (`ambjax.train.executables`; None: always compile).
 
     Raises:
       ResourceError: the largest bucket's train program needs more memory than the device has.
@@ -111,11 +115,23 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     if log:
         log(f"compiling {len(train_keyed)} train and {len(eval_keyed)} eval shape(s) ...")
 
+    loaded = []
+
+    def stored(name, key, build):
+        if store is None:
+            return build()
+        compiled, was_loaded = store.get_or_compile(name, key, build)
+        if was_loaded:
+            loaded.append(key)
+        return compiled
+
     def train_program(key):
-        return train_step.lower(state, train_keyed[key], balance_active).compile()
+        return stored("train", key, lambda: train_step.lower(
+            state, train_keyed[key], balance_active).compile())
 
     def eval_program(key):
-        return eval_step.lower(state.params, eval_keyed[key]).compile()
+        return stored("eval", key, lambda: eval_step.lower(
+            state.params, eval_keyed[key]).compile())
 
     largest = train_program(order[0])
     limit = available_memory_bytes() if memory_limit is None else memory_limit
@@ -136,8 +152,9 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     for (fn, key), compiled in zip(jobs, results):
         (train if fn is train_program else evals)[key] = compiled
     if log:
+        from_store = f" ({len(loaded)} from the executable store)" if loaded else ""
         log(f"compiled {len(train) + len(evals)} programs in "
-            f"{time.perf_counter() - start:.1f}s"
+            f"{time.perf_counter() - start:.1f}s{from_store}"
             + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
     return Programs(train=train, eval=evals,
                     train_bytes={k: program_bytes(v) for k, v in train.items()},

@@ -10,6 +10,7 @@ the host.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Callable, Sequence
@@ -26,6 +27,7 @@ from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
 from ambjax.train.compile import compile_programs
 from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
 from ambjax.train.distributed import local_device_range
+from ambjax.train.executables import default_store
 from ambjax.train.state import create_optimizer, create_train_state
 from ambjax.train.steps import compile_steps, replicate
 
@@ -85,8 +87,9 @@ class Trainer:
                                     if jax.process_count() > 1 else None)
         weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.optim.class_weights
                    and dataset.num_classes == len(IEMOCAP_CLASS_WEIGHTS) else None)
-        self.optimizer = create_optimizer(
-            config.optim, total_steps=config.schedule.epochs * self.batcher.num_batches("train"))
+        self.total_steps = config.schedule.epochs * self.batcher.num_batches("train")
+        self.class_weights = weights
+        self.optimizer = create_optimizer(config.optim, total_steps=self.total_steps)
         self.train_step, self.eval_step = compile_steps(
             self.model, self.optimizer, self.n_devices, class_weights=weights,
             unimodal_weight=config.optim.unimodal_weight, seed_axis=True)
@@ -144,11 +147,23 @@ class Trainer:
             if log:
                 log("multi-process run: programs compile at their first step")
             return
+        store = default_store(self.program_identity()) if self.n_devices == 1 else None
         programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
                                     jnp.asarray(True), describe=self._describe_largest,
-                                    memory_limit=memory_limit, log=log)
+                                    memory_limit=memory_limit, log=log, store=store)
         self.programs = programs
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
+
+    def program_identity(self) -> dict:
+        """What the compiled steps compute besides their batch shapes: the key of their
+        entries in the executable store (`ambjax.train.executables`)."""
+        return {"model": dataclasses.asdict(self.model_config),
+                "optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps,
+                "class_weights": None if self.class_weights is None
+                else np.asarray(self.class_weights).tolist(),
+                "devices": self.n_devices, "seeds": len(self.seeds),
+                "state": [str(jax.tree_util.tree_structure(self.state))]
+                + [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(self.state)]}
 
     def _describe_largest(self, batch) -> str:
         longest = max(self.dataset.dialogues.values(), key=len)

@@ -1,0 +1,76 @@
+"""The executable store: a warm start loads the compiled programs instead of tracing them, the
+loaded programs compute what compiled ones do, nothing stale or damaged is trusted, and only
+programs that XLA compiled afresh are stored."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ambjax.train.config import replace_key
+from ambjax.train.compile import batch_key
+from ambjax.train.executables import STORE_FOLDER, ExecutableStore
+from ambjax.train.loop import Trainer, load_dataset
+from experiments.configs import make_config
+
+SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
+         "data.modalities=text,audio"]
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    yield tmp_path
+    jax.config.update("jax_compilation_cache_dir", before)
+
+
+def _ready(config, data):
+    lines = []
+    trainer = Trainer(config, data, n_devices=1)
+    trainer.compile(lines.append)
+    return trainer, lines[-1]
+
+
+def _step(trainer, batch):
+    state = jax.tree.map(jnp.copy, trainer.state)        # the step donates its state
+    return trainer.train_step(state, batch, jnp.asarray(True))
+
+
+def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
+    config = make_config("tiny", SMALL)
+    data = load_dataset(config.data)
+    cold, cold_line = _ready(config, data)
+    entries = sorted((cache_dir / STORE_FOLDER).glob("*.pkl"))
+    assert {p.name.split("-")[0] for p in entries} == {"train", "eval"}
+    assert "executable store" not in cold_line
+    warm, warm_line = _ready(config, data)
+    assert f"({len(entries)} from the executable store)" in warm_line
+    batch = next(cold.batcher.seed_batches("train", cold.seeds, epoch=0))
+    (s1, m1), (s2, m2) = _step(cold, batch), _step(warm, batch)
+    for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2))):
+        np.testing.assert_array_equal(a, b)
+    # another learning rate is another program: none of these entries is its
+    other = Trainer(replace_key(config, "optim.lr", 0.5), data, n_devices=1)
+    store = ExecutableStore(str(cache_dir / STORE_FOLDER), other.program_identity())
+    key = batch_key(batch)
+    assert store.load("train", key) is None
+    assert ExecutableStore(store.folder, warm.program_identity()).load("train", key) is not None
+
+
+def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir):
+    config = make_config("tiny", SMALL)
+    data = load_dataset(config.data)
+    first, _ = _ready(config, data)
+    store = cache_dir / STORE_FOLDER
+    for entry in store.glob("*.pkl"):
+        entry.write_bytes(entry.read_bytes()[:100])
+    again, line = _ready(config, data)
+    assert "executable store" not in line
+    batch = next(first.batcher.seed_batches("train", first.seeds, epoch=0))
+    np.testing.assert_array_equal(_step(first, batch)[1]["loss"], _step(again, batch)[1]["loss"])
+    # a program that JAX's persistent cache served is not re-serialised (such copies break)
+    for entry in store.glob("*.pkl"):
+        entry.unlink()
+    _ready(config, data)
+    assert not list(store.glob("*.pkl"))
