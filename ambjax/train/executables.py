@@ -20,7 +20,9 @@ are pickles that can run code when loaded, like JAX's own cache: keep the folder
 
 Only programs that XLA really compiled are stored: an executable that JAX's persistent cache
 served is not re-serialised (with jax 0.10.2 on CPU such a copy loads but fails at run time,
-"Function ... not found"), so the store fills on a cold compile.
+"Function ... not found"), so the store fills on a cold compile. To tell the two apart the
+first store registers one `jax.monitoring` event listener for the process (it notes, per
+compiling thread, whether JAX's cache served the compile).
 """
 
 from __future__ import annotations
