@@ -10,6 +10,8 @@ summed over its threads; GPU: device kernels). The kernels are grouped
 - by kind: matmul (dots, including XNNPACK / cuBLAS fusions around a dot), random (threefry
   bits of the dropout masks), scatter/gather, and the rest (elementwise, reductions, copies);
 - by pass: forward, backward (`transpose(jvp(...))`), and the loss/optimizer/step key code;
+  kernels whose HLO carries no op name are "unattributed" (on CPU with jax 0.10.2: the
+  XNNPACK matmul fusions, which drop the dots' metadata, most of the matmul time);
 - by model component: the top-level module in the op's name (`inter`, `intra`, `encoder`,
   `gate`, `head_text`, ...; the relational blocks, encoders and gates of all modalities run
   as one stacked computation, `ambjax.nn.stack`).
@@ -84,8 +86,8 @@ def classify(name: str, info: dict | None) -> tuple[str, str, str]:
         kind = "scatter/gather"
     else:
         kind = "other"
-    step_pass = ("backward" if "transpose(jvp(" in op else "forward" if "jvp(" in op
-                 else "loss/optimizer/keys")
+    step_pass = ("unattributed" if not op else "backward" if "transpose(jvp(" in op
+                 else "forward" if "jvp(" in op else "loss/optimizer/keys")
     module = re.search(r"AMBDSGDN(?:\.\w+)?/(?:vmap\([^)]*\)/)?([A-Za-z_]+\d*)", op)
     component = module.group(1) if module else step_pass
     return kind, step_pass, component
@@ -134,7 +136,7 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
         groups["component"][component] += seconds / steps
     kernel_s = float(sum(groups["kind"].values()))
     return {"device": environment()["device"], "preset": preset, "hidden": hidden, "dtype": dtype,
-            "nodes": int(batch.nodes.mask.shape[0]),
+            "nodes": int(batch.nodes.mask.shape[-1]),
             "real_nodes": int(np.asarray(batch.nodes.mask).sum()),
             "step_wall_s": wall, "kernel_s_per_step": kernel_s,
             "groups": {g: dict(c.most_common()) for g, c in groups.items()}}
