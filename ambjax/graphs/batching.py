@@ -246,24 +246,32 @@ class GraphBatcher:
         shards = shard_dialogues(dialogues, self.n_devices)
         return self.budget_for(max(sum(len(d) for d in s) for s in shards))
 
-    def _orders(self, n: int, seeds: Sequence[int], epoch: int) -> list[np.ndarray]:
+    def _orders(self, split: str, seeds: Sequence[int] | None, epoch: int) -> list[np.ndarray]:
+        """The dialogue order of `split` for each seed's (seed, epoch) shuffle, or the split's
+        own order alone when `seeds` is None."""
+        n = len(self.dataset.splits[split])
+        if seeds is None:
+            return [np.arange(n)]
         return [np.random.default_rng([seed, epoch]).permutation(n) for seed in seeds]
+
+    def _steps(self, split: str, orders: Sequence[np.ndarray]):
+        """Step by step: each order's dialogues of `split` (`batch_size` at a time) and the
+        smallest budget that holds every one of them."""
+        dialogues = self.dataset.split(split)
+        for start in range(0, len(dialogues), self.batch_size):
+            groups = [[dialogues[i] for i in order[start:start + self.batch_size]]
+                      for order in orders]
+            yield groups, max((self.budget_of(g) for g in groups), key=lambda b: b.n_node)
 
     def budgets_used(self, seeds: Sequence[int], epochs: int) -> dict[str, list[Budget]]:
         """The budgets that `seed_batches("train", seeds, epoch=e)` for e < `epochs` and
         `batches` of valid and test will use, smallest first: {"train": [...], "eval": [...]}
         (what a run has to compile; computed from lengths alone, in milliseconds)."""
-        train = self.dataset.split("train")
-        used = set()
-        for epoch in range(epochs):
-            orders = self._orders(len(train), seeds, epoch)
-            for start in range(0, len(train), self.batch_size):
-                used.add(max((self.budget_of([train[i] for i in o[start:start + self.batch_size]])
-                              for o in orders), key=lambda b: b.n_node))
-        evals = {self.budget_of(d[s:s + self.batch_size])
-                 for d in (self.dataset.split("valid"), self.dataset.split("test"))
-                 for s in range(0, len(d), self.batch_size)}
-        return {"train": sorted(used), "eval": sorted(evals)}
+        train = {budget for epoch in range(epochs)
+                 for _, budget in self._steps("train", self._orders("train", seeds, epoch))}
+        evals = {budget for split in ("valid", "test")
+                 for _, budget in self._steps(split, self._orders(split, None, 0))}
+        return {"train": sorted(train), "eval": sorted(evals)}
 
     def seed_batches(self, split: str, seeds: Sequence[int], *,
                      epoch: int = 0) -> Iterator[DialogueBatch]:
@@ -274,12 +282,7 @@ class GraphBatcher:
         [S, ...] on one device, [n_devices, S, ...] with several (device axis first, for
         `jax.pmap` over a `jax.vmap`ped step).
         """
-        dialogues = self.dataset.split(split)
-        orders = self._orders(len(dialogues), seeds, epoch)
-        for start in range(0, len(dialogues), self.batch_size):
-            groups = [[dialogues[i] for i in order[start:start + self.batch_size]]
-                      for order in orders]
-            budget = max((self.budget_of(g) for g in groups), key=lambda b: b.n_node)
+        for groups, budget in self._steps(split, self._orders(split, seeds, epoch)):
             batches = [self.build(g, budget) for g in groups]
             yield stack_for_devices(batches, axis=1 if self.n_devices > 1 else 0)
 
@@ -287,11 +290,9 @@ class GraphBatcher:
                 epoch: int = 0) -> Iterator[DialogueBatch]:
         """Batches of one split; shuffled by (seed, epoch) when `shuffle`. The last batch may
         hold fewer dialogues (padding graphs fill it); no dialogue is dropped."""
-        dialogues = self.dataset.split(split)
-        order = (np.random.default_rng([seed, epoch]).permutation(len(dialogues)) if shuffle
-                 else np.arange(len(dialogues)))
-        for start in range(0, len(order), self.batch_size):
-            yield self.build([dialogues[i] for i in order[start:start + self.batch_size]])
+        for (group,), budget in self._steps(split, self._orders(split, [seed] if shuffle
+                                                                 else None, epoch)):
+            yield self.build(group, budget)
 
     def num_batches(self, split: str) -> int:
         return math.ceil(len(self.dataset.splits[split]) / self.batch_size)
