@@ -144,10 +144,11 @@ class ExecutableStore:
                 os.remove(tmp)
 
 
-def default_store(identity: Any) -> ExecutableStore | None:
-    """The store in JAX's persistent compilation cache folder, or None when that cache is off
-    or the program is not a single-device, single-process one."""
+def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:
+    """The store in JAX's persistent compilation cache folder for programs over `n_devices`
+    devices, or None when that cache is off or the programs are not single-device,
+    single-process ones."""
     cache = jax.config.jax_compilation_cache_dir
-    if not cache or jax.process_count() > 1:
+    if not cache or n_devices != 1 or jax.process_count() > 1:
         return None
     return ExecutableStore(os.path.join(cache, STORE_FOLDER), identity)

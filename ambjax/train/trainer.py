@@ -147,7 +147,7 @@ class Trainer:
             if log:
                 log("multi-process run: programs compile at their first step")
             return
-        store = default_store(self.program_identity()) if self.n_devices == 1 else None
+        store = default_store(self.program_identity(), self.n_devices)
         programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
                                     jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, log=log, store=store)
