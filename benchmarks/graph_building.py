@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.graphs import GraphBatcher
 from benchmarks.common import environment, write_results
@@ -24,7 +24,7 @@ CASES = (("iemocap", 20, 16), ("meld", 6, 64))
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.graph_building")
+    p = ArgumentParser(prog="python -m benchmarks.graph_building")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     rows = {}

@@ -23,7 +23,8 @@ import tempfile
 
 import numpy as np
 
-from ambjax.cli import UserError, run_main
+from ambjax.cli import ArgumentParser, run_main
+from ambjax.errors import AmbjaxError
 from benchmarks.common import environment, write_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def _run(args: list[str], processes: int, devices: int, out: str, cache: str) ->
                              stderr=subprocess.PIPE, text=True) for c in cmds]
     for p in runs:
         if p.wait() != 0:
-            raise UserError(f"a benchmark run failed: {p.stderr.read()[-300:]}")
+            raise AmbjaxError(f"a benchmark run failed: {p.stderr.read()[-300:]}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line)["train"]["seconds"] for line in f if line.strip()]
 
@@ -69,7 +70,7 @@ def bench(preset: str, processes: int, devices_per_process: int, epochs: int) ->
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.multiprocess", description=__doc__,
+    p = ArgumentParser(prog="python -m benchmarks.multiprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--devices-per-process", type=int, default=2)
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
     p.add_argument("--name", default="multiprocess")
     args = p.parse_args(argv)
     if args.processes < 2 or args.epochs < 2:
-        raise UserError("--processes and --epochs must be >= 2")
+        raise AmbjaxError("--processes and --epochs must be >= 2")
     env = environment()
     row = bench(args.preset, args.processes, args.devices_per_process, args.epochs)
     table = (f"Device: {env['device']}, {env['cpu_count']} CPUs (the processes share them), "

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.train.loop import Trainer, load_dataset
 from benchmarks.common import environment, write_results
 from experiments.configs import make_config
@@ -143,7 +143,7 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step_profile")
+    p = ArgumentParser(prog="python -m benchmarks.step_profile")
     p.add_argument("--preset", nargs="+", default=["iemocap"])
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--steps", type=int, default=3)

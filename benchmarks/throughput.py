@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError, batch_key
@@ -215,7 +215,7 @@ def compare_with_release(row: dict, peak: float) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput")
+    p = ArgumentParser(prog="python -m benchmarks.throughput")
     p.add_argument("--preset", nargs="+", default=["iemocap", "meld"])
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[0],

@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
-from ambjax.cli import UserError, enable_compile_cache, run_main
+from ambjax.cli import ArgumentParser, run_main
+from ambjax.errors import AmbjaxError
+from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, train_and_evaluate
 from ambjax.train.run_folder import write_json
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
@@ -91,7 +93,7 @@ def plot(rows: list[dict], path: str) -> bool:
 
 
 def ablate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
+    p = ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="synthetic", help=f"one of {list(PRESETS)}")
     p.add_argument("--data", help="feature pickle (default: the bundled synthetic data)")
@@ -114,7 +116,7 @@ def ablate(argv: list[str]) -> int:
         overrides.append(f"schedule.epochs={args.epochs}")
     if args.data:
         if not os.path.isfile(args.data):
-            raise UserError(f"--data {args.data}: no such file")
+            raise AmbjaxError(f"--data {args.data}: no such file")
         overrides.append(f"data.path={args.data}")
     variants = parse_ablations(args.ablations)
     configs = {v: make_config(args.preset, overrides, v, args.recipe) for v in variants}

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.metrics import classification_report, confusion_matrix
 from ambjax.train import load_dataset
 from ambjax.train.loop import standardized
@@ -79,7 +79,7 @@ def evaluate(params, x, y, label_names) -> dict:
 
 
 def baseline(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.baseline", description=__doc__,
+    p = ArgumentParser(prog="python -m experiments.baseline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="feature pickle")
     p.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -12,12 +12,12 @@ import argparse
 import json
 import sys
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.train import evaluate_checkpoint
 
 
 def evaluate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate")
+    p = ArgumentParser(prog="python -m experiments.evaluate")
     p.add_argument("--run", required=True, help="run folder written by experiments.train")
     p.add_argument("--data", help="evaluate on this feature file instead")
     p.add_argument("--step", type=int, help="checkpoint epoch (default: best)")

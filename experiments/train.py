@@ -20,13 +20,14 @@ import argparse
 import os
 import sys
 
-from ambjax.cli import enable_compile_cache, run_main
+from ambjax.cli import ArgumentParser, run_main
+from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, distributed, train_and_evaluate
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m experiments.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="synthetic", help=f"one of {list(PRESETS)}")
     p.add_argument("--data", help="feature pickle (default: the bundled synthetic data)")

@@ -296,7 +296,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_first_step():
 
 
 def test_compile_cache_is_on_by_default_and_can_be_turned_off(tmp_path):
-    code = "from ambjax.cli import enable_compile_cache as e; print(e(), e(False))"
+    code = "from ambjax.train.cache import enable_compile_cache as e; print(e(), e(False))"
     env = {k: v for k, v in os.environ.items() if k != "AMBJAX_COMPILE_CACHE"}
     env.update(AMBJAX_CACHE_DIR=str(tmp_path / "xla"), JAX_PLATFORMS="cpu")
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

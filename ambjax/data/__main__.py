@@ -9,12 +9,12 @@ import argparse
 import json
 import sys
 
-from ambjax.cli import run_main
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.data.loader import TEXT_OPTIONS, load_features
 
 
 def describe(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ambjax.data")
+    parser = ArgumentParser(prog="python -m ambjax.data")
     sub = parser.add_subparsers(dest="command", required=True)
     describe = sub.add_parser("describe", help="print layout, modalities and split sizes")
     describe.add_argument("path")

@@ -8,6 +8,7 @@ frozen dataclasses and read-only mappings, so nothing downstream can change a lo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import types
 from typing import Hashable, Mapping, Sequence
 
@@ -20,11 +21,7 @@ MELD_LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "ange
 SPLITS = ("train", "valid", "test")
 
 
-class DataFormatError(ValueError):
-    """A feature file (or in-memory dataset) does not have the expected structure.
-
-    The message names the file, the dialogue and the field where the problem was found.
-    """
+from ambjax.errors import DataFormatError  # noqa: F401 - re-exported
 
 
 def _int32(values, field: str, vid) -> np.ndarray:
@@ -109,6 +106,22 @@ class DialogueDataset:
         if name not in self.splits:
             raise KeyError(f"unknown split {name!r}; this dataset has {sorted(self.splits)}")
         return [self.dialogues[i] for i in self.splits[name]]
+
+    def fingerprint(self) -> str:
+        """A hash of what a run sees of this dataset: splits (ids in order), labels, speakers
+        and the features of `modalities` (16 hex digits). Equal for the same data however it
+        was stored; different when a file is regenerated with other content, even at the
+        same widths."""
+        digest = hashlib.sha256(repr((self.name, self.label_names, self.modalities)).encode())
+        for split in SPLITS:
+            for vid in self.splits.get(split, ()):
+                d = self.dialogues[vid]
+                digest.update(f"{split}|{vid!r}|".encode())
+                digest.update(d.labels.tobytes())
+                digest.update(d.speakers.tobytes())
+                for m in self.modalities:
+                    digest.update(d.features[m].tobytes())
+        return digest.hexdigest()[:16]
 
     def summary(self) -> dict:
         """JSON-ready description: layout, classes, modality widths, split sizes."""

@@ -16,8 +16,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is damaged, or does not belong to this configuration or data."""
+from ambjax.errors import CheckpointError  # noqa: F401 - re-exported
 
 
 def _damaged(where: str, e: Exception) -> CheckpointError:
@@ -41,14 +40,36 @@ def create_manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, epoch: int, state, meta: dict, score: float) -> None:
-    """Save `state` (host copy) and `meta` as checkpoint `epoch` with metric `score`."""
+    """Save `state` (host copy) and `meta` as checkpoint `epoch` with metric `score`.
+
+    Raises:
+      CheckpointError: the checkpoint could not be written (a full disk, a read-only folder);
+        the checkpoints saved before are kept, and orbax leaves no partial one that a resume
+        would pick up.
+    """
     host_state = jax.tree.map(np.asarray, jax.device_get(state))
-    manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                                meta=ocp.args.JsonSave(meta)),
-                 # ties go to the earlier epoch, as the loop's selection (a strict >) does;
-                 # without this, orbax's BestN keeps the later of two equal scores
-                 metrics={"score": float(score) - 1e-9 * epoch})
-    manager.wait_until_finished()
+    try:
+        manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                                    meta=ocp.args.JsonSave(meta)),
+                     # ties go to the earlier epoch, as the loop's selection (a strict >)
+                     # does; without this, orbax's BestN keeps the later of two equal scores
+                     metrics={"score": float(score) - 1e-9 * epoch})
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax wraps file-system errors in many kinds
+        where = os.path.join(str(manager.directory), str(epoch))
+        raise CheckpointError(f"{where}: could not write the checkpoint ({_cause(e)}); the "
+                              "earlier checkpoints are kept") from None
+
+
+def _cause(e: BaseException) -> str:
+    """The file-system error behind `e` (orbax and asyncio wrap it), else `e` in brief."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return " ".join(f"{type(e).__name__}: {e}".split())[:200] if e else "unknown error"
 
 
 def read_meta(manager: ocp.CheckpointManager, epoch: int) -> dict:

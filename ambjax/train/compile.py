@@ -6,6 +6,12 @@ with one progress line, instead of one after another inside the first epoch. The
 bucket's train program is compiled first and its memory (XLA's own count of arguments, outputs
 and temporaries) is compared with what the device has, so that a batch that cannot fit is
 refused in seconds with its size, not after a minute of allocation failures.
+
+With several members (seeds vmapped over a leading axis) the need is estimated before any of
+them is compiled, from abstract shapes only: first the train state's own bytes (input and
+output state, `jax.eval_shape`), then XLA's count of one member's largest train program times
+the members. A run that cannot fit is refused with how many members would, before its train
+state is built or its large programs compiled.
 """
 
 from __future__ import annotations
@@ -17,14 +23,11 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 
-from ambjax.cli import UserError
+from ambjax.errors import ResourceError  # noqa: F401 - re-exported
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.train.executables import ExecutableStore
-
-
-class ResourceError(UserError):
-    """A run that cannot fit the device's memory."""
 
 
 def batch_key(batch: DialogueBatch) -> tuple:
@@ -88,12 +91,13 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
                      log: Callable[[str], None] | None = None,
-                     store: ExecutableStore | None = None) -> Programs:
+                     store: ExecutableStore | None = None, members: int = 1,
+                     member_axis: int = 0) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
 
     Args:
       train_step, eval_step: the wrapped steps (`compile_steps`).
-      state: the train state (only its shapes are used).
+      state: the train state, or its `jax.ShapeDtypeStruct`s (only shapes are used).
       train_batches, eval_batches: one batch of each shape to compile, largest last (e.g.
         all-padding `GraphBatcher.build([], budget)` for the buckets a run will use; train
         batches carry the seed axis when the steps are vmapped over seeds).
@@ -104,9 +108,13 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
       log: receives the progress line.
       store: where compiled programs are looked up first and saved after compiling
         (`ambjax.train.executables`; None: always compile).
+      members: size of the members (seeds) axis `member_axis` of the state and train batches;
+        with more than one, the memory is estimated from one member first.
 
     Raises:
       ResourceError: the largest bucket's train program needs more memory than the device has.
+      Interrupted / KeyboardInterrupt: passed on once the compile threads are stopped (the
+        programs not started are cancelled).
     """
     start = time.perf_counter()
     train_keyed = {batch_key(b): b for b in train_batches}
@@ -133,8 +141,11 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         return stored("eval", key, lambda: eval_step.lower(
             state.params, eval_keyed[key]).compile())
 
-    largest = train_program(order[0])
     limit = available_memory_bytes() if memory_limit is None else memory_limit
+    if members > 1 and limit is not None:
+        _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
+                       member_axis, limit, stored, log)
+    largest = train_program(order[0])
     need = program_bytes(largest)
     if need is not None and limit is not None and need > limit:
         raise ResourceError(
@@ -144,9 +155,17 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             "model.hidden_dim, or use a device with more memory")
     jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in eval_keyed]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    try:
         futures = [pool.submit(fn, k) for fn, k in jobs]
         results = [f.result() for f in futures]
+    except BaseException:
+        # Ctrl-C / SIGTERM (or a failed compile): drop the programs not started; the ones
+        # running finish in their threads before the interpreter exits (never torn down
+        # mid-compile)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     train = {order[0]: largest}
     evals = {}
     for (fn, key), compiled in zip(jobs, results):
@@ -159,3 +178,36 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     return Programs(train=train, eval=evals,
                     train_bytes={k: program_bytes(v) for k, v in train.items()},
                     jit_train=train_step, jit_eval=eval_step)
+
+
+def _nbytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _check_members(train_step, state, batch, balance_active, members: int, axis: int,
+                   limit: int, stored: Callable, log: Callable[[str], None] | None) -> None:
+    """Refuse `members` members (on `axis`) that cannot fit `limit` bytes: from the state's
+    abstract size, then from XLA's count of one member's train program."""
+    per_device = (lambda x: x.shape[0]) if axis == 1 else (lambda x: 1)
+    state_bytes = _nbytes(state) // max(1, per_device(jax.tree.leaves(state)[0]))
+    if 2 * state_bytes > limit:                       # the state in, the updated state out
+        raise ResourceError(
+            f"{members} seeds need at least {2 * state_bytes / 1e9:.1f} GB for their train "
+            f"states alone; {limit / 1e9:.1f} GB are available: at most "
+            f"{max(0, members * limit // (2 * state_bytes))} seeds fit (lower --seeds or "
+            "model.hidden_dim)")
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape[:axis] + (1,) + x.shape[axis + 1:], x.dtype), (state, batch))
+    if log:
+        log(f"estimating the memory of {members} seeds from one ...")
+    compiled = stored("train-one-seed", batch_key(one[1]),
+                      lambda: train_step.lower(*one, balance_active).compile())
+    per_member = program_bytes(compiled)
+    if per_member is None:
+        return
+    if per_member * members > limit:
+        raise ResourceError(
+            f"{members} seeds need about {per_member * members / 1e9:.1f} GB "
+            f"({per_member / 1e9:.2f} GB per seed, XLA's count of one seed's largest train "
+            f"step); {limit / 1e9:.1f} GB are available: at most {limit // per_member} seeds "
+            "fit (lower --seeds, data.batch_size or model.hidden_dim)")

@@ -37,8 +37,7 @@ NORMS = ("layernorm", "rmsnorm")
 MODALITIES = ("text", "audio", "visual")
 
 
-class ConfigError(ValueError):
-    """An unknown key, an unparsable value, or a setting out of its range."""
+from ambjax.errors import ConfigError  # noqa: F401 - re-exported
 
 
 @dataclasses.dataclass(frozen=True)

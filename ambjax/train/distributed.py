@@ -23,13 +23,9 @@ import time
 
 import jax
 
-from ambjax.cli import UserError
+from ambjax.errors import DistributedError
 
 ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-
-
-class DistributedError(UserError):
-    """The processes of a multi-process run could not be set up or lost each other."""
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,

@@ -10,13 +10,21 @@ everything that decides a program without tracing it:
   device and seed counts, the abstract train state: see `Trainer.program_identity`);
 - the program's name ("train" / "eval") and its batch shape (`batch_key`);
 - the versions of jax, jaxlib, flax and optax, the backend, device kind and XLA_FLAGS;
+- every setting in `jax.config` (read from it, not from a list: a setting such as
+  `jax_threefry_partitionable` changes the traced program without changing anything above);
 - a hash of ambjax's own source files, so that any change to the code misses.
+
+Each entry begins with its full key, which is compared with the key wanted before anything else
+of the entry is read: an entry renamed or copied from another configuration is a miss.
 
 It is used for single-device, single-process programs on the default device (a pmapped or
 multi-process executable is bound to its devices and processes), lives in the compilation cache folder
 (`<cache>/executables`, only when JAX's persistent cache is on), and is a cache: an entry that
 is missing, damaged or from another build is recompiled and rewritten, never trusted. Entries
-are pickles that can run code when loaded, like JAX's own cache: keep the folder private.
+hold compiled native code and pickled tree structures, which run code when loaded, like JAX's
+own cache; so the store is used only in a folder that `ambjax.train.cache.untrusted_reason`
+accepts (yours alone, writable by no one else), and an entry is read only when it is yours
+and writable by no one else.
 
 Only programs that XLA really compiled are stored: an executable that JAX's persistent cache
 served is not re-serialised (with jax 0.10.2 on CPU such a copy loads but fails at run time,
@@ -31,6 +39,7 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -40,8 +49,9 @@ from typing import Any, Callable
 import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
-import ambjax
+from ambjax.train.cache import make_private_dirs, trusted_file, untrusted_reason
 
+log = logging.getLogger(__name__)
 STORE_FOLDER = "executables"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _compile = threading.local()          # per compiling thread: did JAX's cache serve it?
@@ -58,10 +68,10 @@ def _listen_for_cache_hits() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _build_identity() -> str:
-    """Versions, backend and a hash of ambjax's source: what invalidates every entry."""
+def _source_hash() -> str:
+    """A hash of ambjax's source files."""
     digest = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(ambjax.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # ambjax/
     for folder, dirs, files in sorted(os.walk(root)):
         dirs.sort()
         for name in sorted(files):
@@ -70,11 +80,19 @@ def _build_identity() -> str:
                 digest.update(os.path.relpath(path, root).encode())
                 with open(path, "rb") as f:
                     digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _build_identity() -> str:
+    """Versions, backend, JAX's settings and a hash of ambjax's source: what invalidates
+    every entry."""
     device = jax.devices()[0]
     versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax")}
-    return json.dumps({"source": digest.hexdigest(), "versions": versions,
+    settings = {k: repr(v) for k, v in jax.config.values.items()}
+    return json.dumps({"source": _source_hash(), "versions": versions,
                        "platform": device.platform, "device_kind": device.device_kind,
-                       "xla_flags": os.environ.get("XLA_FLAGS", "")}, sort_keys=True)
+                       "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_config": settings},
+                      sort_keys=True)
 
 
 class ExecutableStore:
@@ -101,8 +119,11 @@ class ExecutableStore:
         self.folder = folder
         self.identity = json.dumps(identity, sort_keys=True, default=str) + _build_identity()
 
+    def _key(self, name: str, key: Any) -> bytes:
+        return f"{self.identity}|{name}|{key!r}".encode()
+
     def _path(self, name: str, key: Any) -> str:
-        digest = hashlib.sha256(f"{self.identity}|{name}|{key!r}".encode()).hexdigest()
+        digest = hashlib.sha256(self._key(name, key)).hexdigest()
         return os.path.join(self.folder, f"{name}-{digest[:40]}.pkl")
 
     def get_or_compile(self, name: str, key: Any, build: Callable[[], Any]) -> tuple[Any, bool]:
@@ -118,10 +139,17 @@ class ExecutableStore:
         return compiled, False
 
     def load(self, name: str, key: Any):
-        """The stored `jax.stages.Compiled` for (`name`, `key`), or None (missing, damaged, or
-        not loadable here)."""
+        """The stored `jax.stages.Compiled` for (`name`, `key`), or None (missing, damaged,
+        recorded under another key, not the user's own, or not loadable here)."""
+        path = self._path(name, key)
+        if not trusted_file(path):
+            return None
+        wanted = self._key(name, key)
         try:
-            with open(self._path(name, key), "rb") as f:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if size != len(wanted) or f.read(size) != wanted:
+                    return None                      # renamed or copied from another key
                 payload, in_tree, out_tree = pickle.load(f)
             return deserialize_and_load(payload, in_tree, out_tree,
                                         execution_devices=jax.devices()[:1])
@@ -134,10 +162,11 @@ class ExecutableStore:
         tmp = None
         try:
             blob = pickle.dumps(serialize(compiled))
-            os.makedirs(self.folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+            make_private_dirs(self.folder)
+            header = self._key(name, key)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")   # mode 0600
             with os.fdopen(fd, "wb") as f:
-                f.write(blob)
+                f.write(len(header).to_bytes(8, "little") + header + blob)
             os.replace(tmp, self._path(name, key))   # whole entries only, never a torn one
         except Exception:  # noqa: BLE001
             if tmp and os.path.exists(tmp):
@@ -146,9 +175,15 @@ class ExecutableStore:
 
 def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:
     """The store in JAX's persistent compilation cache folder for programs over `n_devices`
-    devices, or None when that cache is off or the programs are not single-device,
-    single-process ones."""
+    devices, or None when that cache is off, the programs are not single-device,
+    single-process ones, or the store's folder is not trusted (then with one warning)."""
     cache = jax.config.jax_compilation_cache_dir
     if not cache or n_devices != 1 or jax.process_count() > 1:
         return None
-    return ExecutableStore(os.path.join(cache, STORE_FOLDER), identity)
+    folder = os.path.join(cache, STORE_FOLDER)
+    why = untrusted_reason(folder)
+    if why:
+        log.warning("warning: executable store not used: %s (anyone who can write it could "
+                    "run code as you)", why)
+        return None
+    return ExecutableStore(folder, identity)

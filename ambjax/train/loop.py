@@ -6,18 +6,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
+from ambjax import interrupts
 from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer, constant_modalities
-from ambjax.train import checkpoint as ckpt
-from ambjax.train import distributed, run_folder
+import ambjax.train.checkpoint as ckpt
+import ambjax.train.distributed as distributed
+import ambjax.train.run_folder as run_folder
 from ambjax.train.config import (ConfigError, DataConfig, ExperimentConfig, fingerprint,
                                  from_dict, replace_key, to_dict, validate)
+from ambjax.errors import Interrupted
 from ambjax.train.report import write_report
 from ambjax.train.run_folder import RunFolderError
 from ambjax.train.trainer import Trainer, model_for
@@ -89,6 +93,7 @@ def read_run_config(run_dir: str) -> ExperimentConfig:
     if not isinstance(blob, dict):
         raise ckpt.CheckpointError(f"{cfg_path}: expected a JSON object")
     blob.pop("fingerprint", None)
+    blob.pop("data_fingerprint", None)
     try:
         return validate(from_dict(blob))
     except ConfigError as e:
@@ -159,7 +164,7 @@ def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
 
 def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequence[int] | None = None,
                        resume: bool = False, overwrite: bool = False,
-                       n_devices: int | None = None,
+                       allow_changes: bool = False, n_devices: int | None = None,
                        log: Callable[[str], None] = print) -> dict:
     """Train, select the best epoch, evaluate, and write the run folder(s).
 
@@ -167,13 +172,20 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
     own run folder `out_dir/seed<k>` and `out_dir` gets seeds_report.json / .md (mean +- std of
     every reported metric). Without, `config.run.seed` trains into `out_dir`.
 
-    The configuration and the data are checked, and every program compiled (with a memory
-    check), before anything on disk is touched. A run folder holds config.json (the config
-    tree), metrics.jsonl (one object per epoch), checkpoints/ (orbax), report.json and
-    report.md (and plots with matplotlib installed).
+    The configuration, the data and the folder are checked (`run_folder.check`: a folder
+    holding anything but a run is refused; `resume` must keep the seeds, the model, the data
+    and, unless `allow_changes`, every other setting but the epoch count), the folders locked,
+    and every program compiled (with a memory check), before anything on disk is changed. A
+    run folder holds config.json (the config tree and the model's and data's fingerprints),
+    metrics.jsonl (one object per epoch), checkpoints/ (orbax), report.json and report.md
+    (and plots with matplotlib installed).
 
     Returns:
       The report (one run), or {"seeds", "reports": {seed: report}, "summary"} with `seeds`.
+
+    Raises:
+      Interrupted: SIGINT or SIGTERM arrived (with `raise_on_signals` installed); its `kept`
+        says which checkpoint is kept. Epoch records and checkpoints are written whole.
     """
     validate(config)
     if resume and overwrite:
@@ -182,39 +194,39 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
     primary = distributed.is_primary()
     if not primary:
         log = _silent
-    dataset, stats = standardized(load_dataset(config.data, log=log), config.data)
-    model_fingerprint = fingerprint(model_for(config, dataset))
+    raw = load_dataset(config.data, log=log)
+    data_fingerprint = raw.fingerprint()
+    dataset, stats = standardized(raw, config.data)
     folders = seed_folders(out_dir, seeds)
-    if seeds and os.path.isfile(out_dir):
-        raise RunFolderError(f"--out {out_dir} is a file, not a folder")
-    for folder in folders:
-        run_folder.check(folder, model_fingerprint, resume=resume, overwrite=overwrite)
-    trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
-    tag = (" [model selected on TEST: the release's protocol]"
-           if config.run.selection == "test" else "")
-    log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
-        f"{len(trainer.seeds)} seed(s) as one program, "
-        f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
-        f"{trainer.batcher.num_batches('train')} batches/epoch, "
-        f"{len(trainer.batcher.budgets)} budget buckets{tag}")
-    created = not os.path.isdir(out_dir)
-    lock = run_folder.RunLock(out_dir) if primary else None
+    plan = dict(config=to_dict(config), data_fingerprint=data_fingerprint, seeds=seeds,
+                resume=resume, overwrite=overwrite, allow_changes=allow_changes)
+    run_folder.check(out_dir, fingerprint=fingerprint(model_for(config, dataset)), **plan)
+    locks = run_folder.lock_all(out_dir, folders) if primary else []
     try:
         try:
+            trainer = Trainer(config, dataset, n_devices=n_devices, seeds=seeds)
+            tag = (" [model selected on TEST: the release's protocol]"
+                   if config.run.selection == "test" else "")
+            log(f"{dataset.name} ({dataset.layout}): {trainer.num_parameters:,} parameters, "
+                f"{len(trainer.seeds)} seed(s) as one program, "
+                f"{trainer.n_devices} device(s) ({jax.devices()[0].platform}), "
+                f"{trainer.batcher.num_batches('train')} batches/epoch, "
+                f"{len(trainer.batcher.budgets)} budget buckets{tag}")
             trainer.compile(log)
-        except BaseException:
-            if lock and created:          # refused before any work: leave no empty folder
-                lock.release()
-                run_folder.remove_if_empty(out_dir)
+        except BaseException as e:
+            run_folder.release_all(locks, cleanup=True)   # refused before any work
+            locks = []
+            if isinstance(e, (KeyboardInterrupt, Interrupted)):
+                raise Interrupted(getattr(e, "signum", signal.SIGINT),
+                                  f"no epoch had run; {out_dir} is as it was") from None
             raise
         if primary:
-            for folder in folders:
-                run_folder.check(folder, trainer.fingerprint, resume=resume,
-                                 overwrite=overwrite)
+            run_folder.check(out_dir, fingerprint=trainer.fingerprint, **plan)
             if overwrite:
                 run_folder.clear(out_dir)
         distributed.barrier("ambjax-run-folder-ready")
-        reports = _train(trainer, folders, stats=stats, resume=resume, log=log)
+        reports = _train(trainer, out_dir, folders, stats=stats, resume=resume,
+                         data_fingerprint=data_fingerprint, log=log)
         if not seeds:
             return reports[0]
         summary = summarize_seeds(dict(zip(trainer.seeds, reports)))
@@ -227,33 +239,35 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
         return {"seeds": list(trainer.seeds), "reports": dict(zip(trainer.seeds, reports)),
                 "summary": summary}
     finally:
-        if lock:
-            lock.release()
+        run_folder.release_all(locks)
 
 
-def _resume_epoch(managers: list, folders: list[str]) -> int | None:
-    """The epoch every seed can resume from (the latest one all have), or None."""
-    latest = [m.latest_step() for m in managers]
-    if all(step is None for step in latest):
+def _resume_epoch(folders: list[str]) -> int | None:
+    """The epoch every seed can resume from (the latest one all have), or None when no seed
+    has a checkpoint. Reads the folders only.
+
+    Raises:
+      RunFolderError: the seeds have no checkpoint epoch in common.
+    """
+    steps = [run_folder.checkpoint_steps(f) for f in folders]
+    if not any(steps):
         return None
-    target = min(step or 0 for step in latest)
-    if target == 0 or any(target not in m.all_steps() for m in managers):
+    target = min(s[-1] if s else 0 for s in steps)
+    if target == 0 or any(target not in s for s in steps):
         raise RunFolderError(f"seed folders {folders} hold checkpoints of different epochs "
-                             f"{latest} and no common one; resume is impossible, use "
-                             "--overwrite")
-    for m in managers:                    # a seed saved past the others (killed mid-epoch)
-        for step in m.all_steps():
-            if step > target:
-                m.delete(step)
+                             f"{[s[-1] if s else None for s in steps]} and no common one; "
+                             "resume is impossible, use --overwrite")
     return target
 
 
-def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, resume: bool,
+def _train(trainer: Trainer, out_dir: str, folders: list[str], *,
+           stats: Standardizer | None, resume: bool, data_fingerprint: str,
            log: Callable[[str], None]) -> list[dict]:
     """The epochs of `train_and_evaluate` in checked, locked run folders (one per seed)."""
     config, dataset = trainer.config, trainer.dataset
     n = len(folders)
     primary = distributed.is_primary()
+    start_epoch = _resume_epoch(folders) if resume else None
     if primary:
         for folder in folders:
             os.makedirs(folder, exist_ok=True)
@@ -262,10 +276,12 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
                 for f in folders]
     metas = [{"epoch": 0, "best_score": -1.0, "best_epoch": -1, "best": None,
               "fingerprint": trainer.fingerprint, "dims": trainer.dims} for _ in folders]
-    start_epoch = _resume_epoch(managers, folders) if resume else None
     if start_epoch is not None:
         states = []
         for k, manager in enumerate(managers):
+            for step in manager.all_steps():   # a seed saved past the others (killed mid-epoch)
+                if step > start_epoch:
+                    manager.delete(step)
             state, metas[k] = ckpt.restore(manager, start_epoch, trainer.seed_state(k),
                                            fingerprint=trainer.fingerprint, dims=trainer.dims)
             states.append(state)
@@ -277,45 +293,25 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
         history = []
         if primary:
             run_folder.write_json(os.path.join(folder, "config.json"),
-                                  {**to_dict(cfg), "fingerprint": trainer.fingerprint})
+                                  {**to_dict(cfg), "fingerprint": trainer.fingerprint,
+                                   "data_fingerprint": data_fingerprint})
             if stats is not None:
                 stats.save(os.path.join(folder, STATS_FILE))
             path = os.path.join(folder, "metrics.jsonl")
             history = read_history(path, meta["epoch"], log)
-            with open(path, "w") as f:
-                f.writelines(json.dumps(h) + "\n" for h in history)
+            run_folder.atomic_write(path, "".join(json.dumps(h) + "\n" for h in history))
         histories.append(history)
     epochs = config.schedule.epochs
-    keys = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
-    for epoch in range(metas[0]["epoch"], epochs):
-        trains = trainer.train_epoch(epoch)
-        valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
-        for k in range(n):
-            train, valid, test, meta = trains[k], valids[k], tests[k], metas[k]
-            if meta.get("stall") is None and epoch + 1 >= STALL_AFTER_EPOCHS:
-                stall = stall_warning(valid, dataset.label_names, epoch + 1, config)
-                if stall:
-                    log(stall if n == 1 else f"seed {trainer.seeds[k]}: {stall}")
-                    meta["stall"] = stall
-            score = (valid if config.run.selection == "valid" else test)["weighted_f1"]
-            if score > meta["best_score"]:
-                meta.update(best_score=score, best_epoch=epoch + 1,
-                            best={"valid": valid, "test": test})
-            meta["epoch"] = epoch + 1
-            record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
-                      "valid": {x: valid[x] for x in keys}, "test": {x: test[x] for x in keys}}
-            histories[k].append(record)
-            if primary:
-                with open(os.path.join(folders[k], "metrics.jsonl"), "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            ckpt.save(managers[k], epoch + 1, trainer.seed_state(k), meta, score)
-            q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
-            who = f"seed {trainer.seeds[k]} " if n > 1 else ""
-            log(f"{who}epoch {epoch + 1:3d}/{epochs} {train['seconds']:6.1f}s "
-                f"loss {train['loss']:.4f} | valid acc {_fmt(valid['accuracy'])} "
-                f"wF1 {_fmt(valid['weighted_f1'])} | test acc {_fmt(test['accuracy'])} "
-                f"wF1 {_fmt(test['weighted_f1'])} | q {q} | {train['steps_per_s']:.2f} steps/s"
-                + (" *" if meta["best_epoch"] == epoch + 1 else ""))
+    completed = metas[0]["epoch"]
+    try:
+        for epoch in range(metas[0]["epoch"], epochs):
+            _epoch(trainer, epoch, folders, managers, metas, histories, log)
+            completed = epoch + 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        kept = (f"the checkpoint of epoch {completed} is kept in {out_dir} (continue with "
+                "--resume)" if completed else f"no epoch had completed; nothing is kept in "
+                f"{out_dir}")
+        raise Interrupted(getattr(e, "signum", signal.SIGINT), kept) from None
     reports = []
     for k in range(n):
         managers[k].close()
@@ -341,6 +337,49 @@ def _train(trainer: Trainer, folders: list[str], *, stats: Standardizer | None, 
             f"report in {folders[k]}")
         reports.append(report)
     return reports
+
+
+METRIC_KEYS = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
+
+
+def _epoch(trainer: Trainer, epoch: int, folders: list[str], managers: list, metas: list[dict],
+           histories: list[list[dict]], log: Callable[[str], None]) -> None:
+    """Train and evaluate epoch `epoch` for every seed, then record it: the metrics line and
+    the checkpoint of each seed are written with signals held (`interrupts.deferred`), so an
+    epoch is recorded whole or not at all."""
+    config, dataset = trainer.config, trainer.dataset
+    n, epochs = len(folders), config.schedule.epochs
+    primary = distributed.is_primary()
+    trains = trainer.train_epoch(epoch)
+    valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
+    with interrupts.deferred():
+        for k in range(n):
+            train, valid, test, meta = trains[k], valids[k], tests[k], metas[k]
+            if meta.get("stall") is None and epoch + 1 >= STALL_AFTER_EPOCHS:
+                stall = stall_warning(valid, dataset.label_names, epoch + 1, config)
+                if stall:
+                    log(stall if n == 1 else f"seed {trainer.seeds[k]}: {stall}")
+                    meta["stall"] = stall
+            score = (valid if config.run.selection == "valid" else test)["weighted_f1"]
+            if score > meta["best_score"]:
+                meta.update(best_score=score, best_epoch=epoch + 1,
+                            best={"valid": valid, "test": test})
+            meta["epoch"] = epoch + 1
+            record = {"epoch": epoch + 1, "selection": config.run.selection, "train": train,
+                      "valid": {x: valid[x] for x in METRIC_KEYS},
+                      "test": {x: test[x] for x in METRIC_KEYS}}
+            histories[k].append(record)
+            if primary:
+                with open(os.path.join(folders[k], "metrics.jsonl"), "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            ckpt.save(managers[k], epoch + 1, trainer.seed_state(k), meta, score)
+            q = " ".join(f"{m[0]}{v:.2f}" for m, v in zip(dataset.modalities, train["q"]))
+            who = f"seed {trainer.seeds[k]} " if n > 1 else ""
+            log(f"{who}epoch {epoch + 1:3d}/{epochs} {train['seconds']:6.1f}s "
+                f"loss {train['loss']:.4f} | valid acc {_fmt(valid['accuracy'])} "
+                f"wF1 {_fmt(valid['weighted_f1'])} | test acc {_fmt(test['accuracy'])} "
+                f"wF1 {_fmt(test['weighted_f1'])} | q {q} | {train['steps_per_s']:.2f} steps/s"
+                + (" *" if meta["best_epoch"] == epoch + 1 else ""))
 
 
 def summarize_seeds(reports: dict) -> dict:
@@ -383,8 +422,7 @@ def write_seeds_report(out_dir: str, summary: dict) -> None:
         cells = [f"{100 * summary[s][name]['mean']:.2f} ± {100 * summary[s][name]['std']:.2f}"
                  for s in ("valid", "test")]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    with open(os.path.join(out_dir, "seeds_report.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    run_folder.atomic_write(os.path.join(out_dir, "seeds_report.md"), "\n".join(lines) + "\n")
 
 
 def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | None = None,
@@ -409,13 +447,24 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
             raise ckpt.CheckpointError(f"{run_dir}: the run standardised its features but "
                                        f"{STATS_FILE} is missing")
         stats = Standardizer.load(stats_path)
-    dataset, _ = standardized(load_dataset(config.data), config.data, stats)
+    raw = load_dataset(config.data)
+    trained_on = run_folder.read_config(run_dir).get("data_fingerprint")
+    if not data and trained_on not in (None, raw.fingerprint()):
+        raise ckpt.CheckpointError(
+            f"{run_dir}: its data {config.data.path or 'synthetic data'} changed since the run "
+            "trained on it (same widths, other content); pass --data to evaluate on this file "
+            "anyway")
+    dataset, _ = standardized(raw, config.data, stats)
+    kept = run_folder.checkpoint_steps(run_dir)
+    if not kept:
+        raise ckpt.CheckpointError(f"{run_dir}: no checkpoint saved")
+    if step is not None and step not in kept:
+        raise ckpt.CheckpointError(f"{run_dir}: no checkpoint of epoch {step}; kept epochs: "
+                                   f"{kept}")
     trainer = Trainer(config, dataset, n_devices=n_devices or 1)
     manager = ckpt.create_manager(os.path.join(run_dir, "checkpoints"),
                                   config.run.keep_checkpoints)
     step = step if step is not None else ckpt.best_step(manager)
-    if step is None:
-        raise ckpt.CheckpointError(f"{run_dir}: no checkpoint saved")
     state, _ = ckpt.restore(manager, step, trainer.seed_state(0), fingerprint=trainer.fingerprint,
                             dims=trainer.dims)
     trainer.state = trainer.to_device([state])

@@ -64,7 +64,8 @@ class Trainer:
 
     Attributes:
       seeds: the seeds trained together (S of them).
-      state: `TrainState` with a leading seed axis, on the device(s).
+      state: `TrainState` with a leading seed axis, on the device(s) (built when first used).
+      abstract_state: its shapes and dtypes (`jax.ShapeDtypeStruct`), known without building it.
       num_parameters: parameters of one seed's model.
     """
 
@@ -96,13 +97,36 @@ class Trainer:
         example = self.batcher.build(dataset.split("train")[:self.n_devices])   # local shards
         if self.n_devices > 1:
             example = jax.tree.map(lambda x: x[0], example)
-        states = [create_train_state(self.model, example, self.optimizer, seed)
-                  for seed in self.seeds]
-        self.num_parameters = count_parameters(states[0].params)
-        self.state = self.to_device(states)
+        self._example = example
+        one = jax.eval_shape(lambda: create_train_state(self.model, example, self.optimizer, 0))
+        lead = ((self.n_local,) if self.n_devices > 1 else ()) + (len(self.seeds),)
+        self.abstract_state = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype), one)
+        self.num_parameters = count_parameters(one.params)
+        self._state = None
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
 
     # --- state -------------------------------------------------------------------------------
+
+    @property
+    def state(self):
+        """The `TrainState` of every seed, stacked [S, ...] ([n_devices, S, ...] under pmap),
+        on the device(s); initialised from the seeds when first used (so that a run's memory
+        is checked from `abstract_state` before any of it is allocated)."""
+        self.init_state()
+        return self._state
+
+    def init_state(self) -> None:
+        """Initialise every seed's train state now, unless it exists (`compile` calls this
+        once the memory check has passed)."""
+        if self._state is None:
+            self._state = self.to_device([
+                create_train_state(self.model, self._example, self.optimizer, seed)
+                for seed in self.seeds])
+
+    @state.setter
+    def state(self, value) -> None:
+        self._state = value
 
     def to_device(self, states: Sequence):
         """Per-seed host states -> the stacked device state (replicated for pmap)."""
@@ -148,11 +172,13 @@ class Trainer:
                 log("multi-process run: programs compile at their first step")
             return
         store = default_store(self.program_identity(), self.n_devices)
-        programs = compile_programs(self.train_step, self.eval_step, self.state, train, evals,
-                                    jnp.asarray(True), describe=self._describe_largest,
-                                    memory_limit=memory_limit, log=log, store=store)
+        programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
+                                    evals, jnp.asarray(True), describe=self._describe_largest,
+                                    memory_limit=memory_limit, log=log, store=store,
+                                    members=len(self.seeds), member_axis=axis)
         self.programs = programs
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
+        self.init_state()
 
     def program_identity(self) -> dict:
         """What the compiled steps compute besides their batch shapes: the key of their
@@ -162,8 +188,8 @@ class Trainer:
                 "class_weights": None if self.class_weights is None
                 else np.asarray(self.class_weights).tolist(),
                 "devices": self.n_devices, "seeds": len(self.seeds),
-                "state": [str(jax.tree_util.tree_structure(self.state))]
-                + [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(self.state)]}
+                "state": [str(jax.tree_util.tree_structure(self.abstract_state))]
+                + [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(self.abstract_state)]}
 
     def _describe_largest(self, batch) -> str:
         longest = max(self.dataset.dialogues.values(), key=len)
