@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from typing import Callable, NoReturn, Sequence
 
 from ambjax import interrupts
@@ -47,8 +48,15 @@ def _quiet_libraries(debug: bool) -> None:
         ours.propagate = False
     ours.setLevel(logging.INFO if debug else logging.WARNING)
     if not debug:
-        for name in ("absl", "orbax", "jax._src.distributed"):
+        for name in ("absl", "orbax", "jax._src.distributed", "asyncio"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        # background writers that fail after the main thread has reported the failure (the
+        # callbacks of orbax's and tensorstore's writes into a closed event loop, once a
+        # checkpoint write failed) stay quiet
+        def quiet(args) -> None:
+            ours.debug("a background task failed", exc_info=(
+                args.exc_type, args.exc_value, args.exc_traceback))
+        threading.excepthook = sys.unraisablehook = quiet
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:

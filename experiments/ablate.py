@@ -22,8 +22,8 @@ import sys
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError
 from ambjax.train.cache import enable_compile_cache
-from ambjax.train import ConfigError, train_and_evaluate
-from ambjax.train.run_folder import write_json
+from ambjax.train import ConfigError, prepare_run, train_and_evaluate
+from ambjax.train.run_folder import atomic_write, write_json
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
 from experiments.train import parse_seeds
 
@@ -106,6 +106,8 @@ def ablate(argv: list[str]) -> int:
     p.add_argument("--devices", type=int, help="local devices to use (default: all)")
     p.add_argument("--resume", action="store_true", help="continue started variants")
     p.add_argument("--overwrite", action="store_true", help="replace existing variants")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although settings changed")
     p.add_argument("--no-compile-cache", action="store_true")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -120,12 +122,18 @@ def ablate(argv: list[str]) -> int:
         overrides.append(f"data.path={args.data}")
     variants = parse_ablations(args.ablations)
     configs = {v: make_config(args.preset, overrides, v, args.recipe) for v in variants}
+    options = dict(seeds=seeds, resume=args.resume, overwrite=args.overwrite,
+                   allow_changes=args.allow_changes)
+    for variant, config in configs.items():      # every variant checked before one trains
+        try:
+            prepare_run(config, os.path.join(args.out, variant), **options)
+        except AmbjaxError as e:
+            raise type(e)(f"variant {variant}: {e}") from None
     results = {}
     for variant, config in configs.items():
         print(f"== {variant} ==", flush=True)
-        out = train_and_evaluate(config, os.path.join(args.out, variant), seeds=seeds,
-                                 resume=args.resume, overwrite=args.overwrite,
-                                 n_devices=args.devices)
+        out = train_and_evaluate(config, os.path.join(args.out, variant),
+                                 n_devices=args.devices, **options)
         results[variant] = out["summary"]
     rows = table_rows(results)
     header = (f"# Ablations: preset {args.preset}, "
@@ -137,8 +145,7 @@ def ablate(argv: list[str]) -> int:
                {"preset": args.preset, "data": args.data, "recipe": args.recipe,
                 "seeds": seeds, "rows": rows, "summaries": results})
     table = markdown(rows, header)
-    with open(os.path.join(args.out, "ablation.md"), "w") as f:
-        f.write(table)
+    atomic_write(os.path.join(args.out, "ablation.md"), table)
     plotted = plot(rows, os.path.join(args.out, "ablation.png"))
     print(table)
     print(f"wrote {os.path.join(args.out, 'ablation.md')}"

@@ -35,14 +35,55 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
-from ambjax.errors import AmbjaxError
-from ambjax.data.dataset import MELD_LABELS
+from ambjax.data.dataset import IEMOCAP_LABELS, MELD_LABELS
+from ambjax.errors import AmbjaxError, DataFormatError
+from ambjax.train.run_folder import atomic_write
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data")
 MELD_SPLITS = (("train", "train_sent_emo.csv", 0), ("valid", "dev_sent_emo.csv", 1039),
                ("test", "test_sent_emo.csv", 1153))
 HASH_DIM = 256
+
+
+MELD_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Emotion", "Utterance")
+
+
+def _meld_rows(path: str) -> dict:
+    """{Dialogue_ID: [(Utterance_ID, Speaker, label, Utterance)]} of one MELD csv.
+
+    Raises:
+      DataFormatError: a missing column, an id that is not an integer, an unknown emotion, or
+        a file that is not UTF-8 text; the message names the file and line.
+    """
+    rows: dict = {}
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in MELD_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataFormatError(f"{path}: no column {missing[0]!r} (a MELD csv has "
+                                      f"{', '.join(MELD_COLUMNS)})")
+            for row in reader:
+                where = f"{path}: line {reader.line_num}"
+                if any(row[c] is None for c in MELD_COLUMNS):
+                    raise DataFormatError(f"{where}: the row has too few fields")
+                try:
+                    dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+                except ValueError:
+                    raise DataFormatError(f"{where}: Dialogue_ID and Utterance_ID must be "
+                                          f"integers, got {row['Dialogue_ID']!r}, "
+                                          f"{row['Utterance_ID']!r}") from None
+                if row["Emotion"] not in MELD_LABELS:
+                    raise DataFormatError(f"{where}: unknown emotion {row['Emotion']!r} "
+                                          f"(MELD's are {', '.join(MELD_LABELS)})")
+                rows.setdefault(dialogue, []).append(
+                    (utterance, row["Speaker"], MELD_LABELS.index(row["Emotion"]),
+                     row["Utterance"]))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataFormatError(f"{path}: not a readable csv ({' '.join(str(e).split())[:120]})"
+                              ) from None
+    return rows
 
 
 def read_meld(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
@@ -55,37 +96,65 @@ def read_meld(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
         path = os.path.join(data_dir, "MELD", name)
         if not os.path.isfile(path):
             raise AmbjaxError(f"{path}: no such file (point --data-dir at the shared data)")
-        rows: dict = {}
-        with open(path, encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                key = int(row["Dialogue_ID"]) + offset
-                rows.setdefault(key, []).append(row)
+        rows = {k + offset: v for k, v in _meld_rows(path).items()}
         keys = sorted(rows)[:limit]
         for key in keys:
-            utts = sorted(rows[key], key=lambda r: int(r["Utterance_ID"]))
+            utts = sorted(rows[key])
             slots: dict = {}
             speakers = []
-            for r in utts:
-                slot = slots.setdefault(r["Speaker"], len(slots))
+            for _, speaker, _, _ in utts:
+                slot = slots.setdefault(speaker, len(slots))
                 if slot >= 9:
-                    raise AmbjaxError(f"{path}: dialogue {key} has more than 9 speakers")
+                    raise DataFormatError(f"{path}: dialogue {key} has more than 9 speakers")
                 speakers.append([1.0 if i == slot else 0.0 for i in range(9)])
-            dialogues[key] = {"speakers": speakers,
-                              "labels": [MELD_LABELS.index(r["Emotion"]) for r in utts],
-                              "sentences": [r["Utterance"] for r in utts]}
+            dialogues[key] = {"speakers": speakers, "labels": [u[2] for u in utts],
+                              "sentences": [u[3] for u in utts]}
         splits[split] = keys
     return dialogues, splits
 
 
 def read_iemocap(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
-    """IEMOCAP's dialogues {name: {"speakers": ['M'|'F'], "labels", "sentences"}} and splits."""
+    """IEMOCAP's dialogues {name: {"speakers": ['M'|'F'], "labels", "sentences"}} and splits.
+
+    Raises:
+      DataFormatError: the JSON file is truncated or lacks a split, a dialogue, or a
+        well-formed field (labels 0..5, speakers 'M'/'F', one per sentence).
+    """
     path = os.path.join(data_dir, "IEMOCAP", "iemocap_text_labels.json")
     if not os.path.isfile(path):
         raise AmbjaxError(f"{path}: no such file (point --data-dir at the shared data)")
-    with open(path, encoding="utf-8") as f:
-        blob = json.load(f)
-    splits = {s: list(blob[f"{s}_ids"])[:limit] for s in ("train", "valid", "test")}
-    dialogues = {k: blob["dialogues"][k] for ids in splits.values() for k in ids}
+    try:
+        with open(path, encoding="utf-8") as f:
+            blob = json.load(f)
+    except ValueError as e:                          # truncated JSON, not UTF-8
+        raise DataFormatError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]})"
+                              ) from None
+    if not isinstance(blob, dict) or not isinstance(blob.get("dialogues"), dict):
+        raise DataFormatError(f"{path}: expected an object with 'dialogues' and the split "
+                              "lists train_ids, valid_ids, test_ids")
+    splits = {}
+    for s in ("train", "valid", "test"):
+        ids = blob.get(f"{s}_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataFormatError(f"{path}: '{s}_ids' should be a list of dialogue names")
+        splits[s] = ids[:limit]
+    dialogues = {}
+    for k in (k for ids in splits.values() for k in ids):
+        d = blob["dialogues"].get(k)
+        if not isinstance(d, dict):
+            raise DataFormatError(f"{path}: dialogue {k!r} is listed in a split but missing")
+        sentences, labels, speakers = d.get("sentences"), d.get("labels"), d.get("speakers")
+        ok = (isinstance(sentences, list) and all(isinstance(x, str) for x in sentences)
+              and isinstance(labels, list) and len(labels) == len(sentences)
+              and all(isinstance(x, int) and 0 <= x < len(IEMOCAP_LABELS) for x in labels)
+              and isinstance(speakers, list) and len(speakers) == len(sentences)
+              and all(x in ("M", "F") for x in speakers) and sentences)
+        if not ok:
+            raise DataFormatError(f"{path}: dialogue {k!r}: expected non-empty lists "
+                                  "'sentences' (strings), 'labels' (0.."
+                                  f"{len(IEMOCAP_LABELS) - 1}) and 'speakers' ('M'/'F') of "
+                                  "one length")
+        dialogues[k] = d
     return dialogues, splits
 
 
@@ -147,10 +216,7 @@ def build_fields(dataset: str, dialogues: dict, splits: dict,
 
 
 def write(fields: tuple, out: str) -> None:
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(fields, f, protocol=4)
-    os.replace(tmp, out)
+    atomic_write(out, pickle.dumps(fields, protocol=4))
 
 
 def main_args(argv: list[str]) -> int:

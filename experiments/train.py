@@ -47,7 +47,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<preset>[-<ablation>])")
     p.add_argument("--devices", help="local devices to use (default: all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (a folder holding anything but a run is "
+                        "refused)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: continue although optimiser, data or schedule "
+                        "settings differ from the run's config.json (the epoch count may "
+                        "always change)")
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-process run: process 0's address (or JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
@@ -96,8 +102,11 @@ def run(args: argparse.Namespace) -> dict:
                            timeout_s=args.process_timeout)
     out = args.out or os.path.join(
         "runs", args.preset + ("" if args.ablation == "full" else f"-{args.ablation}"))
-    return train_and_evaluate(config, out, seeds=seeds, resume=args.resume,
-                              overwrite=args.overwrite, n_devices=devices)
+    result = train_and_evaluate(config, out, seeds=seeds, resume=args.resume,
+                                overwrite=args.overwrite, allow_changes=args.allow_changes,
+                                n_devices=devices)
+    distributed.finish()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,22 +66,26 @@ def detect_layout(fields: Any, path: str = "<memory>") -> str:
 
 
 def _id_list(value: Any, field: str, path: str) -> list:
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        ids = [v.item() if isinstance(v, np.generic) else v for v in value]
-        seen: set = set()
-        for i in ids:
-            try:
-                if i in seen:
-                    raise DataFormatError(f"{path}: field {field} lists dialogue {i!r} twice")
-                seen.add(i)
-            except TypeError:
-                raise DataFormatError(f"{path}: field {field} holds an unhashable dialogue id "
-                                      f"of type {type(i).__name__}") from None
-        return ids
-    raise DataFormatError(f"{path}: field {field} should be a collection of dialogue ids, "
-                          f"found {type(value).__name__}")
+    """The dialogue ids of a split field: a list, tuple, array or set (sorted) of hashable ids
+    of one type."""
+    if not isinstance(value, (set, frozenset, list, tuple, np.ndarray)):
+        raise DataFormatError(f"{path}: field {field} should be a collection of dialogue ids, "
+                              f"found {type(value).__name__}")
+    ids = [v.item() if isinstance(v, np.generic) else v for v in value]
+    kinds = sorted({type(i).__name__ for i in ids})
+    if len(kinds) > 1:
+        raise DataFormatError(f"{path}: field {field} mixes dialogue ids of types "
+                              f"{', '.join(kinds)}; ids must all be of one type")
+    seen: set = set()
+    for i in ids:
+        try:
+            if i in seen:
+                raise DataFormatError(f"{path}: field {field} lists dialogue {i!r} twice")
+            seen.add(i)
+        except TypeError:
+            raise DataFormatError(f"{path}: field {field} holds an unhashable dialogue id "
+                                  f"of type {type(i).__name__}") from None
+    return sorted(ids) if isinstance(value, (set, frozenset)) else ids
 
 
 def _speaker_ids(raw: Any, dataset: str, vid: Hashable, path: str) -> np.ndarray:

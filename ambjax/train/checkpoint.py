@@ -9,6 +9,7 @@ mid-save never leaves a checkpoint that `latest_step` would pick up.
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import numpy as np
@@ -61,17 +62,6 @@ def save(manager: ocp.CheckpointManager, epoch: int, state, meta: dict, score: f
                               "earlier checkpoints are kept") from None
 
 
-def _cause(e: BaseException) -> str:
-    """The file-system error behind `e` (orbax and asyncio wrap it), else `e` in brief."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-        e = e.__cause__ or e.__context__
-    return " ".join(f"{type(e).__name__}: {e}".split())[:200] if e else "unknown error"
-
-
 def read_meta(manager: ocp.CheckpointManager, epoch: int) -> dict:
     """The JSON record saved with checkpoint `epoch`."""
     try:
@@ -117,3 +107,21 @@ def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerp
     except Exception as e:  # noqa: BLE001 - orbax raises many kinds on damaged files
         raise _damaged(where, e) from None
     return state, meta
+
+
+def _cause(e: BaseException) -> str:
+    """The file-system error behind `e`, else `e` in brief. orbax and tensorstore wrap it: as
+    an OSError in the chain of causes, or as "[os_error_code='28']" in a message."""
+    seen, chain = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for x in chain:
+        if isinstance(x, OSError) and x.strerror:
+            return x.strerror
+        code = re.search(r"os_error_code='?(\d+)", str(x))
+        if code:
+            return os.strerror(int(code.group(1)))
+    last = chain[-1]
+    return " ".join(f"{type(last).__name__}: {last}".split())[:200]

@@ -142,26 +142,29 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             state.params, eval_keyed[key]).compile())
 
     limit = available_memory_bytes() if memory_limit is None else memory_limit
-    if members > 1 and limit is not None:
-        _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
-                       member_axis, limit, stored, log)
-    largest = train_program(order[0])
-    need = program_bytes(largest)
-    if need is not None and limit is not None and need > limit:
-        raise ResourceError(
-            f"the largest padded batch ({describe(train_keyed[order[0]])}) needs "
-            f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
-            "Lower data.batch_size, split or drop the longest dialogues, lower "
-            "model.hidden_dim, or use a device with more memory")
     jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in eval_keyed]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    # every compile runs in a worker thread, so that the main thread, waiting on it, takes
+    # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
     pool = concurrent.futures.ThreadPoolExecutor(workers)
     try:
+        if members > 1 and limit is not None:
+            _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
+                           member_axis, limit,
+                           lambda *a: pool.submit(stored, *a).result(), log)
+        largest = pool.submit(train_program, order[0]).result()
+        need = program_bytes(largest)
+        if need is not None and limit is not None and need > limit:
+            raise ResourceError(
+                f"the largest padded batch ({describe(train_keyed[order[0]])}) needs "
+                f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
+                "Lower data.batch_size, split or drop the longest dialogues, lower "
+                "model.hidden_dim, or use a device with more memory")
         futures = [pool.submit(fn, k) for fn, k in jobs]
         results = [f.result() for f in futures]
     except BaseException:
-        # Ctrl-C / SIGTERM (or a failed compile): drop the programs not started; the ones
-        # running finish in their threads before the interpreter exits (never torn down
+        # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the
+        # ones running finish in their threads before the interpreter exits (never torn down
         # mid-compile)
         pool.shutdown(wait=False, cancel_futures=True)
         raise

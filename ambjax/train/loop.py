@@ -30,6 +30,10 @@ from ambjax.train.trainer import Trainer, model_for
 STATS_FILE = "standardization.npz"
 
 
+def _silent(_: str) -> None:
+    pass
+
+
 def load_dataset(data: DataConfig, *,
                  log: Callable[[str], None] | None = None) -> DialogueDataset:
     """The dataset of a run before standardisation: the feature file `data.path` (or the
@@ -152,14 +156,44 @@ def read_history(path: str, upto: int, log: Callable[[str], None]) -> list[dict]
     return [h for h in history if h.get("epoch", 0) <= upto]
 
 
-def _silent(_: str) -> None:
-    pass
-
-
 def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
     """The run folder of each seed: `out_dir` itself for a single run, `out_dir/seed<k>`
     when `seeds` are given."""
     return [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """What `prepare_run` checked and loaded: the (standardised) dataset, its statistics, the
+    run folders and the arguments of `run_folder.check` (`plan`)."""
+
+    dataset: DialogueDataset
+    stats: Standardizer | None
+    folders: list[str]
+    plan: dict
+
+
+def prepare_run(config: ExperimentConfig, out_dir: str, *, seeds: Sequence[int] | None = None,
+                resume: bool = False, overwrite: bool = False, allow_changes: bool = False,
+                log: Callable[[str], None] = _silent) -> PreparedRun:
+    """Every check of a run that needs neither a device nor a compile: the config tree, the
+    data (loaded, restricted, standardised) and the folder (`run_folder.check`). Read-only;
+    `experiments.ablate` runs it for every variant before the first one trains.
+
+    Raises:
+      ConfigError, DataFormatError, RunFolderError: what is wrong, in one line.
+    """
+    validate(config)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: resume continues the "
+                          "run in the folder, overwrite replaces it")
+    raw = load_dataset(config.data, log=log)
+    dataset, stats = standardized(raw, config.data)
+    plan = dict(config=to_dict(config), data_fingerprint=raw.fingerprint(), seeds=seeds,
+                resume=resume, overwrite=overwrite, allow_changes=allow_changes)
+    run_folder.check(out_dir, fingerprint=fingerprint(model_for(config, dataset)), **plan)
+    return PreparedRun(dataset=dataset, stats=stats, folders=seed_folders(out_dir, seeds),
+                       plan=plan)
 
 
 def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequence[int] | None = None,
@@ -187,20 +221,15 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
       Interrupted: SIGINT or SIGTERM arrived (with `raise_on_signals` installed); its `kept`
         says which checkpoint is kept. Epoch records and checkpoints are written whole.
     """
-    validate(config)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other: resume continues the "
-                          "run in the folder, overwrite replaces it")
     primary = distributed.is_primary()
     if not primary:
         log = _silent
-    raw = load_dataset(config.data, log=log)
-    data_fingerprint = raw.fingerprint()
-    dataset, stats = standardized(raw, config.data)
-    folders = seed_folders(out_dir, seeds)
-    plan = dict(config=to_dict(config), data_fingerprint=data_fingerprint, seeds=seeds,
-                resume=resume, overwrite=overwrite, allow_changes=allow_changes)
-    run_folder.check(out_dir, fingerprint=fingerprint(model_for(config, dataset)), **plan)
+    prepared = prepare_run(config, out_dir, seeds=seeds, resume=resume, overwrite=overwrite,
+                           allow_changes=allow_changes, log=log)
+    dataset, stats, folders, plan = (prepared.dataset, prepared.stats, prepared.folders,
+                                     prepared.plan)
+    data_fingerprint = plan["data_fingerprint"]
+    existed = os.path.isdir(out_dir)
     locks = run_folder.lock_all(out_dir, folders) if primary else []
     try:
         try:
@@ -218,7 +247,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *, seeds: Sequenc
             locks = []
             if isinstance(e, (KeyboardInterrupt, Interrupted)):
                 raise Interrupted(getattr(e, "signum", signal.SIGINT),
-                                  f"no epoch had run; {out_dir} is as it was") from None
+                                  f"no epoch had run; {out_dir} is as it was" if existed
+                                  else "no epoch had run; nothing was written") from None
             raise
         if primary:
             run_folder.check(out_dir, fingerprint=trainer.fingerprint, **plan)

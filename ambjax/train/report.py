@@ -4,8 +4,9 @@ per-modality F1 and q over epochs, and the confusion matrix."""
 
 from __future__ import annotations
 
-import json
 import os
+
+from ambjax.train.run_folder import atomic_write, write_json
 
 
 def _pct(x: float) -> str:
@@ -87,8 +88,6 @@ def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
 
 def write_report(out_dir: str, report: dict, history: list[dict]) -> None:
     """Write report.json, report.md and (optionally) the plots into `out_dir`."""
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "report.md"), "w") as f:
-        f.write(report_markdown(report))
+    write_json(os.path.join(out_dir, "report.json"), report)
+    atomic_write(os.path.join(out_dir, "report.md"), report_markdown(report))
     write_plots(out_dir, report, history)
