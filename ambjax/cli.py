@@ -12,11 +12,12 @@ command line) shows tracebacks and the libraries' own logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import threading
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 from ambjax import interrupts
 from ambjax.errors import AmbjaxError, Interrupted, UsageError
@@ -37,26 +38,45 @@ def known_errors() -> tuple[type[BaseException], ...]:
     return (AmbjaxError, OSError, MemoryError)
 
 
-def _quiet_libraries(debug: bool) -> None:
-    """Library warnings as plain lines on stderr; orbax's and absl's tracebacks of a failed
-    background write only with `debug` (the failure itself reaches the user as one line)."""
+@contextlib.contextmanager
+def _command_output(debug: bool) -> Iterator[None]:
+    """While a command runs: library warnings as plain lines on stderr; without `debug`,
+    orbax's and absl's logs and the tracebacks of background tasks that fail after the main
+    thread has reported the failure (the callbacks of orbax's and tensorstore's writes into a
+    closed event loop, once a checkpoint write failed) kept out of the way. The log handler is
+    removed afterwards, and after a success everything else is put back too (commands also run
+    inside other programs, e.g. tests)."""
+    ours = logging.getLogger("ambjax")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    ours = logging.getLogger("ambjax")
-    if not ours.handlers:
-        ours.addHandler(handler)
-        ours.propagate = False
+    others = {name: logging.getLogger(name) for name in
+              ("absl", "orbax", "jax._src.distributed", "asyncio")}
+    saved = (ours.level, ours.propagate, {n: lg.level for n, lg in others.items()},
+             threading.excepthook, sys.unraisablehook)
+    ours.addHandler(handler)
+    ours.propagate = False
     ours.setLevel(logging.INFO if debug else logging.WARNING)
     if not debug:
-        for name in ("absl", "orbax", "jax._src.distributed", "asyncio"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        # background writers that fail after the main thread has reported the failure (the
-        # callbacks of orbax's and tensorstore's writes into a closed event loop, once a
-        # checkpoint write failed) stay quiet
+        for lg in others.values():
+            lg.setLevel(logging.CRITICAL)
+
         def quiet(args) -> None:
             ours.debug("a background task failed", exc_info=(
                 args.exc_type, args.exc_value, args.exc_traceback))
         threading.excepthook = sys.unraisablehook = quiet
+    try:
+        yield
+    except BaseException:
+        # a failed command: its process is about to exit, while the background tasks of a
+        # failed write may still report; they stay quiet until then
+        raise
+    else:
+        threading.excepthook, sys.unraisablehook = saved[3], saved[4]
+        for name, level in saved[2].items():
+            others[name].setLevel(level)
+    finally:
+        ours.removeHandler(handler)
+        ours.level, ours.propagate = saved[0], saved[1]
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
@@ -64,10 +84,10 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("AMBJAX_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    _quiet_libraries(debug)
     handlers = interrupts.raise_on_signals()
     try:
-        return int(main(argv) or 0)
+        with _command_output(debug):
+            return int(main(argv) or 0)
     except (Interrupted, KeyboardInterrupt) as e:
         if debug:
             raise

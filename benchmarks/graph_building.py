@@ -9,7 +9,6 @@ includes the per-dialogue edge computation (done once per dataset in `GraphBatch
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 

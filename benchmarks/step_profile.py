@@ -22,7 +22,6 @@ Results go to benchmarks/results/step_profile-<device>-<date>.json and .md.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import re

@@ -27,7 +27,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=N (fake devices sharing the sam
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import itertools
 import multiprocessing

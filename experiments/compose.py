@@ -71,7 +71,7 @@ class TwoModalityGraphClassifier(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    p = ArgumentParser(prog="python -m experiments.compose")
+    p = argparse.ArgumentParser(prog="python -m experiments.compose")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

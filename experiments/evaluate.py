@@ -8,7 +8,6 @@ line and exit 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

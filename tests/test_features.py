@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -63,3 +64,43 @@ def test_minilm_embeddings_put_paraphrases_together():
     assert v.shape == (3, 384)
     cos = v @ v.T / np.outer(np.linalg.norm(v, axis=1), np.linalg.norm(v, axis=1))
     assert cos[0, 1] > cos[0, 2] + 0.2
+
+
+def _copy_meld(tmp_path):
+    folder = tmp_path / "MELD"
+    shutil.copytree(os.path.join(FIXTURES, "MELD"), folder)
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace(",neutral,", ",bored,", 1), "unknown emotion 'bored'"),
+    (lambda text: text.replace("Dialogue_ID", "Dialog", 1), "no column 'Dialogue_ID'"),
+    (lambda text: text[:text.index("\n", 200)] + "\n1,2\n", "too few fields"),
+    (lambda text: text.replace(",0,0,", ",x,0,", 1), "must be integers"),
+])
+def test_malformed_meld_transcripts_are_one_line(tmp_path, capsys, edit, message):
+    folder = _copy_meld(tmp_path)
+    path = folder / "train_sent_emo.csv"
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    assert features_main(["--dataset", "meld", "--encoder", "hashing", "--data-dir",
+                          str(tmp_path), "--out", str(tmp_path / "x.pkl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "train_sent_emo.csv" in err[0], err
+    assert not (tmp_path / "x.pkl").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"label_names": ["hap", "sad"', "not valid JSON"),
+    ('{"dialogues": {}, "train_ids": ["a"], "valid_ids": [], "test_ids": []}', "missing"),
+    ('{"dialogues": {"a": {"sentences": ["hi"], "labels": [9], "speakers": ["M"]}}, '
+     '"train_ids": ["a"], "valid_ids": [], "test_ids": []}', "dialogue 'a'"),
+    ('{"dialogues": {}, "train_ids": "abc", "valid_ids": [], "test_ids": []}', "'train_ids'"),
+    ('[1, 2]', "expected an object"),
+])
+def test_malformed_iemocap_transcripts_are_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "IEMOCAP").mkdir()
+    (tmp_path / "IEMOCAP" / "iemocap_text_labels.json").write_text(content)
+    assert features_main(["--dataset", "iemocap", "--encoder", "hashing", "--data-dir",
+                          str(tmp_path), "--out", str(tmp_path / "x.pkl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err

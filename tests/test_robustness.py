@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -306,3 +307,22 @@ def test_compile_cache_is_on_by_default_and_can_be_turned_off(tmp_path):
     off = subprocess.run([sys.executable, "-c", code], env={**env, "AMBJAX_COMPILE_CACHE": "0"},
                          capture_output=True, text=True, timeout=120)
     assert off.stdout.split() == ["None", "None"], off.stderr[-300:]
+
+
+def test_many_seeds_are_refused_from_abstract_shapes_before_any_state_is_built():
+    config = make_config("tiny")
+    data = load_dataset(config.data)
+    trainer = Trainer(config, data, n_devices=1, seeds=list(range(64)))
+    assert trainer._state is None                       # nothing allocated by the constructor
+    one_seed = Trainer(config, data, n_devices=1)
+    one_seed.compile(memory_limit=10 ** 12)
+    per_seed = max(v for v in one_seed.programs.train_bytes.values())
+    with pytest.raises(ResourceError, match=r"64 seeds need about .* at most \d+ seeds fit") \
+            as info:
+        trainer.compile(memory_limit=20 * per_seed)
+    fit = int(str(info.value).split("at most ")[1].split()[0])
+    assert 10 <= fit <= 20
+    assert trainer._state is None                       # refused before the state was built
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state))
+    with pytest.raises(ResourceError, match="for their train states alone"):
+        trainer.compile(memory_limit=state_bytes)

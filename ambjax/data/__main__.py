@@ -5,7 +5,6 @@ Exit status 2 with one line on stderr naming the file and the problem on bad inp
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

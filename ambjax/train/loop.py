@@ -332,12 +332,11 @@ def _train(trainer: Trainer, out_dir: str, folders: list[str], *,
             run_folder.atomic_write(path, "".join(json.dumps(h) + "\n" for h in history))
         histories.append(history)
     epochs = config.schedule.epochs
-    completed = metas[0]["epoch"]
     try:
         for epoch in range(metas[0]["epoch"], epochs):
             _epoch(trainer, epoch, folders, managers, metas, histories, log)
-            completed = epoch + 1
     except (KeyboardInterrupt, Interrupted) as e:
+        completed = metas[0]["epoch"]              # recorded whole (signals are held then)
         kept = (f"the checkpoint of epoch {completed} is kept in {out_dir} (continue with "
                 "--resume)" if completed else f"no epoch had completed; nothing is kept in "
                 f"{out_dir}")
