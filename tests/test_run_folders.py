@@ -16,7 +16,7 @@ from experiments.evaluate import main as evaluate_main
 from experiments.train import main as train_main
 
 TINY = ["--preset", "tiny", "--devices", "1"]
-DIMS = {"text": 6, "audio": 5, "visual": 4}
+DIMS = {"text": 24, "audio": 16, "visual": 12}          # the tiny preset's (shared programs)
 
 
 def _snapshot(folder) -> dict:
@@ -119,14 +119,18 @@ def test_resume_with_changed_settings_needs_consent(seeds_run, capsys):
                            "--allow-changes")
     assert "0.05" in line
     assert _snapshot(seeds_run) == before
-    assert train_main(argv + ["--set", "optim.lr=0.05", "--allow-changes"]) == 0
-    assert json.loads((seeds_run / "seed1" / "config.json").read_text())["optim"]["lr"] == 0.05
+    # with consent (a change that keeps the compiled programs, so the test compiles nothing)
+    assert train_main(argv + ["--selection", "test"]) == 2
+    _one_error_line(capsys, "run.selection 'valid' -> 'test'")
+    assert train_main(argv + ["--selection", "test", "--allow-changes"]) == 0
+    assert json.loads((seeds_run / "seed1" / "config.json").read_text())["run"][
+        "selection"] == "test"
     assert changed_settings({"schedule": {"epochs": 1}}, {"schedule": {"epochs": 9}}) == []
 
 
 def test_evaluate_notices_regenerated_data_and_missing_epochs(tmp_path, capsys):
     data = tmp_path / "features.pkl"
-    write_pickle(make_synthetic("iemocap", scale=0.05, dims=DIMS, seed=1), str(data),
+    write_pickle(make_synthetic("iemocap", scale=0.05, dims=DIMS, seed=0), str(data),
                  layout="sdt_iemocap")
     out = tmp_path / "run"
     assert train_main(TINY + ["--data", str(data), "--epochs", "1", "--out", str(out)]) == 0
