@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 from typing import Callable, Iterator, NoReturn, Sequence
 
 from ambjax import interrupts
@@ -52,10 +53,14 @@ def _command_output(debug: bool) -> Iterator[None]:
     others = {name: logging.getLogger(name) for name in
               ("absl", "orbax", "jax._src.distributed", "asyncio")}
     saved = (ours.level, ours.propagate, {n: lg.level for n, lg in others.items()},
-             threading.excepthook, sys.unraisablehook)
+             threading.excepthook, sys.unraisablehook, warnings.showwarning)
     ours.addHandler(handler)
     ours.propagate = False
     ours.setLevel(logging.INFO if debug else logging.WARNING)
+    # Python warnings (e.g. JAX's "could not write the compilation cache" on a full disk) as
+    # one line each
+    warnings.showwarning = lambda message, category, *_, **__: ours.warning(
+        "warning: %s", " ".join(str(message).split()))
     if not debug:
         for lg in others.values():
             lg.setLevel(logging.CRITICAL)
@@ -72,6 +77,7 @@ def _command_output(debug: bool) -> Iterator[None]:
         raise
     else:
         threading.excepthook, sys.unraisablehook = saved[3], saved[4]
+        warnings.showwarning = saved[5]
         for name, level in saved[2].items():
             others[name].setLevel(level)
     finally:

@@ -12,7 +12,6 @@ bundled synthetic data and prints the loss going down; it runs in seconds on a C
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 
@@ -22,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
+from ambjax.errors import UsageError
 from ambjax.graphs import DialogueBatch, GraphBatcher
 from ambjax.nn import DifferentialGraphAttention, ModalityBalancing, ModelOutput
 from ambjax.train import create_train_state, make_train_step
@@ -70,11 +71,14 @@ class TwoModalityGraphClassifier(nn.Module):
                 "modality_f1": f1, "q": q}
 
 
-def main(argv: list[str] | None = None) -> list[float]:
-    p = argparse.ArgumentParser(prog="python -m experiments.compose")
+def train(argv: list[str]) -> list[float]:
+    """Train the two-modality classifier for `--steps` steps; returns the losses."""
+    p = ArgumentParser(prog="python -m experiments.compose")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     data = make_synthetic("iemocap", scale=0.1, seed=args.seed,
                           dims={"text": 64, "audio": 48, "visual": 8})
     batcher = GraphBatcher(data, window=4, batch_size=4, modalities=("text", "audio"),
@@ -100,5 +104,12 @@ def main(argv: list[str] | None = None) -> list[float]:
     return losses
 
 
+def main(argv: list[str] | None = None) -> int:
+    def command(args: list[str]) -> int:
+        train(args)
+        return 0
+    return run_main(command, argv)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -122,8 +122,8 @@ def test_loss_grad_and_vmap():
 
 
 def test_composition_example_learns(capsys):
-    from experiments.compose import main
-    losses = main(["--steps", "30"])
+    from experiments.compose import train
+    losses = train(["--steps", "30"])
     assert np.mean(losses[-6:]) < np.mean(losses[:6])
     assert "mean loss" in capsys.readouterr().out
 
