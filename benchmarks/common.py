@@ -13,12 +13,33 @@ import numpy as np
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
+def cpu_description() -> dict:
+    """The CPU model and the vector extensions that decide matmul speed (from /proc/cpuinfo;
+    empty where it is not readable)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return {"cpu_model": model, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
+            "amx": bool({"amx_tile", "amx_bf16"} & flags)}
+
+
 def environment() -> dict:
-    """Device, backend and software versions to store with every number."""
+    """Device, CPU, backend and software versions to store with every number."""
     import flax
     import optax
     dev = jax.devices()[0]
     return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+            **cpu_description(),
             "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),
             "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,

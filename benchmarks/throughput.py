@@ -16,12 +16,9 @@ Reported: utterance-seeds/s, steps/s, padding efficiency (real / padded nodes an
 distinct compiled shapes, peak host RSS (the first process's), device memory where the backend
 reports it, and the achieved FLOP/s on real utterances against a measured matmul peak. The
 roofline column is the counted FLOPs of one train epoch plus one test pass (XLA's cost
-analysis, padding included) divided by that peak. Rows at the release's settings (hidden 512,
-the preset's batch, real lengths, one device) are set against the PyTorch release's figures,
-measured side by side on this CPU kind: per epoch, and for a release-length run end to end
-(61 IEMOCAP / 20 MELD epochs: ambjax's cold compile plus every epoch's passes, against the
-release running the same seeds one after another). A row whose largest batch cannot fit in
-memory is reported as refused. On CPU, `--devices N` > 1 needs
+analysis, padding included) divided by that peak. Nothing here is compared with the PyTorch
+release: that takes both measured in one run on one machine, `benchmarks.versus_release`. A
+row whose largest batch cannot fit in memory is reported as refused. On CPU, `--devices N` > 1 needs
 XLA_FLAGS=--xla_force_host_platform_device_count=N (fake devices sharing the same cores).
 """
 
@@ -45,16 +42,6 @@ from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError, batch_key
 from benchmarks.common import environment, write_results
 from experiments.configs import load as load_preset, make_config
-
-# The PyTorch release (torch 2.13, 2 threads, hidden 512) measured side by side with ambjax on
-# this 2-core CPU kind, on the synthetic presets' train split at seed 0 (experiment-engine
-# issue): train pass s, test pass s per epoch, peak RSS GB, epochs of a release run.
-RELEASE_REFERENCE = {"iemocap": {"batch_size": 16, "train_epoch_s": 20.66, "eval_pass_s": 2.17,
-                                 "peak_rss_gb": 4.8, "epochs": 61},
-                     "meld": {"batch_size": 64, "train_epoch_s": 34.67, "eval_pass_s": 3.78,
-                              "peak_rss_gb": 6.7, "epochs": 20}}
-RELEASE_MEASURED_ON = "this 2-core CPU kind, side by side (experiment-engine issue)"
-
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     """Measured float32 matmul FLOP/s of the default device."""
@@ -188,29 +175,13 @@ def bench_row(**kwargs) -> dict:
     return row
 
 
-def compare_with_release(row: dict, peak: float) -> dict:
-    """Roofline bound, and, where the row matches the release's setting, ratios to the
-    release's figures: per epoch (train + test), memory, and a release-length run end to end
-    (cold compile + every epoch's train, valid and test passes, against the release running
-    its seeds one after another)."""
-    out = {"matmul_peak_flops_per_s": peak,
-           "fraction_of_peak": row["achieved_flops_per_s_real"] / peak,
-           "roofline_train_epoch_s": row["train_flops_per_epoch"] / peak,
-           "roofline_eval_pass_s": row["eval_flops_per_pass"] / peak}
-    ref = RELEASE_REFERENCE.get(row["preset"])
-    if (ref and row["hidden"] == 512 and row["batch_size"] == ref["batch_size"]
-            and row["devices"] == 1 and row["dialogue_length"] == "real distribution"):
-        seeds, epochs = row.get("seeds", 1), ref["epochs"]
-        per_epoch = row["train_epoch_s"] + row["eval_pass_s"]
-        release_epoch = ref["train_epoch_s"] + ref["eval_pass_s"]
-        ours = row["cold_compile_s"] + epochs * (per_epoch + row["valid_pass_s"])
-        out["release_reference"] = dict(ref, measured_on=RELEASE_MEASURED_ON)
-        out["speedup_vs_release"] = seeds * release_epoch / per_epoch
-        out["memory_ratio_vs_release"] = row["peak_rss_gb"] / ref["peak_rss_gb"]
-        out["release_length_run_s"] = ours
-        out["release_length_run_release_s"] = seeds * epochs * release_epoch
-        out["end_to_end_speedup_vs_release"] = seeds * epochs * release_epoch / ours
-    return out
+def roofline(row: dict, peak: float) -> dict:
+    """The row against the measured matmul peak: fraction of peak reached on real utterances
+    and the epoch / pass times the counted FLOPs would take at that peak."""
+    return {"matmul_peak_flops_per_s": peak,
+            "fraction_of_peak": row["achieved_flops_per_s_real"] / peak,
+            "roofline_train_epoch_s": row["train_flops_per_epoch"] / peak,
+            "roofline_eval_pass_s": row["eval_flops_per_pass"] / peak}
 
 
 def main(argv=None) -> dict:
@@ -249,38 +220,30 @@ def main(argv=None) -> dict:
                 row = bench_row(preset=preset, hidden=args.hidden, batch_size=bs or None,
                                 devices=dev, length=length or None, dtype=dtype, seeds=seeds)
                 if "refused" not in row:
-                    row.update(compare_with_release(row, peak))
+                    row.update(roofline(row, peak))
                 rows.append(row)
                 print({k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
     fake = (" (several devices here are fake CPU devices sharing the same cores)"
             if env["device"].startswith("cpu") and max(args.devices) > 1 else "")
-    lines = [f"Device: {env['device']}, {env['cpu_count']} CPUs, jax {env['jax']}{fake}", "",
+    lines = [f"Device: {env['device']} ({env['cpu_model']}), {env['cpu_count']} CPUs, "
+             f"jax {env['jax']}{fake}", "",
              "| preset | batch | length | devices | dtype | seeds | cold compile (s) | warm start "
              "(s) | shapes | train epoch (s) | test pass (s) | utterance-seeds/s | real/padded "
-             "nodes | peak RSS (GB) | % of matmul peak | roofline train + test (s) | epoch vs "
-             "release* | RSS vs release* | release-length run (s) | end to end vs release* |",
-             "|" + "---|" * 20]
+             "nodes | peak RSS (GB) | % of matmul peak | roofline train + test (s) |",
+             "|" + "---|" * 16]
     for r in rows:
         head = (f"| {r['preset']} | {r['batch_size']} | {r['dialogue_length']} | "
                 f"{r['devices']} | {r['dtype']} | {r['seeds']} | ")
         if "refused" in r:
-            lines.append(head + f"refused: {r['refused']} |" + " |" * 13)
+            lines.append(head + f"refused: {r['refused']} |" + " |" * 9)
             continue
-        vs = (f"{r['speedup_vs_release']:.2f}x | {r['memory_ratio_vs_release']:.2f}x | "
-              f"{r['release_length_run_s']:.0f} | {r['end_to_end_speedup_vs_release']:.2f}x"
-              if "speedup_vs_release" in r else "- | - | - | -")
         lines.append(head + f"{r['cold_compile_s']:.1f} | {r['warm_start_s']:.1f} | "
                      f"{r['distinct_shapes_per_epoch']} | "
                      f"{r['train_epoch_s']:.2f} | {r['eval_pass_s']:.2f} | "
                      f"{r['train_utterance_seeds_per_s']:.0f} | "
                      f"{r['node_padding_efficiency']:.2f} | "
                      f"{r['peak_rss_gb']:.2f} | {100 * r['fraction_of_peak']:.1f} | "
-                     f"{r['roofline_train_epoch_s'] + r['roofline_eval_pass_s']:.2f} | {vs} |")
-    lines += ["", "*The release's figures (train + test per epoch, peak RSS) were measured side "
-              "by side on this CPU kind (experiment-engine issue); a release-length run is "
-              "61 epochs (IEMOCAP) or 20 (MELD): ambjax's is its cold compile plus every "
-              "epoch's train, valid and test passes, the release's is its seeds one after "
-              "another."]
+                     f"{r['roofline_train_epoch_s'] + r['roofline_eval_pass_s']:.2f} |")
     table = "\n".join(lines) + "\n"
     print(table)
     result = {"benchmark": "throughput", "environment": env, "matmul_peak_flops_per_s": peak,

@@ -1,0 +1,315 @@
+"""ambjax against the authors' PyTorch release, side by side, in one run on this machine.
+
+    python -m benchmarks.versus_release --release DIR [--release-python PATH]
+        [--device cpu|gpu] [--presets iemocap meld] [--epochs N] [--name NAME]
+
+DIR is a checkout of the release (github wys-ljq/AMB-DSGDN) that you supply; its PyTorch lives
+wherever `--release-python` points (a separate venv keeps torch out of ambjax's environment;
+here `pip install torch==2.13.0 scikit-learn pandas` in its own venv takes the CPU build).
+Nothing of the release is copied into this repository: the release runs from a temporary copy
+of DIR, in which, on a CPU, the two hard-coded CUDA calls it needs are patched (listed in the
+output: the loss weights' `.cuda()` in train.py and `Modality_drop`'s `device='cuda'` default
+in model.py).
+
+For each preset the same synthetic data of the real shapes (`make_synthetic(preset, seed=0)`,
+the release's widths) is written in the release's own pickle layout (`data/<name>_multimodal_
+features.pkl`); then, one after the other:
+
+1. the release's own train.py with the preset's hyper-parameters (run_iemocap.sh /
+   run_meld.sh) for `--epochs` epochs: per-epoch time (train, its empty valid split and test,
+   as the release prints it), process start to first epoch;
+2. ambjax on the same file with the same preset (same train dialogues, batch size, window,
+   hidden size), twice in fresh processes sharing a new compilation cache: cold (compile every
+   program, then the epochs: train, valid and test passes timed apart) and warm (process start
+   to every program ready).
+
+Recorded: per-epoch train + test (median over the steady-state epochs, the first
+`--first-epochs` reported apart), compile time, warm start, peak RSS of each process (the
+release's and ambjax's, from `wait4`), a release-length run end to end (61 IEMOCAP / 20 MELD
+epochs: start-up plus first epochs plus the steady epochs; measured in full with `--epochs
+61`), the ratios, the CPU model and its AVX-512 / AMX flags, thread counts, versions, and the
+machine's load before and after (the command waits up to `--wait-idle` seconds for a 1-minute
+load under 0.5). Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from ambjax.cli import ArgumentParser, run_main
+from ambjax.errors import AmbjaxError, UsageError
+from benchmarks.common import environment, write_results
+
+RELEASE_RUNS = {   # the release's run_<dataset>.sh: its flags, and its data file
+    "iemocap": (["--lr=0.000068", "--dropout=0.5", "--l2=0.00005", "--batch-size=16",
+                 "--hidden_dim=512", "--n_head=8", "--windows=20", "--class-weight",
+                 "--Dataset=IEMOCAP", "--q_base=0.3", "--lam=0.9", "--p_exe=0.5",
+                 "--warm_up_epochs=60"], "iemocap_multimodal_features.pkl", 61),
+    "meld": (["--lr=0.00005", "--dropout=0.11", "--l2=0.000075", "--batch-size=64",
+              "--hidden_dim=512", "--n_head=8", "--windows=6", "--Dataset=MELD",
+              "--q_base=0.2", "--lam=0.9", "--p_exe=0.2", "--warm_up_epochs=0"],
+             "meld_multimodal_features.pkl", 20),
+}
+# (file, text, replacement): what a CPU needs changed in a copy of the release
+CPU_PATCHES = [
+    ("train.py", "MaskedNLLLoss(loss_weights.cuda())",
+     "MaskedNLLLoss(loss_weights.cuda() if torch.cuda.is_available() else loss_weights)"),
+    ("model.py", "def __init__(self, dim_list, p_exe=0.7, device='cuda'):",
+     "def __init__(self, dim_list, p_exe=0.7, "
+     "device='cuda' if torch.cuda.is_available() else 'cpu'):"),
+]
+EPOCH_LINE = re.compile(r"^epoch: (\d+),.*epoch_time: ([\d.]+) sec", re.M)
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def wait_idle(limit_s: float) -> dict:
+    """Wait up to `limit_s` seconds for the 1-minute load to fall under 0.5."""
+    start, first = time.monotonic(), load_average()
+    while load_average() >= 0.5 and time.monotonic() - start < limit_s:
+        time.sleep(5)
+    return {"load_at_start": first, "load_when_started": load_average(),
+            "waited_s": time.monotonic() - start}
+
+
+def _run(cmd: list[str], *, cwd: str, env: dict | None = None,
+         timeout: float) -> tuple[str, float, float]:
+    """Run `cmd`; returns (its stdout, wall seconds, its peak RSS in GB from wait4)."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AmbjaxError(f"{' '.join(cmd[:3])} ... ran past {timeout:.0f} s")
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        tail = " | ".join(text.strip().splitlines()[-3:])
+        raise AmbjaxError(f"{' '.join(cmd[:3])} ... failed with status {proc.returncode}: "
+                          f"{tail[-400:]}")
+    return text, time.perf_counter() - start, usage.ru_maxrss / 1024 ** 2
+
+
+def release_copy(release: str, scratch: str, device: str) -> tuple[str, list[str]]:
+    """A temporary copy of the release, patched for `device`; returns (folder, patches)."""
+    if not os.path.isfile(os.path.join(release, "train.py")):
+        raise UsageError(f"--release {release}: no train.py (expected a checkout of "
+                         "github wys-ljq/AMB-DSGDN)")
+    folder = os.path.join(scratch, "release")
+    shutil.copytree(release, folder, ignore=shutil.ignore_patterns(".git", "data"))
+    applied = []
+    if device == "cpu":
+        for name, old, new in CPU_PATCHES:
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                text = f.read()
+            if old not in text:
+                raise AmbjaxError(f"{name} of the release has no `{old}`: another version of "
+                                  "the release; update CPU_PATCHES")
+            with open(path, "w") as f:
+                f.write(text.replace(old, new))
+            applied.append(f"{name}: {old} -> {new}")
+    for name in ("data", "IEMOCAP", "MELD"):        # its data and its model-saving folders
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+    return folder, applied
+
+
+def write_data(preset: str, folder: str) -> str:
+    """The preset's synthetic data (real shapes and widths, seed 0) in the release's layout,
+    at the path its train.py reads."""
+    from ambjax.data import make_synthetic, write_pickle
+    path = os.path.join(folder, "data", RELEASE_RUNS[preset][1])
+    write_pickle(make_synthetic(preset, seed=0), path, layout=f"sdt_{preset}")
+    return path
+
+
+def run_release(folder: str, python: str, preset: str, epochs: int, device: str) -> dict:
+    flags, _, _ = RELEASE_RUNS[preset]
+    cmd = [python, "train.py", *flags, f"--epochs={epochs}"] + (
+        ["--no-cuda"] if device == "cpu" else [])
+    text, wall, rss = _run(cmd, cwd=folder, timeout=3600)
+    epochs_s = [float(t) for _, t in EPOCH_LINE.findall(text)]
+    if len(epochs_s) != epochs:
+        raise AmbjaxError(f"the release printed {len(epochs_s)} epoch lines, expected {epochs}")
+    return {"epoch_s": epochs_s, "wall_s": wall, "peak_rss_gb": rss,
+            "startup_s": wall - sum(epochs_s)}
+
+
+def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: bool) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.versus_release", "--worker", path,
+           "--presets", preset, "--epochs", str(epochs), "--cache", cache] + (
+        ["--ready-only"] if ready_only else [])
+    text, wall, rss = _run(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
+                           timeout=3600)
+    result = json.loads(text.strip().splitlines()[-1])
+    return {**result, "wall_s": wall, "peak_rss_gb": rss}
+
+
+def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) -> dict:
+    """In a fresh process: ambjax on `path` with `preset`'s settings; prints one JSON line."""
+    start = time.perf_counter()
+    import jax
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    from ambjax.train import Trainer, load_dataset
+    from experiments.configs import make_config
+    config = make_config(preset, [f"data.path={path}"])
+    trainer = Trainer(config, load_dataset(config.data), n_devices=1)
+    compile_start = time.perf_counter()
+    trainer.compile()
+    out = {"compile_s": time.perf_counter() - compile_start,
+           "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count()}
+    if not ready_only:
+        rows = []
+        for epoch in range(epochs):
+            row = {"train_s": trainer.train_epoch(epoch)[0]["seconds"]}
+            for split in ("valid", "test"):
+                t = time.perf_counter()
+                trainer.evaluate(split)
+                row[f"{split}_s"] = time.perf_counter() - t
+            rows.append(row)
+        out["epochs"] = rows
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _steady(values: list[float], first: int) -> float:
+    return statistics.median(values[first:] if len(values) > first else values)
+
+
+def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> dict:
+    """Per-epoch medians, a release-length run end to end, and the ratios."""
+    length = RELEASE_RUNS[preset][2]
+    ours_epoch = [e["train_s"] + e["test_s"] for e in cold["epochs"]]
+    ours_full = [e["train_s"] + e["valid_s"] + e["test_s"] for e in cold["epochs"]]
+    rel_steady, ours_steady = _steady(release["epoch_s"], first), _steady(ours_epoch, first)
+    n = len(ours_epoch)
+    # a release-length run: start-up, the measured first epochs, then steady epochs
+    rel_run = (release["startup_s"] + sum(release["epoch_s"][:first])
+               + (length - min(first, n)) * rel_steady)
+    ours_run = (cold["start_to_ready_s"] + sum(ours_full[:first])
+                + (length - min(first, n)) * _steady(ours_full, first))
+    if n >= length:                               # measured in full
+        rel_run = release["wall_s"]
+        ours_run = cold["start_to_ready_s"] + sum(ours_full)
+    return {
+        "preset": preset, "epochs_measured": n, "first_epochs_apart": first,
+        "release_epoch_s": release["epoch_s"], "release_steady_epoch_s": rel_steady,
+        "release_startup_s": release["startup_s"], "release_peak_rss_gb": release["peak_rss_gb"],
+        "ambjax_epochs": cold["epochs"], "ambjax_steady_train_test_s": ours_steady,
+        "ambjax_steady_train_s": _steady([e["train_s"] for e in cold["epochs"]], first),
+        "ambjax_steady_test_s": _steady([e["test_s"] for e in cold["epochs"]], first),
+        "ambjax_cold_compile_s": cold["compile_s"], "ambjax_cold_start_s": cold["start_to_ready_s"],
+        "ambjax_warm_start_s": warm["start_to_ready_s"], "ambjax_peak_rss_gb": cold["peak_rss_gb"],
+        "release_length_epochs": length, "release_length_run_release_s": rel_run,
+        "release_length_run_ambjax_s": ours_run,
+        "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
+        "release_length_run_measured_in_full": n >= length,
+    }
+
+
+def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -> str:
+    lines = [f"Machine: {env['cpu_model']} (AVX-512: {env['avx512']}, AMX: {env['amx']}), "
+             f"{env['cpu_count']} cores, device {env['device']}; ambjax on jax {env['jax']}, "
+             f"the release on torch {release_info['torch']} ({release_info['threads']} threads); "
+             f"{env['date']}", "",
+             "| preset | release epoch (s) | ambjax train + test (s) | epoch speed-up | ambjax "
+             "cold compile (s) | ambjax warm start (s) | release-length run: release (s) | "
+             "ambjax (s) | end to end | peak RSS release / ambjax (GB) |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['release_steady_epoch_s']:.2f} | "
+            f"{r['ambjax_steady_train_s']:.2f} + {r['ambjax_steady_test_s']:.2f} | "
+            f"{r['epoch_speedup']:.2f}x | {r['ambjax_cold_compile_s']:.1f} | "
+            f"{r['ambjax_warm_start_s']:.1f} | {r['release_length_run_release_s']:.0f} | "
+            f"{r['release_length_run_ambjax_s']:.0f} | {r['end_to_end_speedup']:.2f}x | "
+            f"{r['release_peak_rss_gb']:.1f} / {r['ambjax_peak_rss_gb']:.1f} |")
+    lines += ["", f"Epoch times: medians over epochs {rows[0]['first_epochs_apart'] + 1}.."
+              f"{rows[0]['epochs_measured']} of each side (the first "
+              f"{rows[0]['first_epochs_apart']} reported apart in the JSON). The release's epoch "
+              "is its printed epoch_time (train, its empty valid split, test). A release-length "
+              "run is start-up plus every epoch"
+              + ("" if rows[0]["release_length_run_measured_in_full"] else
+                 " (the steady epochs past the measured ones extrapolated)") + ".",
+              "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m benchmarks.versus_release", description=__doc__)
+    p.add_argument("--release", help="a checkout of github wys-ljq/AMB-DSGDN")
+    p.add_argument("--release-python", default=sys.executable,
+                   help="the python with the release's torch (default: this one)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--presets", nargs="+", choices=tuple(RELEASE_RUNS), default=["iemocap"])
+    p.add_argument("--epochs", type=int, default=5, help="epochs measured on each side")
+    p.add_argument("--first-epochs", type=int, default=2,
+                   help="first epochs reported apart from the steady-state median")
+    p.add_argument("--wait-idle", type=float, default=120,
+                   help="seconds to wait for an idle machine before starting")
+    p.add_argument("--name", default="versus_release")
+    p.add_argument("--worker", help=argparse.SUPPRESS)      # the ambjax side, in a fresh process
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    p.add_argument("--ready-only", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.presets[0], args.epochs, args.cache, args.ready_only)
+        return 0
+    if not args.release:
+        raise UsageError("--release DIR is required (a checkout of github wys-ljq/AMB-DSGDN)")
+    if args.epochs < 1 or args.first_epochs < 0:
+        raise UsageError("--epochs must be >= 1 and --first-epochs >= 0")
+    probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'threads': "
+             "torch.get_num_threads(), 'cuda': torch.cuda.is_available()}))")
+    info, _, _ = _run([args.release_python, "-c", probe], cwd=".", timeout=300)
+    release_info = json.loads(info.strip().splitlines()[-1])
+    env = {**environment(), "load": wait_idle(args.wait_idle)}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ambjax-versus-release-") as scratch:
+        folder, patches = release_copy(args.release, scratch, args.device)
+        for preset in args.presets:
+            path = write_data(preset, folder)
+            print(f"{preset}: the release, {args.epochs} epochs ...", flush=True)
+            release = run_release(folder, args.release_python, preset, args.epochs,
+                                  args.device)
+            cache = os.path.join(scratch, f"cache-{preset}")
+            print(f"{preset}: ambjax, cold then warm ...", flush=True)
+            cold = run_ambjax(path, preset, args.epochs, cache, ready_only=False)
+            warm = run_ambjax(path, preset, args.epochs, cache, ready_only=True)
+            row = compare(preset, release, cold, warm, args.first_epochs)
+            rows.append(row)
+            print(f"{preset}: release epoch {row['release_steady_epoch_s']:.2f} s, ambjax "
+                  f"{row['ambjax_steady_train_test_s']:.2f} s ({row['epoch_speedup']:.2f}x); "
+                  f"end to end {row['end_to_end_speedup']:.2f}x", flush=True)
+    env["load"]["load_at_end"] = load_average()
+    text = table(env, rows, patches, release_info)
+    print(text)
+    result = {"benchmark": "versus_release", "environment": env, "release": release_info,
+              "patches": patches, "results": rows}
+    print("wrote", write_results(args.name, result, text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
