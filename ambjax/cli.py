@@ -20,7 +20,7 @@ import threading
 import warnings
 from typing import Callable, Iterator, NoReturn, Sequence
 
-from ambjax import interrupts
+import ambjax.interrupts as interrupts
 from ambjax.errors import AmbjaxError, Interrupted, UsageError
 
 EXIT_ERROR = 2

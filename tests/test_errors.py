@@ -36,10 +36,8 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from a import b`: the module a.b when b is one, else a itself
-                subs = [f"{node.module}.{a.name}" for a in node.names]
-                names = [n for n in subs if n in modules] + (
-                    [node.module] if any(n not in modules for n in subs) else [])
+                # `from a import b` runs a (a package's __init__ too), and a.b if a module
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             graph[module] |= {name for name in names if name in modules and name != module}
     return graph
 

@@ -97,7 +97,10 @@ def test_failed_setup_leaves_nothing_that_blocks_the_corrected_command(tmp_path,
     _one_error_line(capsys, "data.batch_size")
     assert not (out / "config.json").exists()
     out.mkdir()
-    (out / "config.json").write_text("{}")        # a run that died before its first epoch
+    # a run that died before its first epoch: its config.json, lock and empty metrics
+    (out / "config.json").write_text('{"fingerprint": "0123456789abcdef"}')
+    (out / ".lock").write_text("")
+    (out / "metrics.jsonl").write_text("")
     assert train_main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
 
 

@@ -62,13 +62,22 @@ def test_overwrite_refuses_a_folder_with_files_that_are_not_a_run(seeds_run, cap
         (seeds_run / "seed1" / "notes.txt").unlink()
 
 
+def test_files_named_like_a_run_in_a_folder_no_run_wrote_are_the_users(tmp_path, capsys):
+    (tmp_path / "report.md").write_text("my report")
+    (tmp_path / "config.json").write_text('{"editor": "vim"}')
+    assert foreign_entries(str(tmp_path)) == ["config.json", "report.md"]
+    assert train_main(TINY + ["--epochs", "1", "--out", str(tmp_path), "--overwrite"]) == 2
+    _one_error_line(capsys, "config.json, report.md")
+    assert (tmp_path / "report.md").read_text() == "my report"
+
+
 def test_clear_removes_run_entries_only(tmp_path):
     (tmp_path / "seed3" / "checkpoints" / "1").mkdir(parents=True)
-    for name in ("metrics.jsonl", "report.md", "seed3/config.json", "seed3/notes.txt",
+    for name in (".lock", "metrics.jsonl", "report.md", "seed3/config.json", "seed3/notes.txt",
                  "notes.txt", "config.json.x1y2.tmp"):
         (tmp_path / name).write_text("x")
     clear(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "seed3"]
+    assert sorted(os.listdir(tmp_path)) == [".lock", "notes.txt", "seed3"]
     assert os.listdir(tmp_path / "seed3") == ["notes.txt"]
 
 

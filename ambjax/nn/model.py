@@ -69,6 +69,11 @@ class ModelConfig:
       dtype: computation dtype of the encoders and relational blocks, "float32" (default,
         the release's) or "bfloat16" (mixed precision for GPU/TPU: parameters, attention
         softmax, norm statistics, heads, logits and loss stay float32).
+      mask_rng: the generator of the dropout masks' random bits in training
+        (`ambjax.train.steps.MASK_KEYS`): "rbg" (XLA's RngBitGenerator, default; with
+        threefry a tenth of a CPU step went to generating them) or "threefry" (JAX's
+        default, what ambjax used before). The masks' distribution is the same; the bits
+        differ. Balancing draws use threefry either way.
     """
 
     input_dims: tuple[tuple[str, int], ...] = ()
@@ -88,6 +93,7 @@ class ModelConfig:
     lam: float = 0.9
     p_exe: float = 0.5
     dtype: str = "float32"
+    mask_rng: str = "rbg"
 
     @property
     def modalities(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from ambjax.data.loader import TEXT_OPTIONS
 from ambjax.data.synthetic import PRESETS as SYNTHETIC_SHAPES
 from ambjax.graphs.edges import GRAPH_KINDS
 from ambjax.nn.model import ModelConfig
+from ambjax.train.steps import MASK_KEYS
 
 SELECTIONS = ("valid", "test")
 DTYPES = ("float32", "bfloat16")
@@ -348,6 +349,8 @@ def _rules(c: ExperimentConfig):
         (finite(m.p_exe) and 0 <= m.p_exe <= 1,
          f"model.p_exe must be in [0, 1], got {m.p_exe}"),
         (m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}"),
+        (m.mask_rng in MASK_KEYS,
+         f"model.mask_rng must be one of {list(MASK_KEYS)}, got {m.mask_rng!r}"),
         (o.optimizer in OPTIMIZERS,
          f"optim.optimizer must be one of {OPTIMIZERS}, got {o.optimizer!r}"),
         (o.lr_schedule in LR_SCHEDULES,

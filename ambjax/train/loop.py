@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from ambjax import interrupts
+import ambjax.interrupts as interrupts
 from ambjax.data import DataFormatError, load_features, make_synthetic
 from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer, constant_modalities

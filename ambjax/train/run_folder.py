@@ -41,18 +41,34 @@ def _is_run_entry(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_ENTRIES)
 
 
+def _written_by_a_run(out_dir: str) -> bool:
+    """Whether ambjax wrote into `out_dir`: its lock, a config.json with a model fingerprint,
+    or a checkpoints folder. (A file merely named like a run's, in a folder no run wrote, is
+    the user's.)"""
+    if os.path.isfile(os.path.join(out_dir, LOCK_NAME)) or os.path.isdir(
+            os.path.join(out_dir, "checkpoints")):
+        return True
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            blob = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(blob, dict) and "fingerprint" in blob
+
+
 def foreign_entries(out_dir: str) -> list[str]:
     """What `out_dir` holds besides a run's own entries (paths relative to it, folders with a
     trailing '/'), looking into seed folders too; [] for a folder that is missing or holds a
-    run and nothing else."""
+    run and nothing else. In a folder no run wrote into, every entry is foreign."""
     if not os.path.isdir(out_dir):
         return []
+    ours = _written_by_a_run(out_dir)
     found = []
     for name in sorted(os.listdir(out_dir)):
         path = os.path.join(out_dir, name)
         if SEED_FOLDER.match(name) and os.path.isdir(path) and not os.path.islink(path):
             found += [os.path.join(name, x) for x in foreign_entries(path)]
-        elif not _is_run_entry(name):
+        elif not (ours and _is_run_entry(name)):
             found.append(name + ("/" if os.path.isdir(path) else ""))
     return found
 

@@ -32,9 +32,26 @@ from ambjax.train.state import TrainState
 AXIS = "batch"
 
 
+def _threefry_mask_keys(key):
+    return tuple(jax.random.split(key))
+
+
+def _rbg_mask_keys(key):
+    # the dropout masks (nearly all of a step's random bits) from XLA's RngBitGenerator,
+    # seeded by four threefry words (one tiny call); the balancing draws stay threefry, so
+    # that seeds vmapped draw what each seed alone does
+    dropout_key, balance_key = jax.random.split(key)
+    return (jax.random.wrap_key_data(jax.random.bits(dropout_key, (4,), jnp.uint32),
+                                     impl="rbg"), balance_key)
+
+
+# ModelConfig.mask_rng -> (dropout key, balancing key) from a step's threefry key
+MASK_KEYS = {"threefry": _threefry_mask_keys, "rbg": _rbg_mask_keys}
+
+
 def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformation, *,
                     class_weights=None, unimodal_weight: float = 0.1,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, mask_rng: str = "rbg") -> Callable:
     """Build the pure train step (see module docstring).
 
     Args:
@@ -43,6 +60,7 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       class_weights: float [C] loss weights or None.
       unimodal_weight: weight of the squared unimodal NLL terms.
       axis_name: pmap axis name (None: single device, wrap with `jax.jit`).
+      mask_rng: a key of `MASK_KEYS`, the generator of the dropout and balancing masks.
 
     Returns:
       `train_step(state, batch, balance_active) -> (state, metrics)`, pure.
@@ -63,11 +81,15 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       >>> int(state.step), bool(jnp.isfinite(metrics["loss"]))
       (1, True)
     """
+    if mask_rng not in MASK_KEYS:
+        raise ValueError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
+    mask_keys = MASK_KEYS[mask_rng]
+
     def train_step(state: TrainState, batch: DialogueBatch, balance_active):
         key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        dropout_key, balance_key = jax.random.split(key)
+        dropout_key, balance_key = mask_keys(key)
         nodes = batch.nodes
 
         def loss_fn(params):
@@ -142,7 +164,8 @@ def unreplicate(tree):
 
 
 def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation, n_devices: int, *,
-                  class_weights=None, unimodal_weight: float = 0.1, seed_axis: bool = False):
+                  class_weights=None, unimodal_weight: float = 0.1, seed_axis: bool = False,
+                  mask_rng: str = "rbg"):
     """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
     "batch") for more. With pmap the state, params and step outputs carry a leading device axis
     (use `replicate` / `unreplicate`); the train state's buffers are donated.
@@ -154,7 +177,7 @@ def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation,
     """
     kwargs = dict(class_weights=class_weights, unimodal_weight=unimodal_weight)
     axis = None if n_devices == 1 else AXIS
-    train = make_train_step(model, optimizer, axis_name=axis, **kwargs)
+    train = make_train_step(model, optimizer, axis_name=axis, mask_rng=mask_rng, **kwargs)
     evaluate = make_eval_step(model, axis_name=axis, **kwargs)
     if seed_axis:
         train = jax.vmap(train, in_axes=(0, 0, None))

@@ -93,7 +93,8 @@ class Trainer:
         self.optimizer = create_optimizer(config.optim, total_steps=self.total_steps)
         self.train_step, self.eval_step = compile_steps(
             self.model, self.optimizer, self.n_devices, class_weights=weights,
-            unimodal_weight=config.optim.unimodal_weight, seed_axis=True)
+            unimodal_weight=config.optim.unimodal_weight, seed_axis=True,
+            mask_rng=self.model_config.mask_rng)
         example = self.batcher.build(dataset.split("train")[:self.n_devices])   # local shards
         if self.n_devices > 1:
             example = jax.tree.map(lambda x: x[0], example)
