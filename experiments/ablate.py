@@ -23,7 +23,7 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError
 from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, prepare_run, train_and_evaluate
-from ambjax.train.run_folder import atomic_write, write_json
+from ambjax.train.run_folder import LOCK_NAME, RunLock, atomic_write, write_json
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
 from experiments.train import parse_seeds
 
@@ -92,6 +92,23 @@ def plot(rows: list[dict], path: str) -> bool:
     return True
 
 
+TABLE_FILES = ("ablation.json", "ablation.md", "ablation.png")
+
+
+def check_folder(out: str) -> None:
+    """Refuse an --out that holds anything but an ablation's own files and variant folders
+    (what is in a variant folder is checked by `prepare_run`)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise AmbjaxError(f"--out {out} is a file, not a folder")
+    if not os.path.isdir(out):
+        return
+    ours = set(TABLE_FILES) | set(ABLATIONS) | {LOCK_NAME}
+    foreign = sorted(n for n in os.listdir(out) if n not in ours and not n.endswith(".tmp"))
+    if foreign:
+        raise AmbjaxError(f"{out} holds files that are not part of an ablation "
+                          f"({', '.join(foreign[:5])}); choose another --out")
+
+
 def ablate(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,17 +141,24 @@ def ablate(argv: list[str]) -> int:
     configs = {v: make_config(args.preset, overrides, v, args.recipe) for v in variants}
     options = dict(seeds=seeds, resume=args.resume, overwrite=args.overwrite,
                    allow_changes=args.allow_changes)
+    check_folder(args.out)
     for variant, config in configs.items():      # every variant checked before one trains
         try:
             prepare_run(config, os.path.join(args.out, variant), **options)
         except AmbjaxError as e:
             raise type(e)(f"variant {variant}: {e}") from None
-    results = {}
-    for variant, config in configs.items():
-        print(f"== {variant} ==", flush=True)
-        out = train_and_evaluate(config, os.path.join(args.out, variant),
-                                 n_devices=args.devices, **options)
-        results[variant] = out["summary"]
+    lock = RunLock(args.out)                     # one ablation command per folder at a time
+    try:
+        results = {}
+        for variant, config in configs.items():
+            print(f"== {variant} ==", flush=True)
+            out = train_and_evaluate(config, os.path.join(args.out, variant),
+                                     n_devices=args.devices, **options)
+            results[variant] = out["summary"]
+    except BaseException:
+        lock.release(cleanup=True)
+        raise
+    lock.release()
     rows = table_rows(results)
     header = (f"# Ablations: preset {args.preset}, "
               f"{'data ' + args.data if args.data else 'bundled synthetic data'}, recipe "

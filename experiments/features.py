@@ -97,6 +97,8 @@ def read_meld(data_dir: str, limit: int | None = None) -> tuple[dict, dict]:
         if not os.path.isfile(path):
             raise AmbjaxError(f"{path}: no such file (point --data-dir at the shared data)")
         rows = {k + offset: v for k, v in _meld_rows(path).items()}
+        if not rows:
+            raise DataFormatError(f"{path}: no utterances (a header and no rows)")
         keys = sorted(rows)[:limit]
         for key in keys:
             utts = sorted(rows[key])

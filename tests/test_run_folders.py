@@ -185,3 +185,11 @@ def test_ablate_checks_every_variant_before_the_first_trains(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: variant visual_only:"), err
     assert "every modality is constant" in err[0]
     assert not (tmp_path / "abl").exists()
+
+
+def test_ablate_refuses_a_foreign_folder(tmp_path, capsys):
+    (tmp_path / "thesis.pdf").write_bytes(b"years of work")
+    assert ablate_main(["--preset", "tiny", "--ablations", "no_intra", "--seeds", "1",
+                        "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys, "not part of an ablation", "thesis.pdf")
+    assert os.listdir(tmp_path) == ["thesis.pdf"]
