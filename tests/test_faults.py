@@ -2,8 +2,9 @@
 multi-process run. Each ends in one line with exit 2 (130 / 143 for signals), never a
 traceback or a crash signal, and the run folder stays resumable."""
 
+import contextlib
 import os
-import shlex
+import resource
 import signal
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from ambjax import interrupts
 from ambjax.errors import DistributedError, Interrupted
 from ambjax.train.distributed import PeerWatch, initialize
 from conftest import TEST_XLA_FLAGS
+from ambjax.train import Trainer, load_dataset
+from experiments.configs import make_config
 from experiments.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,20 +99,32 @@ def test_signals_are_held_while_an_epoch_is_recorded():
         interrupts.restore(handlers)
 
 
-def test_a_full_disk_while_saving_is_one_line_and_the_folder_resumable(tmp_path):
+@contextlib.contextmanager
+def _file_size_limit(limit: int):
+    """Writes that would grow a file past `limit` bytes fail (EFBIG, as ENOSPC on a full
+    disk), in this process, while the block runs."""
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_folder_resumable(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--epochs", "2", "--out"]
-    assert train_main(TINY + args + [str(tmp_path / "warm")]) == 0      # programs cached
-    # files may grow to 60 kB (bash's ulimit; writes past it fail with EFBIG, as on a full
-    # disk they fail with ENOSPC): config and metrics fit, the first checkpoint does not
-    command = " ".join(shlex.quote(a) for a in TRAIN + args + [str(out)])
-    full = subprocess.run(["bash", "-c", f"ulimit -f 60; trap '' XFSZ; exec {command}"],
-                          cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=240)
-    assert full.returncode == 2, full.stderr[-1500:]
-    _one_line(full.stderr, "error: ")
-    assert "could not write the checkpoint (File too large)" in full.stderr
-    assert train_main(TINY + args + [str(out), "--resume"]) == 0
+    args = TINY + ["--epochs", "2", "--out", str(out)]
+    config = make_config("tiny", ["schedule.epochs=2"])                 # programs cached
+    Trainer(config, load_dataset(config.data), n_devices=1).compile()
+    capsys.readouterr()
+    # config and metrics fit in 60 kB, the first checkpoint does not
+    with _file_size_limit(60_000):
+        assert train_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not write the checkpoint (File too large)" in err[0], err
+    assert train_main(args + ["--resume"]) == 0
     assert (out / "report.json").exists()
 
 
