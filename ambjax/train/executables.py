@@ -11,7 +11,8 @@ everything that decides a program without tracing it:
 - the program's name ("train" / "eval") and its batch shape (`batch_key`);
 - the versions of jax, jaxlib, flax and optax, the backend, device kind and XLA_FLAGS;
 - every setting in `jax.config` (read from it, not from a list: a setting such as
-  `jax_threefry_partitionable` changes the traced program without changing anything above);
+  `jax_threefry_partitionable` changes the traced program without changing anything above),
+  except the caches' own (their folder, minimum compile time, ...);
 - a hash of ambjax's own source files, so that any change to the code misses.
 
 Each entry begins with its full key, which is compared with the key wanted before anything else
@@ -88,7 +89,9 @@ def _build_identity() -> str:
     every entry."""
     device = jax.devices()[0]
     versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax")}
-    settings = {k: repr(v) for k, v in jax.config.values.items()}
+    # every setting but those of the caches themselves (where and when programs are cached
+    # changes no program)
+    settings = {k: repr(v) for k, v in jax.config.values.items() if "cache" not in k}
     return json.dumps({"source": _source_hash(), "versions": versions,
                        "platform": device.platform, "device_kind": device.device_kind,
                        "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax_config": settings},
