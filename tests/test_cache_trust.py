@@ -90,6 +90,25 @@ def test_jax_settings_are_part_of_the_key(tmp_path):
     assert a._path("train", (3,)) != b._path("train", (3,))
 
 
+def test_library_compiles_refuse_an_untrusted_jax_cache_and_links_are_followed(tmp_path,
+                                                                               caplog):
+    from ambjax.train.cache import ensure_trusted_compile_cache
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (tmp_path / "private").mkdir(mode=0o700)
+    (tmp_path / "private" / "link").symlink_to(shared)
+    assert "mode 0777" in untrusted_reason(str(tmp_path / "private" / "link"))
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(shared))
+    try:
+        assert ensure_trusted_compile_cache() is None
+        assert jax.config.jax_compilation_cache_dir is None    # JAX reads nothing from it
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert "compilation cache not used" in caplog.text
+
+
 def test_default_store_refuses_a_folder_others_can_write(tmp_path, caplog):
     cache = tmp_path / "cache"
     (cache / STORE_FOLDER).mkdir(parents=True)

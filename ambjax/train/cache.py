@@ -46,7 +46,7 @@ def untrusted_reason(path: str, *, entries: bool = True) -> str | None:
     others unless sticky) and, with `entries`, every file and folder directly inside it. A
     folder that does not exist yet is judged by its nearest existing parent.
     """
-    path = os.path.abspath(path)
+    path = os.path.realpath(path)          # a link is judged by where it leads
     current = path
     while True:
         if os.path.lexists(current):
@@ -97,15 +97,25 @@ def enable_compile_cache(enabled: bool = True) -> str | None:
             make_private_dirs(path)
         except OSError:
             return None                               # an unwritable home: run uncached
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return ensure_trusted_compile_cache()
+
+
+def ensure_trusted_compile_cache() -> str | None:
+    """The folder of JAX's persistent compilation cache if one is configured and trusted;
+    an untrusted one is switched off for this process with one warning (logged). Called
+    before every compile (`ambjax.train.compile`), so library use is guarded too."""
+    import jax
+    path = jax.config.jax_compilation_cache_dir
+    if not path:
+        return None
     why = untrusted_reason(path)
     if why:
         log.warning("warning: compilation cache not used: %s (anyone who can write it could "
                     "run code as you; use a private folder via AMBJAX_CACHE_DIR)", why)
         disable_compile_cache()
         return None
-    if jax.config.jax_compilation_cache_dir != path:
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return path
 
 

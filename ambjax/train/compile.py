@@ -27,6 +27,7 @@ import numpy as np
 
 from ambjax.errors import ResourceError  # noqa: F401 - re-exported
 from ambjax.graphs.batch import DialogueBatch
+from ambjax.train.cache import ensure_trusted_compile_cache
 from ambjax.train.executables import ExecutableStore
 
 
@@ -117,6 +118,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         programs not started are cancelled).
     """
     start = time.perf_counter()
+    ensure_trusted_compile_cache()
     train_keyed = {batch_key(b): b for b in train_batches}
     eval_keyed = {batch_key(b): b for b in eval_batches}
     order = list(train_keyed)[::-1]              # largest first
