@@ -121,10 +121,9 @@ class Trainer:
         """Initialise every seed's train state now, unless it exists (`compile` calls this
         once the memory check has passed)."""
         if self._state is None:
-            stacked = create_train_state(self.model, self._example, self.optimizer,
-                                         np.asarray(self.seeds))
-            self._state = (replicate(stacked, self.n_local) if self.n_devices > 1
-                           else stacked)
+            self._state = self.to_device([
+                create_train_state(self.model, self._example, self.optimizer, seed)
+                for seed in self.seeds])
 
     @state.setter
     def state(self, value) -> None:
