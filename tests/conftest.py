@@ -22,6 +22,8 @@ jax.config.update("jax_compilation_cache_dir",
                   os.path.join(tempfile.gettempdir(), "ambjax-test-jax-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+import hashlib  # noqa: E402
+
 from ambjax.data import make_synthetic  # noqa: E402
 
 SMALL_DIMS = {"text": 12, "audio": 10, "visual": 8}
@@ -35,3 +37,23 @@ def iemocap_small():
 @pytest.fixture(scope="session")
 def meld_small():
     return make_synthetic("meld", scale=0.03, dims=SMALL_DIMS, seed=4)
+
+
+def snapshot(folder) -> dict:
+    """Relative path -> sha256 of every file under `folder` (to prove nothing changed)."""
+    out = {}
+    for base, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def one_error_line(capsys, *needles) -> str:
+    """The captured stderr is one `error:` line holding every needle; returns it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in err[0], (needle, err[0])
+    return err[0]

@@ -2,7 +2,6 @@
 nothing a user made is lost."""
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -19,30 +18,13 @@ from ambjax.data.synthetic import to_layout_fields
 from ambjax.train import Trainer, load_dataset, train_and_evaluate
 from ambjax.train.compile import ACTIVATION_FACTOR, ResourceError
 from ambjax.train.run_folder import RunLock
+from conftest import one_error_line, snapshot
 from experiments.configs import make_config
 from experiments.evaluate import main as evaluate_main
 from experiments.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--devices", "1"]
-
-
-def _snapshot(folder) -> dict:
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def _one_error_line(capsys, *needles):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    for needle in needles:
-        assert needle in err[0], (needle, err[0])
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +38,7 @@ def finished_run(tmp_path_factory):
 
 def test_overwrite_with_bad_input_leaves_the_old_run_byte_identical(finished_run, tmp_path,
                                                                     capsys):
-    before = _snapshot(finished_run)
+    before = snapshot(finished_run)
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"not a pickle")
     capsys.readouterr()
@@ -64,29 +46,29 @@ def test_overwrite_with_bad_input_leaves_the_old_run_byte_identical(finished_run
                  ["--set", "model.dropout=2.0"], ["--devices", "99"],
                  ["--set", "model.num_heads=3"]):
         assert train_main(TINY + argv + ["--overwrite", "--out", str(finished_run)]) == 2
-        _one_error_line(capsys)
-    assert _snapshot(finished_run) == before
+        one_error_line(capsys)
+    assert snapshot(finished_run) == before
 
 
 def test_refused_resume_leaves_config_json_alone(finished_run, capsys):
-    before = _snapshot(finished_run)
+    before = snapshot(finished_run)
     assert train_main(TINY + ["--set", "model.hidden_dim=8", "--resume",
                               "--out", str(finished_run)]) == 2
-    _one_error_line(capsys, "another model configuration")
+    one_error_line(capsys, "another model configuration")
     assert train_main(TINY + ["--resume", "--overwrite", "--out", str(finished_run)]) == 2
-    _one_error_line(capsys, "exclude each other")
-    assert _snapshot(finished_run) == before
+    one_error_line(capsys, "exclude each other")
+    assert snapshot(finished_run) == before
 
 
 def test_a_locked_folder_is_refused_and_left_alone(finished_run, capsys):
-    before = _snapshot(finished_run)
+    before = snapshot(finished_run)
     lock = RunLock(str(finished_run))
     try:
         assert train_main(TINY + ["--overwrite", "--out", str(finished_run)]) == 2
-        _one_error_line(capsys, "in use by another run", str(os.getpid()))
+        one_error_line(capsys, "in use by another run", str(os.getpid()))
     finally:
         lock.release()
-    after = _snapshot(finished_run)
+    after = snapshot(finished_run)
     after.pop(".lock"), before.pop(".lock")
     assert after == before
 
@@ -94,7 +76,7 @@ def test_a_locked_folder_is_refused_and_left_alone(finished_run, capsys):
 def test_failed_setup_leaves_nothing_that_blocks_the_corrected_command(tmp_path, capsys):
     out = tmp_path / "run"
     assert train_main(TINY + ["--set", "data.batch_size=0", "--out", str(out)]) == 2
-    _one_error_line(capsys, "data.batch_size")
+    one_error_line(capsys, "data.batch_size")
     assert not (out / "config.json").exists()
     out.mkdir()
     # a run that died before its first epoch: its config.json, lock and empty metrics
@@ -238,7 +220,7 @@ def test_cli_flags_and_places_fail_with_one_line(tmp_path, capsys):
     for argv, needle in cases:
         out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
         assert train_main(TINY + argv + out) == 2, argv
-        _one_error_line(capsys, needle)
+        one_error_line(capsys, needle)
 
 
 def test_damaged_checkpoint_and_config_are_one_line(finished_run, tmp_path, capsys):
@@ -250,12 +232,12 @@ def test_damaged_checkpoint_and_config_are_one_line(finished_run, tmp_path, caps
             path.write_bytes(b"garbage")
     capsys.readouterr()
     assert evaluate_main(["--run", str(run)]) == 2
-    _one_error_line(capsys, "damaged or unreadable checkpoint")
+    one_error_line(capsys, "damaged or unreadable checkpoint")
     assert train_main(TINY + ["--epochs", "2", "--resume", "--out", str(run)]) == 2
-    _one_error_line(capsys, "damaged or unreadable checkpoint")
+    one_error_line(capsys, "damaged or unreadable checkpoint")
     (run / "config.json").write_text('{"model": {"hidden_dim": "x"')
     assert evaluate_main(["--run", str(run)]) == 2
-    _one_error_line(capsys, "config.json is unreadable")
+    one_error_line(capsys, "config.json is unreadable")
 
 
 def test_error_path_exit_codes_and_debug(capsys, monkeypatch):
@@ -266,7 +248,7 @@ def test_error_path_exit_codes_and_debug(capsys, monkeypatch):
         raise KeyboardInterrupt
 
     assert run_main(disk_full, []) == 2
-    _one_error_line(capsys, "/data/run/metrics.jsonl: No space left on device")
+    one_error_line(capsys, "/data/run/metrics.jsonl: No space left on device")
     assert run_main(interrupted, []) == 130
     assert "interrupted" in capsys.readouterr().err
     with pytest.raises(OSError):

@@ -3,7 +3,6 @@ folder a run writes to is locked, a resume must match the run (seeds, data, sett
 smaller misuses (a missing checkpoint epoch, a malformed command line, an ablation variant that
 cannot run) end in one line naming the real cause before any work is done."""
 
-import hashlib
 import json
 import os
 
@@ -11,31 +10,13 @@ import pytest
 
 from ambjax.data import make_synthetic, write_pickle
 from ambjax.train.run_folder import RunLock, changed_settings, clear, foreign_entries, lock_all
+from conftest import one_error_line, snapshot
 from experiments.ablate import main as ablate_main
 from experiments.evaluate import main as evaluate_main
 from experiments.train import main as train_main
 
 TINY = ["--preset", "tiny", "--devices", "1"]
 DIMS = {"text": 24, "audio": 16, "visual": 12}          # the tiny preset's (shared programs)
-
-
-def _snapshot(folder) -> dict:
-    out = {}
-    for base, _, files in os.walk(folder):
-        for name in files:
-            if name != ".lock":
-                with open(os.path.join(base, name), "rb") as f:
-                    out[os.path.relpath(os.path.join(base, name), folder)] = \
-                        hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def _one_error_line(capsys, *needles):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    for needle in needles:
-        assert needle in err[0], (needle, err[0])
-    return err[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +29,15 @@ def seeds_run(tmp_path_factory):
 def test_overwrite_refuses_a_folder_with_files_that_are_not_a_run(seeds_run, capsys):
     (seeds_run / "thesis.pdf").write_bytes(b"years of work")
     (seeds_run / "seed1" / "notes.txt").write_text("mine")
-    before = _snapshot(seeds_run)
+    before = snapshot(seeds_run)
     try:
         assert foreign_entries(str(seeds_run)) == ["seed1/notes.txt", "thesis.pdf"]
         for extra in (["--overwrite"], []):
             assert train_main(TINY + ["--epochs", "1", "--seeds", "1,2", "--out",
                                       str(seeds_run)] + extra) == 2
-            _one_error_line(capsys, "not part of an ambjax run", "thesis.pdf",
+            one_error_line(capsys, "not part of an ambjax run", "thesis.pdf",
                             "seed1/notes.txt")
-        assert _snapshot(seeds_run) == before
+        assert snapshot(seeds_run) == before
     finally:
         (seeds_run / "thesis.pdf").unlink()
         (seeds_run / "seed1" / "notes.txt").unlink()
@@ -67,7 +48,7 @@ def test_files_named_like_a_run_in_a_folder_no_run_wrote_are_the_users(tmp_path,
     (tmp_path / "config.json").write_text('{"editor": "vim"}')
     assert foreign_entries(str(tmp_path)) == ["config.json", "report.md"]
     assert train_main(TINY + ["--epochs", "1", "--out", str(tmp_path), "--overwrite"]) == 2
-    _one_error_line(capsys, "config.json, report.md")
+    one_error_line(capsys, "config.json, report.md")
     assert (tmp_path / "report.md").read_text() == "my report"
 
 
@@ -86,7 +67,7 @@ def test_the_working_folder_is_never_overwritten(tmp_path, capsys, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
     assert train_main(TINY + ["--epochs", "1", "--out", ".", "--overwrite"]) == 2
-    _one_error_line(capsys, "code.py", "data/")
+    one_error_line(capsys, "code.py", "data/")
     assert sorted(os.listdir(tmp_path)) == ["code.py", "data"]
 
 
@@ -95,7 +76,7 @@ def test_seed_folders_are_locked_with_their_parent(seeds_run, capsys):
     try:       # a live --seeds 1,2 run: its seed folder cannot be taken by a single run
         assert train_main(TINY + ["--epochs", "1", "--overwrite",
                                   "--out", str(seeds_run / "seed1")]) == 2
-        _one_error_line(capsys, "seed1 is in use by another run")
+        one_error_line(capsys, "seed1 is in use by another run")
     finally:
         for lock in locks:
             lock.release()
@@ -103,34 +84,34 @@ def test_seed_folders_are_locked_with_their_parent(seeds_run, capsys):
     try:       # a live single run in a seed folder: the seeds run cannot start over it
         assert train_main(TINY + ["--epochs", "1", "--seeds", "1,2", "--overwrite",
                                   "--out", str(seeds_run)]) == 2
-        _one_error_line(capsys, "seed2 is in use by another run")
+        one_error_line(capsys, "seed2 is in use by another run")
     finally:
         lock.release()
 
 
 def test_resume_must_name_the_same_seeds_and_leaves_nothing_behind(seeds_run, capsys):
-    before = _snapshot(seeds_run)
+    before = snapshot(seeds_run)
     for seeds in ("1", "1,2,3"):
         assert train_main(TINY + ["--epochs", "2", "--seeds", seeds, "--resume",
                                   "--out", str(seeds_run)]) == 2
-        _one_error_line(capsys, "holds seeds [1, 2]", "resume with the same --seeds")
+        one_error_line(capsys, "holds seeds [1, 2]", "resume with the same --seeds")
     assert train_main(TINY + ["--epochs", "2", "--resume", "--out", str(seeds_run)]) == 2
-    _one_error_line(capsys, "holds seeds [1, 2], not a single run")
+    one_error_line(capsys, "holds seeds [1, 2], not a single run")
     assert not (seeds_run / "seed3").exists()
-    assert _snapshot(seeds_run) == before
+    assert snapshot(seeds_run) == before
 
 
 def test_resume_with_changed_settings_needs_consent(seeds_run, capsys):
-    before = _snapshot(seeds_run)
+    before = snapshot(seeds_run)
     argv = TINY + ["--seeds", "1,2", "--resume", "--out", str(seeds_run), "--epochs", "1"]
     assert train_main(argv + ["--set", "optim.lr=0.05"]) == 2
-    line = _one_error_line(capsys, "resuming with changed settings", "optim.lr",
+    line = one_error_line(capsys, "resuming with changed settings", "optim.lr",
                            "--allow-changes")
     assert "0.05" in line
-    assert _snapshot(seeds_run) == before
+    assert snapshot(seeds_run) == before
     # with consent (a change that keeps the compiled programs, so the test compiles nothing)
     assert train_main(argv + ["--selection", "test"]) == 2
-    _one_error_line(capsys, "run.selection 'valid' -> 'test'")
+    one_error_line(capsys, "run.selection 'valid' -> 'test'")
     assert train_main(argv + ["--selection", "test", "--allow-changes"]) == 0
     assert json.loads((seeds_run / "seed1" / "config.json").read_text())["run"][
         "selection"] == "test"
@@ -145,15 +126,15 @@ def test_evaluate_notices_regenerated_data_and_missing_epochs(tmp_path, capsys):
     assert train_main(TINY + ["--data", str(data), "--epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
     assert evaluate_main(["--run", str(out), "--step", "7"]) == 2
-    _one_error_line(capsys, "no checkpoint of epoch 7", "kept epochs: [1]")
+    one_error_line(capsys, "no checkpoint of epoch 7", "kept epochs: [1]")
     # the same file name and widths, other content: evaluate and resume both refuse
     write_pickle(make_synthetic("iemocap", scale=0.05, dims=DIMS, seed=2), str(data),
                  layout="sdt_iemocap")
     assert evaluate_main(["--run", str(out)]) == 2
-    _one_error_line(capsys, "changed since the run trained on it")
+    one_error_line(capsys, "changed since the run trained on it")
     assert train_main(TINY + ["--data", str(data), "--epochs", "2", "--resume",
                               "--out", str(out)]) == 2
-    _one_error_line(capsys, "was trained on other data")
+    one_error_line(capsys, "was trained on other data")
     assert evaluate_main(["--run", str(out), "--data", str(data)]) == 0
 
 
@@ -165,7 +146,7 @@ def test_evaluate_notices_regenerated_data_and_missing_epochs(tmp_path, capsys):
 ])
 def test_malformed_command_lines_are_one_line(argv, needle, capsys):
     assert train_main(argv) == 2
-    _one_error_line(capsys, "python -m experiments.train", needle, "see --help")
+    one_error_line(capsys, "python -m experiments.train", needle, "see --help")
 
 
 def test_ablate_checks_every_variant_before_the_first_trains(tmp_path, capsys):
@@ -191,5 +172,5 @@ def test_ablate_refuses_a_foreign_folder(tmp_path, capsys):
     (tmp_path / "thesis.pdf").write_bytes(b"years of work")
     assert ablate_main(["--preset", "tiny", "--ablations", "no_intra", "--seeds", "1",
                         "--out", str(tmp_path)]) == 2
-    _one_error_line(capsys, "not part of an ablation", "thesis.pdf")
+    one_error_line(capsys, "not part of an ablation", "thesis.pdf")
     assert os.listdir(tmp_path) == ["thesis.pdf"]
