@@ -128,11 +128,6 @@ def test_a_full_disk_while_saving_is_one_line_and_the_folder_resumable(tmp_path,
     assert (out / "report.json").exists()
 
 
-def _pair():
-    a, b = socket.socketpair()
-    return a, b
-
-
 def _watch(conn, timeout_s):
     lost = []
     watch = PeerWatch({1: conn}, timeout_s, on_lost=lost.append)
@@ -148,20 +143,20 @@ def _until(cond, timeout=5.0):
 
 
 def test_peer_watch_stops_on_a_dead_or_silent_peer_not_on_a_goodbye():
-    mine, theirs = _pair()
+    mine, theirs = socket.socketpair()
     _, lost = _watch(mine, timeout_s=30)
     theirs.close()                                        # the peer died
     assert _until(lambda: lost) and "it stopped" in lost[0]
     assert lost[0].startswith("error: lost process 1 of the multi-process run")
 
-    mine, theirs = _pair()
+    mine, theirs = socket.socketpair()
     start = time.monotonic()
     _, lost = _watch(mine, timeout_s=0.6)                 # the peer hangs: no heartbeats
     assert _until(lambda: lost) and "no heartbeat for" in lost[0]
     assert time.monotonic() - start < 3
     theirs.close()
 
-    mine, theirs = _pair()
+    mine, theirs = socket.socketpair()
     watch, lost = _watch(mine, timeout_s=0.6)
     peer = PeerWatch({0: theirs}, 0.6, on_lost=lost.append)
     peer.start()

@@ -84,8 +84,9 @@ def standardized(dataset: DialogueDataset, data: DataConfig,
     return stats.apply(dataset), stats
 
 
-def read_run_config(run_dir: str) -> ExperimentConfig:
-    """The config tree of a run folder (its config.json)."""
+def read_run_config(run_dir: str) -> tuple[ExperimentConfig, dict]:
+    """The config tree of a run folder and the fingerprints recorded beside it ("fingerprint",
+    "data_fingerprint"; None where absent), from its config.json."""
     cfg_path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(cfg_path):
         raise ckpt.CheckpointError(f"{run_dir}: no config.json (not a run folder)")
@@ -96,10 +97,9 @@ def read_run_config(run_dir: str) -> ExperimentConfig:
         raise ckpt.CheckpointError(f"{cfg_path} is unreadable: {e}") from None
     if not isinstance(blob, dict):
         raise ckpt.CheckpointError(f"{cfg_path}: expected a JSON object")
-    blob.pop("fingerprint", None)
-    blob.pop("data_fingerprint", None)
+    recorded = {k: blob.pop(k, None) for k in ("fingerprint", "data_fingerprint")}
     try:
-        return validate(from_dict(blob))
+        return validate(from_dict(blob)), recorded
     except ConfigError as e:
         raise ckpt.CheckpointError(f"{cfg_path}: {e}") from None
 
@@ -466,7 +466,7 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
     Raises:
       CheckpointError: no run folder or checkpoint, or one whose config/widths do not fit.
     """
-    config = read_run_config(run_dir)
+    config, recorded = read_run_config(run_dir)
     if data:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=data))
     stats = None
@@ -477,7 +477,7 @@ def evaluate_checkpoint(run_dir: str, *, data: str | None = None, step: int | No
                                        f"{STATS_FILE} is missing")
         stats = Standardizer.load(stats_path)
     raw = load_dataset(config.data)
-    trained_on = run_folder.read_config(run_dir).get("data_fingerprint")
+    trained_on = recorded["data_fingerprint"]
     if not data and trained_on not in (None, raw.fingerprint()):
         raise ckpt.CheckpointError(
             f"{run_dir}: its data {config.data.path or 'synthetic data'} changed since the run "

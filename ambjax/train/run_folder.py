@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 from ambjax.errors import RunFolderError
 
 LOCK_NAME = ".lock"
-# every entry a run writes into its folder (tensorboard event files and plots included)
+# every entry a run writes into its folder (plots and atomic writes' temporary files included)
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "report.json", "report.md",
                "curves.png", "confusion.png", "standardization.npz", "seeds_report.json",
                "seeds_report.md", LOCK_NAME, "*.tmp")
