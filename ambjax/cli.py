@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 import warnings
@@ -39,24 +40,59 @@ def known_errors() -> tuple[type[BaseException], ...]:
     return (AmbjaxError, OSError, MemoryError)
 
 
+# the library names its options as `parameter` (train_and_evaluate's arguments, config
+# settings); on the command line they are these flags
+FLAGS = {"out_dir": "--out", "overwrite": "--overwrite", "resume": "--resume",
+         "allow_changes": "--allow-changes", "seeds": "--seeds", "data": "--data",
+         "n_devices": "--devices", "coordinator": "--coordinator",
+         "num_processes": "--num-processes", "process_id": "--process-id",
+         "recipe": "--recipe", "set": "--set"}
+
+
+def flag_hints(text: str) -> str:
+    """`text` with the library's `parameter` names turned into their command-line flags
+    (`FLAGS`); other back-quoted names lose their quotes."""
+    return re.sub(r"`([a-z_]+)`", lambda m: FLAGS.get(m.group(1), m.group(1)), text)
+
+
+class _Lines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return flag_hints(super().format(record))
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
 @contextlib.contextmanager
 def _command_output(debug: bool) -> Iterator[None]:
-    """While a command runs: library warnings as plain lines on stderr; without `debug`,
+    """While a command runs: the library's log as plain lines, progress (INFO) on stdout and
+    warnings on stderr, option names as flags (`flag_hints`); without `debug`,
     orbax's and absl's logs and the tracebacks of background tasks that fail after the main
     thread has reported the failure (the callbacks of orbax's and tensorstore's writes into a
     closed event loop, once a checkpoint write failed) kept out of the way. The log handler is
     removed afterwards, and after a success everything else is put back too (commands also run
     inside other programs, e.g. tests)."""
     ours = logging.getLogger("ambjax")
+    progress = logging.StreamHandler(sys.stdout)
+    progress.addFilter(_Below(logging.WARNING))
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(logging.WARNING)
+    for h in (progress, handler):
+        h.setFormatter(_Lines("%(message)s"))
     others = {name: logging.getLogger(name) for name in
               ("absl", "orbax", "jax._src.distributed", "asyncio")}
     saved = (ours.level, ours.propagate, {n: lg.level for n, lg in others.items()},
              threading.excepthook, sys.unraisablehook, warnings.showwarning)
+    ours.addHandler(progress)
     ours.addHandler(handler)
     ours.propagate = False
-    ours.setLevel(logging.INFO if debug else logging.WARNING)
+    ours.setLevel(logging.DEBUG if debug else logging.INFO)
     # Python warnings (e.g. JAX's "could not write the compilation cache" on a full disk) as
     # one line each
     warnings.showwarning = lambda message, category, *_, **__: ours.warning(
@@ -81,6 +117,7 @@ def _command_output(debug: bool) -> Iterator[None]:
         for name, level in saved[2].items():
             others[name].setLevel(level)
     finally:
+        ours.removeHandler(progress)
         ours.removeHandler(handler)
         ours.level, ours.propagate = saved[0], saved[1]
 
@@ -98,7 +135,7 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
         if debug:
             raise
         stop = e if isinstance(e, Interrupted) else Interrupted(interrupts.signal.SIGINT)
-        print(f"interrupted: {stop}", file=sys.stderr, flush=True)
+        print(f"interrupted: {flag_hints(str(stop))}", file=sys.stderr, flush=True)
         return stop.exit_code
     except Exception as e:  # noqa: BLE001 - filtered just below
         if debug or not isinstance(e, known_errors()):
@@ -109,10 +146,17 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
         interrupts.restore(handlers)
 
 
+def stop_process(message: str) -> None:
+    """Print `message` (option names as flags) on stderr and end the process with status 2
+    at once: for failures found off the main thread (a lost peer of a multi-process run)."""
+    print(flag_hints(message), file=sys.stderr, flush=True)
+    os._exit(EXIT_ERROR)
+
+
 def one_line(e: BaseException) -> str:
     """The message of `e` on one line (OSErrors name the path)."""
     if isinstance(e, OSError) and e.filename:
         text = f"{e.filename}: {e.strerror or e}"
     else:
         text = str(e) or type(e).__name__
-    return " ".join(text.split())
+    return flag_hints(" ".join(text.split()))

@@ -22,6 +22,7 @@ from typing import Mapping
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ambjax.data.dataset import Dialogue
 from ambjax.graphs.batching import Budget, DialogueBatch, build_batch
@@ -135,8 +136,7 @@ def release_to_params(state_dict: Mapping[str, np.ndarray], config: ModelConfig 
     if example_batch is None:
         example_batch = _dummy_batch(config)
     shapes = jax.eval_shape(lambda: AMBDSGDN(config).init(jax.random.key(0), example_batch))
-    expected = {tuple(k.key for k in path): leaf.shape
-                for path, leaf in jax.tree_util.tree_flatten_with_path(shapes["params"])[0]}
+    expected = {path: leaf.shape for path, leaf in flatten_dict(shapes["params"]).items()}
     missing = sorted(set(expected) - set(flat))
     extra = sorted(set(flat) - set(expected))
     wrong = sorted(k for k in set(expected) & set(flat) if flat[k].shape != expected[k])
@@ -144,13 +144,7 @@ def release_to_params(state_dict: Mapping[str, np.ndarray], config: ModelConfig 
         raise ValueError(f"release state_dict does not fit the ambjax model: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}, wrong shapes "
                          f"{[(k, flat[k].shape, expected[k]) for k in wrong[:5]]}")
-    params: dict = {}
-    for path, value in flat.items():
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return params
+    return unflatten_dict(flat)
 
 
 def _dummy_batch(config: ModelConfig) -> DialogueBatch:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
-from ambjax.train.loop import Trainer, load_dataset
+from ambjax.train import Trainer, load_dataset
 from benchmarks.common import environment, write_results
 from experiments.configs import make_config
 
@@ -107,7 +107,7 @@ def kernel_times(trace_dir: str, instructions: dict) -> dict[str, float]:
 
 def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
     config = make_config(preset, {"model.hidden_dim": str(hidden), "model.dtype": dtype})
-    trainer = Trainer(config, load_dataset(config.data))
+    trainer = Trainer.from_config(config, load_dataset(config.data))
     by_shape = collections.defaultdict(list)
     for b in trainer.batcher.seed_batches("train", trainer.seeds, epoch=1):  # [1, ...]: 1 seed
         by_shape[b.nodes.mask.shape].append(b)

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
     trainers = {}
     for v in variants:
         config = make_config(args.preset, [x for x in v.split(",") if x])
-        trainer = Trainer(config, load_dataset(config.data), n_devices=1)
+        trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
         start = time.perf_counter()
         trainer.compile()
         print(f"[{v or 'as is'}] compiled in {time.perf_counter() - start:.1f}s", flush=True)

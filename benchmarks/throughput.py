@@ -91,7 +91,7 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
                make_synthetic(config.data.synthetic, seed=config.data.synthetic_seed,
                               length=length))
     seed_list = tuple(range(seeds))
-    trainer = Trainer(config, dataset, n_devices=devices, seeds=seed_list)
+    trainer = Trainer.from_config(config, dataset, n_devices=devices, seeds=seed_list)
     gb = trainer.batcher
     base = {"device": environment()["device"], "preset": preset, "hidden": hidden,
             "dialogue_length": length or "real distribution",

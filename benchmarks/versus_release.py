@@ -174,7 +174,7 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     from ambjax.train import Trainer, load_dataset
     from experiments.configs import make_config
     config = make_config(preset, [f"data.path={path}"])
-    trainer = Trainer(config, load_dataset(config.data), n_devices=1)
+    trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
     compile_start = time.perf_counter()
     trainer.compile()
     out = {"compile_s": time.perf_counter() - compile_start,

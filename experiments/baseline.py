@@ -22,8 +22,8 @@ import optax
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.metrics import classification_report, confusion_matrix
-from ambjax.train import load_dataset
-from ambjax.train.loop import standardized
+from ambjax.train import load_dataset, standardized
+
 from experiments.configs import make_config
 
 
@@ -85,7 +85,7 @@ def baseline(argv: list[str]) -> int:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     config = make_config("meld", [f"data.path={args.data}"], recipe="robust")
-    dataset, _ = standardized(load_dataset(config.data, log=print), config.data)
+    dataset, _ = standardized(load_dataset(config.data), config.data)
     train, valid, test = (split_arrays(dataset, s) for s in ("train", "valid", "test"))
     params, step = fit_logistic(train, valid, dataset.num_classes)
     result = {"modalities": list(dataset.modalities), "selected_step": step,

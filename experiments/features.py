@@ -37,7 +37,8 @@ import numpy as np
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.data.dataset import IEMOCAP_LABELS, MELD_LABELS
 from ambjax.errors import AmbjaxError, DataFormatError
-from ambjax.train.run_folder import atomic_write
+from ambjax.data.loader import fields_in_order
+from ambjax.files import atomic_write
 
 DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "..", "shared", "data")
@@ -210,11 +211,13 @@ def build_fields(dataset: str, dialogues: dict, splits: dict,
         sents[k] = list(d["sentences"])
         audio[k] = [np.zeros(1, np.float32) for _ in range(n)]
         visual[k] = [np.zeros(1, np.float32) for _ in range(n)]
+    values = {"ids": ids, "speakers": speakers, "labels": labels, "text": text,
+              "audio": audio, "visual": visual, "sentences": sents, "test": splits["test"]}
     if dataset == "meld":
-        return (ids, speakers, labels, text, audio, visual, sents, splits["train"],
-                splits["test"], splits["valid"])
-    return (ids, speakers, labels, text, audio, visual, sents,
-            splits["train"] + splits["valid"], splits["test"])
+        return fields_in_order("mmgcn_meld", {**values, "train": splits["train"],
+                                              "extra": splits["valid"]})
+    return fields_in_order("mmgcn_iemocap", {**values,
+                                             "train": splits["train"] + splits["valid"]})
 
 
 def write(fields: tuple, out: str) -> None:

@@ -17,10 +17,11 @@ the config tree by its dotted key (data.*, model.*, optim.*, schedule.*, run.*),
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
-from ambjax.cli import ArgumentParser, run_main
+from ambjax.cli import ArgumentParser, run_main, stop_process
 from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, distributed, train_and_evaluate
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
@@ -99,7 +100,9 @@ def run(args: argparse.Namespace) -> dict:
     seeds = parse_seeds(args.seeds) if args.seeds else None
     # flags and settings are checked above, before joining the other processes
     distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                           timeout_s=args.process_timeout)
+                           timeout_s=args.process_timeout, on_lost=stop_process)
+    if not distributed.is_primary():
+        logging.getLogger("ambjax").setLevel(logging.ERROR)   # process 0 reports progress
     out = args.out or os.path.join(
         "runs", args.preset + ("" if args.ablation == "full" else f"-{args.ablation}"))
     result = train_and_evaluate(config, out, seeds=seeds, resume=args.resume,

@@ -15,7 +15,7 @@ PLATFORMS = ("cuda", "tpu")
 
 def _lowered(preset, overrides=(), n_devices=1, seeds=None):
     config = make_config(preset, list(overrides))
-    trainer = Trainer(config, load_dataset(config.data), n_devices=n_devices, seeds=seeds)
+    trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=n_devices, seeds=seeds)
     axis = 1 if n_devices > 1 else 0
     used = trainer.batcher.budgets_used(trainer.seeds, 1)
     batch = jax.tree.map(lambda x: np.stack([x] * len(trainer.seeds), axis=axis),

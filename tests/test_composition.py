@@ -121,13 +121,6 @@ def test_loss_grad_and_vmap():
     assert (np.asarray(g)[~np.asarray(mask[0])] == 0).all()  # padding gets no gradient
 
 
-def test_composition_example_learns(capsys):
-    from experiments.compose import train
-    losses = train(["--steps", "30"])
-    assert np.mean(losses[-6:]) < np.mean(losses[:6])
-    assert "mean loss" in capsys.readouterr().out
-
-
 def test_relational_block_jit_vmap_grad_scan():
     from ambjax.nn import DifferentialRelationalBlock
     graph = _graph()

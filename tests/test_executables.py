@@ -2,6 +2,8 @@
 loaded programs compute what compiled ones do, nothing stale or damaged is trusted, and only
 programs that XLA compiled afresh are stored."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from ambjax.train.config import replace_key
 from ambjax.train.compile import batch_key
 from ambjax.train.executables import STORE_FOLDER, ExecutableStore
-from ambjax.train.loop import Trainer, load_dataset
+from ambjax.train import Trainer, load_dataset
 from experiments.configs import make_config
 
 SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
@@ -26,9 +28,20 @@ def cache_dir(tmp_path):
 
 
 def _ready(config, data):
+    """The compiled trainer and its last progress line (logger "ambjax")."""
     lines = []
-    trainer = Trainer(config, data, n_devices=1)
-    trainer.compile(lines.append)
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ambjax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        trainer = Trainer.from_config(config, data, n_devices=1)
+        trainer.compile()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     return trainer, lines[-1]
 
 
@@ -51,7 +64,7 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2))):
         np.testing.assert_array_equal(a, b)
     # another learning rate is another program: none of these entries is its
-    other = Trainer(replace_key(config, "optim.lr", 0.5), data, n_devices=1)
+    other = Trainer.from_config(replace_key(config, "optim.lr", 0.5), data, n_devices=1)
     store = ExecutableStore(str(cache_dir / STORE_FOLDER), other.program_identity())
     key = batch_key(batch)
     assert store.load("train", key) is None

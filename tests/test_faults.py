@@ -117,7 +117,7 @@ def test_a_full_disk_while_saving_is_one_line_and_the_folder_resumable(tmp_path,
     out = tmp_path / "run"
     args = TINY + ["--epochs", "2", "--out", str(out)]
     config = make_config("tiny", ["schedule.epochs=2"])                 # programs cached
-    Trainer(config, load_dataset(config.data), n_devices=1).compile()
+    Trainer.from_config(config, load_dataset(config.data), n_devices=1).compile()
     capsys.readouterr()
     # config and metrics fit in 60 kB, the first checkpoint does not
     with _file_size_limit(60_000):

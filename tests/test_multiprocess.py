@@ -73,7 +73,7 @@ def test_two_processes_train_and_resume_as_one_four_device_run(tmp_path):
     _train(["--epochs", "2", "--resume", "--out", multi], processes=2, devices=2, cache=cache)
     # the reference: this process's 4 fake CPU devices (conftest), one process
     train_and_evaluate(make_config("tiny", SETTINGS + ["schedule.epochs=2"]), single,
-                       n_devices=4, log=lambda *_: None)
+                       n_devices=4)
     report = json.loads(open(os.path.join(multi, "report.json")).read())
     assert report["devices"] == 4
     a, b = _metrics(multi), _metrics(single)

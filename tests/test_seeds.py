@@ -14,7 +14,7 @@ from ambjax.train.config import replace_key
 from ambjax.train.steps import compile_steps, replicate
 from experiments.configs import make_config
 
-QUIET = dict(log=lambda *_: None, n_devices=1)
+QUIET = dict(n_devices=1)
 
 
 def _final_params(run_dir):

@@ -19,7 +19,7 @@ from experiments.train import main as train_main
 
 # one device: the same compiled programs as the benchmark test's tiny row (persistent cache);
 # pmap is tested step by step in test_pmap_step_equals_single_device_step
-QUIET = dict(log=lambda *_: None, n_devices=1)
+QUIET = dict(n_devices=1)
 
 
 def test_pmap_step_equals_single_device_step(iemocap_small):

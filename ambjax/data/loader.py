@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 import numpy as np
 
@@ -43,6 +43,18 @@ LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
                                   "train", "test", "sentiment")),
 }
 TEXT_OPTIONS = ("first", "mean4")
+
+
+def fields_in_order(layout: str, values: Mapping[str, Any]) -> tuple:
+    """The fields of a `layout` file, from `values` {field name: value} (the names of
+    `LAYOUTS[layout]`; extra entries are ignored): the one place that knows their order."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+    names = LAYOUTS[layout][1]
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ValueError(f"layout {layout} needs the fields {missing}")
+    return tuple(values[n] for n in names)
 MELD_SPEAKER_SLOTS = 9
 
 def detect_layout(fields: Any, path: str = "<memory>") -> str:

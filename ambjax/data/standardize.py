@@ -12,12 +12,14 @@ evaluation reuses exactly the training statistics.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import types
 from typing import Mapping
 
 import numpy as np
 
+from ambjax.files import atomic_write
 from ambjax.data.dataset import DataFormatError, Dialogue, DialogueDataset
 
 CONSTANT_STD = 1e-6
@@ -74,9 +76,9 @@ class Standardizer:
         """Write the statistics as an .npz file (atomically)."""
         arrays = {f"{k}/{m}": v for k, table in (("mean", self.mean), ("std", self.std))
                   for m, v in table.items()}
-        tmp = os.fspath(path) + ".tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Standardizer":

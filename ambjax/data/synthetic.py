@@ -26,7 +26,8 @@ import numpy as np
 
 from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, Dialogue, DialogueDataset,
                                  validation_split)
-from ambjax.data.loader import LAYOUTS, MELD_SPEAKER_SLOTS
+from ambjax.data.loader import LAYOUTS, MELD_SPEAKER_SLOTS, fields_in_order
+from ambjax.files import atomic_write
 
 # Dialogue lengths of the 151 IEMOCAP dialogues (sorted), a published statistic.
 IEMOCAP_LENGTHS = (
@@ -240,7 +241,7 @@ def to_layout_fields(dataset: DialogueDataset, layout: str) -> tuple:
         values[m] = {vid: d.features[m] for vid, d in ds.items()}
     for k in (2, 3, 4):
         values[f"roberta{k}"] = {vid: d.features["text"] for vid, d in ds.items()}
-    return tuple(values[n] for n in names)
+    return fields_in_order(layout, values)
 
 
 def write_pickle(dataset: DialogueDataset, path: str | os.PathLike,
@@ -257,10 +258,6 @@ def write_pickle(dataset: DialogueDataset, path: str | os.PathLike,
     for i, n in enumerate(names):
         if n in ("text", "audio", "visual") or n.startswith("roberta"):
             fields[i] = {vid: list(x) for vid, x in fields[i].items()}
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(tuple(fields), f, protocol=2)
-    os.replace(tmp, path)
+    atomic_write(path, pickle.dumps(tuple(fields), protocol=2))
     return layout
 

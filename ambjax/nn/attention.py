@@ -22,6 +22,7 @@ lambda to 0 and drops the second map: ordinary (relational) graph attention.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import chex
 import flax.linen as nn
@@ -34,6 +35,21 @@ from ambjax.nn.kernels import aggregate, segment_softmax
 
 RELATION_DIM = 10
 NEGATIVE_SLOPE = 0.2
+
+
+def _layer_norm(out: jax.Array, half: int, dtype) -> jax.Array:
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, name="norm")(out)
+
+
+def _rms_norm(out: jax.Array, half: int, dtype) -> jax.Array:
+    # per map half (P and Q), as DIFF-Transformer's group norm
+    return nn.RMSNorm(epsilon=1e-5, dtype=dtype, name="norm")(
+        out.reshape(-1, 2, half)).reshape(out.shape)
+
+
+# ModelConfig.norm -> the normalisation of the attention output [N, 2 half] (called inside
+# the attention module's compact __call__, so its parameters are the module's "norm")
+NORMS = {"layernorm": _layer_norm, "rmsnorm": _rms_norm}
 
 
 def lambda_init_for_depth(depth: int) -> float:
@@ -49,6 +65,29 @@ def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: j
     """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a scalar)."""
     return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1)) - jnp.exp(jnp.sum(lambda_q2 * lambda_k2))
             + lambda_init)
+
+
+def layer_lambdas(params, lambda_init: float = LAMBDA_INIT_OFFICIAL) -> dict[str, jax.Array]:
+    """The lambda of every differential attention layer in a parameter tree: {"a/b/c": float32
+    [...]} keyed by the layer's path, one value per stacked member (modality streams carry a
+    leading [M] axis). An instrument: how much of the second attention map each layer
+    subtracts. Pure; works on any tree holding `DifferentialGraphAttention` parameters.
+    """
+    found = {}
+
+    def walk(node, path):
+        if not isinstance(node, Mapping):
+            return
+        if "lambda_left1" in node:
+            found["/".join(path)] = (
+                jnp.exp(jnp.sum(node["lambda_left1"] * node["lambda_right1"], -1))
+                - jnp.exp(jnp.sum(node["lambda_left2"] * node["lambda_right2"], -1))
+                + lambda_init)
+        for key, child in node.items():
+            walk(child, path + (str(key),))
+
+    walk(params, ())
+    return found
 
 
 def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_scores: jax.Array,
@@ -139,11 +178,7 @@ class DifferentialGraphAttention(nn.Module):
             weights = weights - lam * alphas[1]
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = aggregate(weights.astype(self.dtype), wh, graph)
-        if self.norm == "layernorm":
-            out = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(out)
-        elif self.norm == "rmsnorm":
-            out = nn.RMSNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(
-                out.reshape(-1, 2, half)).reshape(out.shape)
-        else:
-            raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        out = NORMS[self.norm](out, half, self.dtype)
         return nn.gelu(out * (1.0 - self.lambda_init), approximate=False)

@@ -33,6 +33,10 @@ def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int
     Returns:
       float [E]; entries of one segment sum to 1.
 
+    `jraph.segment_softmax` computes the same; this one stops the gradient through the
+    segment maximum (it cancels), which measured 1.4x faster forward + backward here
+    (`python -m benchmarks.twins`), so it is kept.
+
     Example:
       >>> import jax.numpy as jnp
       >>> segment_softmax(jnp.array([0.0, 0.0, 5.0]), jnp.array([0, 0, 1]), 2).tolist()

@@ -126,8 +126,7 @@ class AMBDSGDN(nn.Module):
       "logits": float32 [N, C] fused (summed) logits;
       "modality_logits": {m: float32 [N, C]} per-modality logits (after balancing);
       "modality_f1": float32 [M] P_m of the first-pass logits (train only, else zeros);
-      "q": float32 [M] drop probabilities used (zeros unless balancing ran);
-      "keep": float32 [G, M] per-dialogue modality keep mask (ones unless dropping ran).
+      "q": float32 [M] drop probabilities used (zeros unless balancing ran).
     Rows of padding nodes are finite and meaningless; mask with `batch.nodes.mask`.
 
     Example:
@@ -219,15 +218,13 @@ class AMBDSGDN(nn.Module):
         n_mod = len(c.modalities)
         f1 = jnp.zeros((n_mod,), jnp.float32)
         q = jnp.zeros((n_mod,), jnp.float32)
-        keep = jnp.ones((batch.n_graph, n_mod), jnp.float32)
         if train and c.balance and n_mod > 1:
-            logits, f1, q, keep = self.balancing(
+            logits, f1, q, _ = self.balancing(
                 z, logits, lambda feats: self.classify(feats, train=True), nodes.label,
                 nodes.mask, nodes.graph, batch.n_graph, active=balance_active,
                 axis_name=axis_name)
         fused = sum(logits[m] for m in c.modalities)
-        return {"logits": fused, "modality_logits": logits, "modality_f1": f1, "q": q,
-                "keep": keep}
+        return {"logits": fused, "modality_logits": logits, "modality_f1": f1, "q": q}
 
 
 def count_parameters(params) -> int:

@@ -85,7 +85,8 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
 
 def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerprint: str,
             dims: dict) -> tuple:
-    """Restore checkpoint `epoch` into the structure of `target_state`.
+    """Restore checkpoint `epoch` into the structure of `target_state` (arrays or
+    `jax.ShapeDtypeStruct`s); returns (the host state, the checkpoint's JSON record).
 
     Raises:
       CheckpointError: the checkpoint was written by another model configuration, or for data
@@ -99,8 +100,9 @@ def restore(manager: ocp.CheckpointManager, epoch: int, target_state, *, fingerp
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{where}: checkpoint of another model configuration "
                               f"(fingerprint {meta.get('fingerprint')} != {fingerprint}); "
-                              "use the run's own config or a new --out folder")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, jax.device_get(target_state))
+                              "use the run's own config or a new `out_dir` folder")
+    abstract = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct)
+                            else ocp.utils.to_shape_dtype_struct(np.asarray(x)), target_state)
     try:
         state = manager.restore(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))["state"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -29,6 +30,8 @@ from ambjax.errors import ResourceError  # noqa: F401 - re-exported
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.train.cache import ensure_trusted_compile_cache
 from ambjax.train.executables import ExecutableStore
+
+logger = logging.getLogger("ambjax")
 
 
 def batch_key(batch: DialogueBatch) -> tuple:
@@ -91,7 +94,6 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                      eval_batches: Sequence[DialogueBatch], balance_active, *,
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
-                     log: Callable[[str], None] | None = None,
                      store: ExecutableStore | None = None, members: int = 1,
                      member_axis: int = 0) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
@@ -106,7 +108,6 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
       describe: names what the largest batch holds, for the memory message.
       memory_limit: bytes a program may use (default: `available_memory_bytes()`).
       workers: compile threads (default: the CPU count, at most the number of programs).
-      log: receives the progress line.
       store: where compiled programs are looked up first and saved after compiling
         (`ambjax.train.executables`; None: always compile).
       members: size of the members (seeds) axis `member_axis` of the state and train batches;
@@ -122,8 +123,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     train_keyed = {batch_key(b): b for b in train_batches}
     eval_keyed = {batch_key(b): b for b in eval_batches}
     order = list(train_keyed)[::-1]              # largest first
-    if log:
-        log(f"compiling {len(train_keyed)} train and {len(eval_keyed)} eval shape(s) ...")
+    logger.info(f"compiling {len(train_keyed)} train and {len(eval_keyed)} eval shape(s) ...")
 
     loaded = []
 
@@ -153,7 +153,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         if members > 1 and limit is not None:
             _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
                            member_axis, limit,
-                           lambda *a: pool.submit(stored, *a).result(), log)
+                           lambda *a: pool.submit(stored, *a).result())
         largest = pool.submit(train_program, order[0]).result()
         need = program_bytes(largest)
         if need is not None and limit is not None and need > limit:
@@ -175,11 +175,10 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     evals = {}
     for (fn, key), compiled in zip(jobs, results):
         (train if fn is train_program else evals)[key] = compiled
-    if log:
-        from_store = f" ({len(loaded)} from the executable store)" if loaded else ""
-        log(f"compiled {len(train) + len(evals)} programs in "
-            f"{time.perf_counter() - start:.1f}s{from_store}"
-            + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
+    from_store = f" ({len(loaded)} from the executable store)" if loaded else ""
+    logger.info(f"compiled {len(train) + len(evals)} programs in "
+                f"{time.perf_counter() - start:.1f}s{from_store}"
+                + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
     return Programs(train=train, eval=evals,
                     train_bytes={k: program_bytes(v) for k, v in train.items()},
                     jit_train=train_step, jit_eval=eval_step)
@@ -196,7 +195,7 @@ def _nbytes(tree) -> int:
 
 
 def _check_members(train_step, state, batch, balance_active, members: int, axis: int,
-                   limit: int, stored: Callable, log: Callable[[str], None] | None) -> None:
+                   limit: int, stored: Callable) -> None:
     """Refuse `members` members (on `axis`) that cannot fit `limit` bytes: from the state's
     abstract size, then, unless far below the limit (`ACTIVATION_FACTOR`), from XLA's count
     of one member's train program."""
@@ -206,14 +205,13 @@ def _check_members(train_step, state, batch, balance_active, members: int, axis:
         raise ResourceError(
             f"{members} seeds need at least {2 * state_bytes / 1e9:.1f} GB for their train "
             f"states alone; {limit / 1e9:.1f} GB are available: at most "
-            f"{max(0, members * limit // (2 * state_bytes))} seeds fit (lower --seeds or "
+            f"{max(0, members * limit // (2 * state_bytes))} seeds fit (lower `seeds` or "
             "model.hidden_dim)")
     if state_bytes * ACTIVATION_FACTOR <= limit:
         return             # far from the limit: the largest program's own check will do
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape[:axis] + (1,) + x.shape[axis + 1:], x.dtype), (state, batch))
-    if log:
-        log(f"estimating the memory of {members} seeds from one ...")
+    logger.info(f"estimating the memory of {members} seeds from one ...")
     compiled = stored("train-one-seed", batch_key(one[1]),
                       lambda: train_step.lower(*one, balance_active).compile())
     per_member = program_bytes(compiled)
@@ -224,4 +222,4 @@ def _check_members(train_step, state, batch, balance_active, members: int, axis:
             f"{members} seeds need about {per_member * members / 1e9:.1f} GB "
             f"({per_member / 1e9:.2f} GB per seed, XLA's count of one seed's largest train "
             f"step); {limit / 1e9:.1f} GB are available: at most {limit // per_member} seeds "
-            "fit (lower --seeds, data.batch_size or model.hidden_dim)")
+            "fit (lower `seeds`, data.batch_size or model.hidden_dim)")

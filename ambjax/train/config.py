@@ -26,57 +26,22 @@ import types
 import typing
 from typing import Any
 
+from ambjax.data.config import DataConfig
+from ambjax.data.dataset import MODALITIES
 from ambjax.data.loader import TEXT_OPTIONS
 from ambjax.data.synthetic import PRESETS as SYNTHETIC_SHAPES
 from ambjax.graphs.edges import GRAPH_KINDS
+from ambjax.losses import IEMOCAP_CLASS_WEIGHTS
+from ambjax.nn.attention import NORMS
 from ambjax.nn.model import ModelConfig
+from ambjax.train.state import LR_SCHEDULES, OPTIMIZERS
 from ambjax.train.steps import MASK_KEYS
 
 SELECTIONS = ("valid", "test")
 DTYPES = ("float32", "bfloat16")
-NORMS = ("layernorm", "rmsnorm")
-MODALITIES = ("text", "audio", "visual")
 
 
 from ambjax.errors import ConfigError  # noqa: F401 - re-exported
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the dialogues come from and how they are batched.
-
-    Attributes:
-      path: a feature pickle (any layout `ambjax.data.load_features` reads); None: the bundled
-        synthetic data.
-      synthetic: shape of the synthetic data, "iemocap" or "meld" (when `path` is None).
-      synthetic_scale: share of the real dataset's dialogues to generate.
-      synthetic_dims: ((modality, width), ...) of the synthetic features; () = the real widths.
-      synthetic_seed: seed of the synthetic data.
-      text: "first" (the release's RoBERTa layer) or "mean4" (the mean of four; SDT layouts).
-      valid_fraction: share of train held out for validation when the file has no dev split.
-      modalities: modalities to use, in order; () = all in the data.
-      window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
-      batch_size: dialogues per (global) batch.
-      budget_growth: ratio between padding buckets (> 1); None = one bucket (one compile).
-      standardize: standardise every feature dimension with train-split statistics
-        (`ambjax.data.Standardizer`; saved in the run folder and reused by evaluation).
-      drop_constant: leave out modalities that are constant (e.g. all zero) over the train
-        split; they are reported either way.
-    """
-
-    path: str | None = None
-    synthetic: str = "iemocap"
-    synthetic_scale: float = 1.0
-    synthetic_dims: tuple[tuple[str, int], ...] = ()
-    synthetic_seed: int = 0
-    text: str = "first"
-    valid_fraction: float = 0.1
-    modalities: tuple[str, ...] = ()
-    window: int = 20
-    batch_size: int = 16
-    budget_growth: float | None = 1.25
-    standardize: bool = False
-    drop_constant: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +56,9 @@ class OptimConfig:
       lr_schedule: "constant" (the release's) or "warmup_cosine" (linear warm-up over the first
         5% of steps, then cosine decay to 0 at the last step).
       clip_norm: clip the global gradient norm to this value (None: no clipping).
-      class_weights: the release's IEMOCAP class weights (used when the data has 6 classes).
+      class_weights: a loss weight per class, in label order (as many as the data has
+        classes); () = unweighted. The default is the release's IEMOCAP weights; the MELD
+        preset is unweighted.
       unimodal_weight: weight of the squared unimodal NLL terms.
     """
 
@@ -100,7 +67,7 @@ class OptimConfig:
     l2: float = 5e-5
     lr_schedule: str = "constant"
     clip_norm: float | None = None
-    class_weights: bool = True
+    class_weights: tuple[float, ...] = IEMOCAP_CLASS_WEIGHTS
     unimodal_weight: float = 0.1
 
 
@@ -136,7 +103,7 @@ class ExperimentConfig:
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
 
 
-# Named bundles of settings, applied after the preset (and before --set overrides).
+# Named bundles of settings, applied after the preset (and before `set` overrides).
 RECIPES: dict[str, dict[str, Any]] = {
     # the authors' optimiser settings on raw features: what parity and reproduction use
     "release": {"run.recipe": "release"},
@@ -147,8 +114,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                "optim.optimizer": "adamw", "optim.lr": 1e-3, "optim.l2": 1e-4,
                "optim.lr_schedule": "warmup_cosine", "optim.clip_norm": 1.0},
 }
-OPTIMIZERS = ("adam_l2", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "warmup_cosine")
 
 
 # --- the tree: types, dotted keys, dictionaries ------------------------------------------------
@@ -277,7 +242,7 @@ def override(config: ExperimentConfig, items) -> ExperimentConfig:
 
 def _split(item: str) -> tuple[str, str]:
     if "=" not in item:
-        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        raise ConfigError(f"expected KEY=VALUE, got {item!r}")
     key, value = item.split("=", 1)
     return key, value
 
@@ -339,7 +304,7 @@ def _rules(c: ExperimentConfig):
          f"model.dropout must be in [0, 1), got {m.dropout}"),
         (finite(m.graph_dropout) and 0 <= m.graph_dropout < 1,
          f"model.graph_dropout must be in [0, 1), got {m.graph_dropout}"),
-        (m.norm in NORMS, f"model.norm must be one of {NORMS}, got {m.norm!r}"),
+        (m.norm in NORMS, f"model.norm must be one of {list(NORMS)}, got {m.norm!r}"),
         (bool(m.graphs) and set(m.graphs) <= set(GRAPH_KINDS)
          and len(set(m.graphs)) == len(m.graphs),
          f"model.graphs must be distinct names from {GRAPH_KINDS}, got {m.graphs}"),
@@ -352,9 +317,11 @@ def _rules(c: ExperimentConfig):
         (m.mask_rng in MASK_KEYS,
          f"model.mask_rng must be one of {list(MASK_KEYS)}, got {m.mask_rng!r}"),
         (o.optimizer in OPTIMIZERS,
-         f"optim.optimizer must be one of {OPTIMIZERS}, got {o.optimizer!r}"),
+         f"optim.optimizer must be one of {list(OPTIMIZERS)}, got {o.optimizer!r}"),
         (o.lr_schedule in LR_SCHEDULES,
-         f"optim.lr_schedule must be one of {LR_SCHEDULES}, got {o.lr_schedule!r}"),
+         f"optim.lr_schedule must be one of {list(LR_SCHEDULES)}, got {o.lr_schedule!r}"),
+        (all(finite(w) and w >= 0 for w in o.class_weights),
+         f"optim.class_weights must be finite and >= 0, got {o.class_weights}"),
         (o.clip_norm is None or (finite(o.clip_norm) and o.clip_norm > 0),
          f"optim.clip_norm must be > 0 or none, got {o.clip_norm}"),
         (r.recipe in RECIPES, f"run.recipe must be one of {tuple(RECIPES)}, got {r.recipe!r}"),

@@ -6,7 +6,7 @@ Each process builds only its own devices' shards of every global batch (`GraphBa
 `local_devices` range), process 0 alone writes metrics, reports and plots, and orbax saves and
 restores checkpoints with every process taking part.
 
-Set-up comes from `--coordinator HOST:PORT --num-processes N --process-id I`, or from the
+Set-up comes from `coordinator` (HOST:PORT), `num_processes` (N) and `process_id` (I), or from the
 environment (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), or, with
 `AMBJAX_DISTRIBUTED=auto`, from a cluster JAX detects itself (SLURM, Cloud TPU pods). On the
 CPU backend the cross-process collectives use gloo. With an explicit coordinator the processes
@@ -31,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Callable
 
 import jax
 
@@ -40,8 +41,12 @@ ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, timeout_s: int = 120) -> bool:
-    """Join a multi-process run when one is configured (flags or environment).
+               process_id: int | None = None, *, timeout_s: int = 120,
+               on_lost: Callable[[str], None] | None = None) -> bool:
+    """Join a multi-process run when one is configured (arguments or environment).
+
+    `on_lost` receives the one-line message when a peer is lost (`PeerWatch`; default: print
+    it and end the process with status 2).
 
     Returns:
       True when this process is one of several, False for a single-process run.
@@ -51,23 +56,23 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """
     given = [coordinator, num_processes, process_id]
     if any(v is not None for v in given) and any(v is None for v in given):
-        raise DistributedError("--coordinator, --num-processes and --process-id go together")
+        raise DistributedError("`coordinator`, `num_processes` and `process_id` go together")
     if (coordinator is None and not any(os.environ.get(k) for k in ENV_KEYS)
             and os.environ.get("AMBJAX_DISTRIBUTED") != "auto"):
         return False
     if coordinator is not None:
         _address(coordinator)                      # a malformed address: one line, now
     if num_processes is not None and num_processes < 2:
-        raise DistributedError(f"--num-processes must be at least 2, got {num_processes}")
+        raise DistributedError(f"`num_processes` must be at least 2, got {num_processes}")
     if num_processes is not None and not 0 <= process_id < num_processes:
-        raise DistributedError(f"--process-id must be in 0..{num_processes - 1}, got "
+        raise DistributedError(f"`process_id` must be in 0..{num_processes - 1}, got "
                                f"{process_id}")
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     watch = None
     if coordinator is not None:
         watch = PeerWatch(rendezvous(coordinator, num_processes, process_id, timeout_s),
-                          timeout_s)
+                          timeout_s, on_lost)
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=timeout_s,
@@ -98,7 +103,7 @@ def _address(coordinator: str) -> tuple[str, int]:
     """HOST:PORT -> (host, port), the port in 1..65534 (the meeting uses PORT + 1)."""
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65534:
-        raise DistributedError(f"--coordinator expects HOST:PORT with PORT in 1..65534 (the "
+        raise DistributedError(f"`coordinator` expects HOST:PORT with PORT in 1..65534 (the "
                                f"processes also meet on PORT + 1), got {coordinator!r}")
     return host, int(port)
 
@@ -119,7 +124,7 @@ def rendezvous(coordinator: str, num_processes: int, process_id: int,
     address = (host, port + 1)
     deadline = time.monotonic() + timeout_s
     missing = (f"could not join the multi-process run at {coordinator} within {timeout_s} s: "
-               "{} (start every process with the same --coordinator and --num-processes)")
+               "{} (start every process with the same `coordinator` and `num_processes`)")
     if process_id == 0:
         peers: dict[int, socket.socket] = {}
         with socket.create_server(address, reuse_port=False) as server:
@@ -196,7 +201,7 @@ class PeerWatch:
             self.finished.set()
             self.on_lost(f"error: lost process {k} of the multi-process run ({why}); this "
                          f"process {jax.process_index()} stops too; the run folder keeps its "
-                         "last complete checkpoint (continue with --resume)")
+                         "last complete checkpoint (continue with `resume`)")
 
     def _run(self) -> None:
         beat = max(0.05, self.timeout_s / 4)

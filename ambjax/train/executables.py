@@ -43,13 +43,13 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 import threading
 from typing import Any, Callable
 
 import jax
 from jax.experimental.serialize_executable import deserialize_and_load, serialize
 
+from ambjax.files import atomic_write
 from ambjax.train.cache import make_private_dirs, trusted_file, untrusted_reason
 
 log = logging.getLogger(__name__)
@@ -162,18 +162,15 @@ class ExecutableStore:
     def save(self, name: str, key: Any, compiled) -> None:
         """Store `compiled` (a `jax.stages.Compiled`); programs that cannot be serialised and
         unwritable folders are skipped (the store is a cache)."""
-        tmp = None
         try:
             blob = pickle.dumps(serialize(compiled))
             make_private_dirs(self.folder)
             header = self._key(name, key)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")   # mode 0600
-            with os.fdopen(fd, "wb") as f:
-                f.write(len(header).to_bytes(8, "little") + header + blob)
-            os.replace(tmp, self._path(name, key))   # whole entries only, never a torn one
+            # whole entries only, never a torn one; readable by the owner alone
+            atomic_write(self._path(name, key),
+                         len(header).to_bytes(8, "little") + header + blob, mode=0o600)
         except Exception:  # noqa: BLE001
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
+            pass
 
 
 def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:

@@ -1,12 +1,15 @@
 """Run reports: report.json, report.md (the table of DESIGN.md section 9's form, per-class F1,
 confusion matrix) and, when matplotlib is installed, plots of the learning curves, the
-per-modality F1 and q over epochs, and the confusion matrix."""
+per-modality F1 and q over epochs, and the confusion matrix; the summary over seeds
+(seeds_report.json / .md)."""
 
 from __future__ import annotations
 
 import os
 
-from ambjax.train.run_folder import atomic_write, write_json
+import numpy as np
+
+from ambjax.files import atomic_write, write_json
 
 
 def _pct(x: float) -> str:
@@ -91,3 +94,46 @@ def write_report(out_dir: str, report: dict, history: list[dict]) -> None:
     write_json(os.path.join(out_dir, "report.json"), report)
     atomic_write(os.path.join(out_dir, "report.md"), report_markdown(report))
     write_plots(out_dir, report, history)
+
+
+def summarize_seeds(reports: dict) -> dict:
+    """Mean and sample std over seeds of every reported metric: {"seeds", "selection",
+    split: {metric: {"mean", "std", "values"}}} for accuracy, weighted and macro F1, each
+    modality's weighted F1 ("modality_f1/<m>") and each class's F1 ("f1/<class>")."""
+    seeds = list(reports)
+    first = reports[seeds[0]]
+    out = {"seeds": seeds, "selection": first["selection"], "recipe": first.get("recipe")}
+    for split in ("valid", "test"):
+        names = ["accuracy", "weighted_f1", "macro_f1"] + [
+            f"modality_f1/{m}" for m in first[split]["modality_f1"]] + [
+            f"f1/{c}" for c in first[split]["per_class_f1"]]
+
+        def value(report, name):
+            part = report[split]
+            if name.startswith("modality_f1/"):
+                return part["modality_f1"][name.split("/", 1)[1]]
+            if name.startswith("f1/"):
+                return part["per_class_f1"][name.split("/", 1)[1]]
+            return part[name]
+
+        out[split] = {}
+        for name in names:
+            values = np.array([value(reports[s], name) for s in seeds], np.float64)
+            out[split][name] = {"mean": float(values.mean()),
+                                "std": float(values.std(ddof=1)) if len(seeds) > 1 else 0.0,
+                                "values": values.tolist()}
+    return out
+
+
+def write_seeds_report(out_dir: str, summary: dict) -> None:
+    """seeds_report.json and seeds_report.md (mean +- std, percent) in `out_dir`."""
+    write_json(os.path.join(out_dir, "seeds_report.json"), summary)
+    lines = [f"# {len(summary['seeds'])} seeds: {', '.join(map(str, summary['seeds']))}", "",
+             f"Model selection on {summary['selection']}; recipe {summary.get('recipe')}. "
+             "Mean ± sample std over seeds, percent.", "",
+             "| metric | valid | test |", "|---|---|---|"]
+    for name in summary["test"]:
+        cells = [f"{100 * summary[s][name]['mean']:.2f} ± {100 * summary[s][name]['std']:.2f}"
+                 for s in ("valid", "test")]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    atomic_write(os.path.join(out_dir, "seeds_report.md"), "\n".join(lines) + "\n")

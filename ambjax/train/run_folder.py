@@ -21,16 +21,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from typing import Mapping, Sequence
 
 from ambjax.errors import RunFolderError
+from ambjax.files import atomic_write, write_json  # noqa: F401 - re-exported
 
 LOCK_NAME = ".lock"
 # every entry a run writes into its folder (plots and atomic writes' temporary files included)
 RUN_ENTRIES = ("config.json", "metrics.jsonl", "checkpoints", "report.json", "report.md",
                "curves.png", "confusion.png", "standardization.npz", "seeds_report.json",
-               "seeds_report.md", LOCK_NAME, "*.tmp")
+               "seeds_report.md", "tensorboard", LOCK_NAME, "*.tmp")
 SEED_FOLDER = re.compile(r"seed-?\d+$")
 # settings a resumed run may change without being told (how long it trains, which seed a
 # seed folder holds)
@@ -108,7 +108,7 @@ def read_config(folder: str) -> dict:
             blob = json.load(f)
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{path} is missing or unreadable ({e}); the run folder is "
-                             "damaged (use --overwrite to start again)") from None
+                             "damaged (use `overwrite` to start again)") from None
     if not isinstance(blob, dict):
         raise RunFolderError(f"{path}: expected a JSON object")
     return blob
@@ -132,13 +132,14 @@ def changed_settings(old: Mapping, new: Mapping) -> list[str]:
             if k not in RESUMABLE_CHANGES and json.dumps(a.get(k)) != json.dumps(b.get(k))]
 
 
-def check(out_dir: str, *, fingerprint: str, config: Mapping, data_fingerprint: str,
+def check(out_dir: str, *, fingerprint: str | None, config: Mapping, data_fingerprint: str,
           seeds: Sequence[int] | None, resume: bool, overwrite: bool,
           allow_changes: bool = False) -> None:
     """Read-only checks that a run may start in `out_dir` (before any work is done).
 
     Args:
-      fingerprint: the model configuration's fingerprint (`ambjax.train.config.fingerprint`).
+      fingerprint: the model's fingerprint (`ambjax.train.trainer.model_fingerprint`); None:
+        not known yet (checked again once it is).
       config: the run's config tree as a dict (`to_dict`), compared on resume.
       data_fingerprint: the data's fingerprint (`DialogueDataset.fingerprint`), compared on
         resume.
@@ -151,7 +152,7 @@ def check(out_dir: str, *, fingerprint: str, config: Mapping, data_fingerprint: 
         of other seeds, another model configuration, other data, or other settings.
     """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise RunFolderError(f"--out {out_dir} is a file, not a folder")
+        raise RunFolderError(f"`out_dir` {out_dir} is a file, not a folder")
     if not os.path.isdir(out_dir):
         return
     foreign = foreign_entries(out_dir)
@@ -160,37 +161,38 @@ def check(out_dir: str, *, fingerprint: str, config: Mapping, data_fingerprint: 
                                           else "")
         raise RunFolderError(f"{out_dir} holds files that are not part of an ambjax run "
                              f"({shown}); a run only starts in a new or empty folder or "
-                             "replaces a run folder: choose another --out")
+                             "replaces a run folder: choose another `out_dir`")
     existing = seed_runs(out_dir)
     top = holds_run(out_dir)
     if not (top or existing):
         return
     if not (resume or overwrite):
-        raise RunFolderError(f"{out_dir} already holds a run; pass --resume to continue it "
-                             "or --overwrite to replace it")
+        raise RunFolderError(f"{out_dir} already holds a run; pass `resume` to continue it "
+                             "or `overwrite` to replace it")
     if not resume:
         return
     held = f"seeds {existing}" if existing else "a single run"
     if (seeds and (top or sorted(seeds) != existing)) or (not seeds and existing):
         wanted = f"seeds {sorted(seeds)}" if seeds else "a single run"
         raise RunFolderError(f"{out_dir} holds {held}, not {wanted}; resume with the same "
-                             "--seeds, or use --overwrite or another --out")
+                             "`seeds`, or use `overwrite` or another `out_dir`")
     folders = [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
     for folder in folders:
         old = read_config(folder)
-        if old.get("fingerprint") != fingerprint:
+        if fingerprint is not None and old.get("fingerprint") != fingerprint:
             raise RunFolderError(f"{folder} holds a run of another model configuration "
                                  "(or of an older ambjax parameter layout); resume with the "
                                  "same preset and overrides")
         if old.get("data_fingerprint", data_fingerprint) != data_fingerprint:
             raise RunFolderError(f"{folder} was trained on other data (the data file changed "
-                                 "since, or --data names another file); resume with its own "
+                                 "since, or `data` names another file); resume with its own "
                                  "data or start a new run")
         changes = changed_settings({k: v for k, v in old.items()
-                                    if k not in ("fingerprint", "data_fingerprint")}, config)
+                                    if k not in ("fingerprint", "data_fingerprint",
+                                                 "model_class")}, config)
         if changes and not allow_changes:
             raise RunFolderError(f"{folder}: resuming with changed settings "
-                                 f"({'; '.join(changes[:4])}); pass --allow-changes to "
+                                 f"({'; '.join(changes[:4])}); pass `allow_changes` to "
                                  "resume with them anyway, or start a new run")
 
 
@@ -217,7 +219,7 @@ class RunLock:
             if self.created:
                 remove_if_empty(out_dir)
             raise RunFolderError(f"{out_dir} is in use by another run (pid {owner}); wait for "
-                                 "it to finish or choose another --out") from None
+                                 "it to finish or choose another `out_dir`") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(str(os.getpid()))
@@ -263,7 +265,7 @@ def remove_if_empty(out_dir: str) -> None:
 
 def clear(out_dir: str) -> None:
     """Remove a run's own entries from `out_dir` and its seed folders, except the locks (for
-    `--overwrite`, once the new run is ready to start); anything else is left alone."""
+    `overwrite`, once the new run is ready to start); anything else is left alone."""
     for name in os.listdir(out_dir):
         path = os.path.join(out_dir, name)
         if SEED_FOLDER.match(name) and os.path.isdir(path) and not os.path.islink(path):
@@ -273,26 +275,3 @@ def clear(out_dir: str) -> None:
                 shutil.rmtree(path)
             else:
                 os.remove(path)
-
-
-def atomic_write(path: str, data: str | bytes) -> None:
-    """Write `data` to `path` whole or not at all (a temporary file beside it, then a
-    rename); a failed write (a full disk) leaves `path` as it was and no temporary file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=os.path.basename(path) + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)                 # as open() would have made it
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_json(path: str, blob: dict) -> None:
-    """Write `blob` to `path` as JSON, atomically (`atomic_write`)."""
-    atomic_write(path, json.dumps(blob, indent=1))

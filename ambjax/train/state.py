@@ -8,7 +8,7 @@ cosine schedule and gradient clipping (`ambjax.train.config.OptimConfig`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import flax.struct
@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ambjax.errors import ConfigError
 
 
 @flax.struct.dataclass
@@ -29,17 +31,44 @@ class TrainState:
     rng: jax.Array
 
 
+def _warmup_cosine(lr: float, total_steps: int):
+    warmup = max(1, int(0.05 * total_steps))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
+                                              end_value=0.0)
+
+
+# OptimConfig.lr_schedule -> (peak lr, total steps) -> a float or an optax schedule
+LR_SCHEDULES: dict[str, Callable[[float, int], Any]] = {
+    "constant": lambda lr, total_steps: lr,
+    "warmup_cosine": _warmup_cosine,
+}
+
+# OptimConfig.optimizer -> (learning rate or schedule, l2) -> the optimiser
+OPTIMIZERS: dict[str, Callable[[Any, float], optax.GradientTransformation]] = {
+    # torch's Adam(weight_decay=l2): L2 added to the gradient before the moments
+    "adam_l2": lambda lr, l2: optax.chain(optax.add_decayed_weights(l2), optax.scale_by_adam(),
+                                          optax.scale_by_learning_rate(lr)),
+    "adamw": lambda lr, l2: optax.adamw(lr, weight_decay=l2),
+    "sgd": lambda lr, l2: optax.chain(optax.add_decayed_weights(l2), optax.sgd(lr)),
+}
+
+
+def _choice(table: dict, name: str, key: str):
+    if name not in table:
+        raise ConfigError(f"{key} must be one of {list(table)}, got {name!r}")
+    return table[name]
+
+
 def learning_rate(optim, total_steps: int):
     """The learning rate (a float or an optax schedule of the step) of an `OptimConfig`."""
-    if optim.lr_schedule == "constant":
-        return optim.lr
-    warmup = max(1, int(0.05 * total_steps))
-    return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup,
-                                              max(total_steps, warmup + 1), end_value=0.0)
+    return _choice(LR_SCHEDULES, optim.lr_schedule, "optim.lr_schedule")(optim.lr, total_steps)
 
 
 def create_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformation:
     """The optimiser of an `OptimConfig` over `total_steps` steps (for schedules).
+
+    Raises:
+      ConfigError: an optimiser or schedule name not in `OPTIMIZERS` / `LR_SCHEDULES`.
 
     Example:
       >>> from ambjax.train.config import OptimConfig
@@ -47,15 +76,9 @@ def create_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformatio
       >>> opt = create_optimizer(OptimConfig(optimizer="adamw", lr_schedule="warmup_cosine",
       ...                                    clip_norm=1.0), total_steps=100)
     """
-    lr = learning_rate(optim, total_steps)
+    build = _choice(OPTIMIZERS, optim.optimizer, "optim.optimizer")
     clip = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
-    if optim.optimizer == "adamw":
-        return optax.chain(*clip, optax.adamw(lr, weight_decay=optim.l2))
-    if optim.optimizer == "sgd":
-        return optax.chain(*clip, optax.add_decayed_weights(optim.l2), optax.sgd(lr))
-    scale = (optax.scale_by_schedule(lambda step: -lr(step)) if callable(lr)
-             else optax.scale(-lr))
-    return optax.chain(*clip, optax.add_decayed_weights(optim.l2), optax.scale_by_adam(), scale)
+    return optax.chain(*clip, build(learning_rate(optim, total_steps), optim.l2))
 
 
 def create_train_state(model: nn.Module, example_batch, optimizer: optax.GradientTransformation,

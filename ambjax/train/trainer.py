@@ -11,9 +11,11 @@ the host.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import hashlib
+import json
+import logging
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +23,9 @@ import numpy as np
 
 from ambjax.data.dataset import DialogueDataset
 from ambjax.graphs import GraphBatcher
-from ambjax.losses import IEMOCAP_CLASS_WEIGHTS
 from ambjax.metrics import classification_report, weighted_f1
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
+from ambjax.nn.protocol import DialogueModel
 from ambjax.train.compile import compile_programs
 from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
 from ambjax.train.distributed import local_device_range
@@ -32,19 +34,22 @@ from ambjax.train.state import create_optimizer, create_train_state
 from ambjax.train.steps import compile_steps, replicate
 
 
+logger = logging.getLogger("ambjax")
+
+
 def resolve_devices(n_devices: int | None) -> int:
     """`n_devices` checked against the local devices (None: all of them). A multi-process run
     uses every device of every process."""
     if jax.process_count() > 1:
         if n_devices not in (None, jax.device_count()):
-            raise ConfigError(f"--devices cannot be combined with {jax.process_count()} "
+            raise ConfigError(f"`n_devices` cannot be combined with {jax.process_count()} "
                               "processes: every device of every process is used")
         return jax.device_count()
     available = jax.local_device_count()
     if n_devices is None:
         return available
     if not 1 <= n_devices <= available:
-        raise ConfigError(f"--devices must be between 1 and the {available} local device(s) "
+        raise ConfigError(f"`n_devices` must be between 1 and the {available} local device(s) "
                           f"of this machine, got {n_devices}")
     return n_devices
 
@@ -53,6 +58,19 @@ def model_for(config: ExperimentConfig, dataset: DialogueDataset) -> ModelConfig
     """The run's `ModelConfig` filled with the data's widths, classes and speakers."""
     return config.model.with_data({m: dataset.dims[m] for m in dataset.modalities},
                                   dataset.num_classes, dataset.num_speakers)
+
+
+def model_fingerprint(model: DialogueModel, params) -> str:
+    """What fixes the shapes of a model's parameters, for checkpoint compatibility: for
+    AMB-DSGDN its config's `fingerprint` (settings such as dropout may change on resume); for
+    any other model the hash of its class and of its parameter tree's paths, shapes and
+    dtypes (`params` may be abstract)."""
+    if isinstance(model, AMBDSGDN):
+        return fingerprint(model.config)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    blob = json.dumps([type(model).__name__] + [
+        (jax.tree_util.keystr(path), list(np.shape(x)), str(x.dtype)) for path, x in leaves])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _stack(trees):
@@ -65,47 +83,75 @@ class Trainer:
     Attributes:
       seeds: the seeds trained together (S of them).
       state: `TrainState` with a leading seed axis, on the device(s) (built when first used).
-      abstract_state: its shapes and dtypes (`jax.ShapeDtypeStruct`), known without building it.
+      abstract_state: its shapes and dtypes (`jax.ShapeDtypeStruct`), known without building it;
+        abstract_seed_state: the same for one seed (no seed or device axis).
       num_parameters: parameters of one seed's model.
     """
 
-    def __init__(self, config: ExperimentConfig, dataset: DialogueDataset, *,
+    def __init__(self, model: DialogueModel, config: ExperimentConfig,
+                 dataset: DialogueDataset, *, class_weights: Sequence[float] | None = None,
                  n_devices: int | None = None, seeds: Sequence[int] | None = None):
+        """
+        Args:
+          model: any `ambjax.nn.DialogueModel` built for `dataset` (its modalities, widths,
+            classes); `Trainer.from_config` builds AMB-DSGDN from `config.model`.
+          config: the run's tree: data (window, batch size, buckets), optim, schedule and run
+            (seed) are used; `config.model` only for `mask_rng`.
+          dataset: the (standardised) dataset.
+          class_weights: float [C] loss weights, one per class of `dataset`; None: unweighted.
+          n_devices: local devices (None: all); seeds: trained together (default: the
+            config's seed).
+
+        Raises:
+          ConfigError: class weights that do not fit the data, repeated seeds, or more devices
+            than there are.
+        """
         self.config = config
         self.dataset = dataset
         self.seeds = tuple(seeds) if seeds else (config.run.seed,)
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct, got {list(self.seeds)}")
+        if class_weights is not None and len(class_weights) != dataset.num_classes:
+            raise ConfigError(f"{len(class_weights)} class weights (optim.class_weights) for "
+                              f"data of {dataset.num_classes} classes "
+                              f"{list(dataset.label_names)}")
         self.n_devices = resolve_devices(n_devices)
         self.n_local = jax.local_device_count() if jax.process_count() > 1 else self.n_devices
-        self.model_config = model_for(config, dataset)
-        self.fingerprint = fingerprint(self.model_config)
-        self.model = AMBDSGDN(self.model_config)
+        self.model = model
         data = config.data
         self.batcher = GraphBatcher(dataset, window=data.window, batch_size=data.batch_size,
                                     n_devices=self.n_devices, growth=data.budget_growth,
                                     local_devices=local_device_range()
                                     if jax.process_count() > 1 else None)
-        weights = (jnp.asarray(IEMOCAP_CLASS_WEIGHTS) if config.optim.class_weights
-                   and dataset.num_classes == len(IEMOCAP_CLASS_WEIGHTS) else None)
+        weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
         self.total_steps = config.schedule.epochs * self.batcher.num_batches("train")
         self.class_weights = weights
         self.optimizer = create_optimizer(config.optim, total_steps=self.total_steps)
         self.train_step, self.eval_step = compile_steps(
             self.model, self.optimizer, self.n_devices, class_weights=weights,
             unimodal_weight=config.optim.unimodal_weight, seed_axis=True,
-            mask_rng=self.model_config.mask_rng)
+            mask_rng=config.model.mask_rng)
         example = self.batcher.build(dataset.split("train")[:self.n_devices])   # local shards
         if self.n_devices > 1:
             example = jax.tree.map(lambda x: x[0], example)
         self._example = example
         one = jax.eval_shape(lambda: create_train_state(self.model, example, self.optimizer, 0))
         lead = ((self.n_local,) if self.n_devices > 1 else ()) + (len(self.seeds),)
+        self.abstract_seed_state = one
         self.abstract_state = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype), one)
         self.num_parameters = count_parameters(one.params)
+        self.fingerprint = model_fingerprint(model, one.params)
         self._state = None
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
+
+    @classmethod
+    def from_config(cls, config: ExperimentConfig, dataset: DialogueDataset, **kwargs) -> "Trainer":
+        """The Trainer of AMB-DSGDN as `config.model` describes it, with the class weights of
+        `config.optim` (none when empty); keyword arguments as for `Trainer`."""
+        weights = config.optim.class_weights or None
+        return cls(AMBDSGDN(model_for(config, dataset)), config, dataset,
+                   class_weights=weights, **kwargs)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -138,12 +184,19 @@ class Trainer:
         """Seed k's state (no seed or device axis), as its checkpoint stores it: a host copy
         read from this process's first device, so that no process issues device work the
         others do not (in a multi-process run every device op must be matched)."""
+        return self._pick(self.state, k)
+
+    def seed_params(self, k: int):
+        """Seed k's parameters (no seed or device axis), as `seed_state` reads them."""
+        return self._pick(self.state.params, k)
+
+    def _pick(self, tree, k: int):
         def pick(x):
             if self.n_devices > 1:
                 local = x.addressable_shards[0].data if hasattr(x, "addressable_shards") else x
                 return np.asarray(local)[0, k]
-            return x[k]
-        return jax.tree.map(pick, self.state)
+            return np.asarray(x[k])
+        return jax.tree.map(pick, tree)
 
     def _per_seed(self, outputs: list) -> list[list[dict]]:
         """Step outputs [S, ...] (or [D, S, ...]) -> for each seed, its list of outputs."""
@@ -155,8 +208,7 @@ class Trainer:
 
     # --- compilation -------------------------------------------------------------------------
 
-    def compile(self, log: Callable[[str], None] | None = None, *,
-                memory_limit: int | None = None) -> None:
+    def compile(self, *, memory_limit: int | None = None) -> None:
         """Compile every bucket's train and eval program now (concurrently), checking the
         largest one's memory first against `memory_limit` bytes (default: what the device
         has; `ambjax.train.compile`); steps then dispatch to them."""
@@ -169,13 +221,12 @@ class Trainer:
             # an ahead-of-time pmap executable expects global shapes when called in a
             # multi-process run, and lowering one costs a second compile: the pmapped steps
             # compile when first called (through the persistent cache), without the memory check
-            if log:
-                log("multi-process run: programs compile at their first step")
+            logger.info("multi-process run: programs compile at their first step")
             return
         store = default_store(self.program_identity(), self.n_devices)
         programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
                                     evals, jnp.asarray(True), describe=self._describe_largest,
-                                    memory_limit=memory_limit, log=log, store=store,
+                                    memory_limit=memory_limit, store=store,
                                     members=len(self.seeds), member_axis=axis)
         self.programs = programs
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
@@ -184,7 +235,7 @@ class Trainer:
     def program_identity(self) -> dict:
         """What the compiled steps compute besides their batch shapes: the key of their
         entries in the executable store (`ambjax.train.executables`)."""
-        return {"model": dataclasses.asdict(self.model_config),
+        return {"model": repr(self.model), "mask_rng": self.config.model.mask_rng,
                 "optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps,
                 "class_weights": None if self.class_weights is None
                 else np.asarray(self.class_weights).tolist(),
@@ -213,8 +264,8 @@ class Trainer:
             self.state, metrics = self.train_step(self.state, batch, active)
             outputs.append(metrics)
             if report_every and (i + 1) % report_every == 0 and i + 1 < n:
-                print(f"  epoch {epoch + 1}: {i + 1}/{n} batches "
-                      f"({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
+                logger.info("  epoch %d: %d/%d batches (%.1fs)", epoch + 1, i + 1, n,
+                            time.perf_counter() - start)
         per_seed = self._per_seed(outputs)
         elapsed = time.perf_counter() - start
         return [self._train_metrics(o, elapsed) for o in per_seed]

@@ -18,5 +18,5 @@ def get_config() -> ExperimentConfig:
     return ExperimentConfig(
         data=DataConfig(synthetic="meld", window=6, batch_size=64),
         model=ModelConfig(dropout=0.11, q_base=0.2, lam=0.9, p_exe=0.2),
-        optim=OptimConfig(lr=5e-5, l2=7.5e-5, class_weights=False),
+        optim=OptimConfig(lr=5e-5, l2=7.5e-5, class_weights=()),
         schedule=ScheduleConfig(epochs=20, balance_warmup=0))

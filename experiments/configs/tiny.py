@@ -17,5 +17,5 @@ def get_config() -> ExperimentConfig:
                         synthetic_dims=(("text", 24), ("audio", 16), ("visual", 12)),
                         window=4, batch_size=4, budget_growth=None),
         model=ModelConfig(hidden_dim=16, num_heads=2, dropout=0.1),
-        optim=OptimConfig(lr=1e-3, class_weights=False),
+        optim=OptimConfig(lr=1e-3, class_weights=()),
         schedule=ScheduleConfig(epochs=2, balance_warmup=1))

@@ -1,0 +1,45 @@
+"""The data section of a run's config tree (`ambjax.train.config.ExperimentConfig.data`):
+where the dialogues come from and how they are batched. Checked with the rest of the tree by
+`ambjax.train.config.validate`; read by `ambjax.data.assemble.load_dataset`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the dialogues come from and how they are batched.
+
+    Attributes:
+      path: a feature pickle (any layout `ambjax.data.load_features` reads); None: the bundled
+        synthetic data.
+      synthetic: shape of the synthetic data, "iemocap" or "meld" (when `path` is None).
+      synthetic_scale: share of the real dataset's dialogues to generate.
+      synthetic_dims: ((modality, width), ...) of the synthetic features; () = the real widths.
+      synthetic_seed: seed of the synthetic data.
+      text: "first" (the release's RoBERTa layer) or "mean4" (the mean of four; SDT layouts).
+      valid_fraction: share of train held out for validation when the file has no dev split.
+      modalities: modalities to use, in order; () = all in the data.
+      window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
+      batch_size: dialogues per (global) batch.
+      budget_growth: ratio between padding buckets (> 1); None = one bucket (one compile).
+      standardize: standardise every feature dimension with train-split statistics
+        (`ambjax.data.Standardizer`; saved in the run folder and reused by evaluation).
+      drop_constant: leave out modalities that are constant (e.g. all zero) over the train
+        split; they are reported either way.
+    """
+
+    path: str | None = None
+    synthetic: str = "iemocap"
+    synthetic_scale: float = 1.0
+    synthetic_dims: tuple[tuple[str, int], ...] = ()
+    synthetic_seed: int = 0
+    text: str = "first"
+    valid_fraction: float = 0.1
+    modalities: tuple[str, ...] = ()
+    window: int = 20
+    batch_size: int = 16
+    budget_growth: float | None = 1.25
+    standardize: bool = False
+    drop_constant: bool = False

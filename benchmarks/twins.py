@@ -1,0 +1,85 @@
+"""Hand-written code against the library function it could be: which is faster here.
+
+    python -m benchmarks.twins [--repeats 7]
+
+Each pair computes the same thing; the table gives the median time of a jitted forward +
+backward (segment softmax, over 200k edges into 20k receivers) or of one optimiser update on
+AMB-DSGDN's parameter count at hidden 512 (7.7M float32: the release's Adam + L2 as ambjax
+builds it with optax's pieces, and the same from a hand chain with `scale_by_schedule`).
+Results: benchmarks/results/twins-<device>-<date>.{json,md}. ambjax uses the library function
+where it measures no slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import timeit
+
+import jax
+import jax.numpy as jnp
+import jraph
+import optax
+
+from ambjax.nn.kernels import segment_softmax
+from ambjax.train.config import OptimConfig
+from ambjax.train.state import create_optimizer
+from benchmarks.common import environment, write_results
+
+
+def _time(fn, repeats: int) -> float:
+    fn()
+    return statistics.median(timeit.repeat(fn, number=10, repeat=repeats)) / 10
+
+
+def _softmax_pair(repeats: int) -> dict:
+    edges, nodes = 200_000, 20_000
+    key = jax.random.PRNGKey(0)
+    scores = jax.random.normal(key, (edges,))
+    receivers = jnp.sort(jax.random.randint(key, (edges,), 0, nodes))
+
+    def grad_of(softmax):
+        f = jax.jit(jax.grad(lambda s: (softmax(s, receivers, nodes) ** 2).sum()))
+        return lambda: f(scores).block_until_ready()
+    return {"ambjax segment_softmax": _time(grad_of(segment_softmax), repeats),
+            "jraph.segment_softmax": _time(grad_of(jraph.segment_softmax), repeats)}
+
+
+def _adam_pair(repeats: int) -> dict:
+    params = {"w": jnp.ones((7_700_000,), jnp.float32)}
+    grads = {"w": jnp.full((7_700_000,), 1e-3, jnp.float32)}
+    schedule = optax.constant_schedule(6.8e-5)
+    hand = optax.chain(optax.add_decayed_weights(5e-5), optax.scale_by_adam(),
+                       optax.scale_by_schedule(lambda step: -schedule(step)))
+    out = {}
+    for name, opt in (("optax chain (ambjax)", create_optimizer(OptimConfig())),
+                      ("hand chain with scale_by_schedule", hand)):
+        state = opt.init(params)
+        step = jax.jit(lambda p, s: opt.update(grads, s, p))
+        out[name] = _time(lambda: jax.block_until_ready(step(params, state)), repeats)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.twins")
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args(argv)
+    env = environment()
+    pairs = {"segment softmax (forward + backward)": _softmax_pair(args.repeats),
+             "Adam + L2 update (7.7M parameters)": _adam_pair(args.repeats)}
+    lines = [f"# Library twins on {env['cpu_model']} ({env['device']}, jax {env['jax']}, "
+             f"{env['date']})", "", "| computation | implementation | median ms |",
+             "|---|---|---|"]
+    for what, times in pairs.items():
+        for name, t in times.items():
+            lines.append(f"| {what} | {name} | {1e3 * t:.2f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    print("wrote", write_results("twins", {"benchmark": "twins", "environment": env,
+                                           "seconds": pairs}, table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
