@@ -39,7 +39,7 @@ import numpy as np
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.train import Trainer, load_dataset
-from ambjax.train.compile import ResourceError, batch_key
+from ambjax.train.compile import ResourceError
 from benchmarks.common import environment, write_results
 from experiments.configs import load as load_preset, make_config
 
@@ -54,13 +54,6 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
         f(a).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / float(np.median(times))
-
-
-def _flops(compiled) -> float:
-    """FLOPs of one call of a compiled executable (XLA's cost analysis; 0 if unavailable)."""
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0))
 
 
 def _peak_rss_gb() -> float:
@@ -123,10 +116,8 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         passes[split] = time.perf_counter() - start
     train_batches = list(gb.seed_batches("train", seed_list, epoch=1))
     test_batches = list(gb.batches("test"))
-    flops = {b.nodes.mask.shape: _flops(trainer.programs.train[batch_key(b)])
-             for b in train_batches}
-    eval_flops = {b.nodes.mask.shape: _flops(trainer.programs.eval[batch_key(b)])
-                  for b in test_batches}
+    flops = {b.nodes.mask.shape: trainer.program_flops("train", b) for b in train_batches}
+    eval_flops = {b.nodes.mask.shape: trainer.program_flops("eval", b) for b in test_batches}
     real_nodes = sum(int(b.nodes.mask.sum()) for b in train_batches)
     padded_nodes = sum(b.nodes.mask.size for b in train_batches)
     real_edges = sum(int((b.intra.types > 0).sum() + (b.inter.types > 0).sum())
@@ -150,8 +141,7 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         "train_flops_per_epoch": epoch_flops, "eval_flops_per_pass": pass_flops,
         "achieved_flops_per_s_real": epoch_flops * real_nodes / padded_nodes / train_epoch_s,
         "peak_rss_gb": _peak_rss_gb(), "peak_device_memory_gb": _device_memory_gb(),
-        "largest_train_step_gb": max((v or 0) for v in trainer.programs.train_bytes.values())
-        / 1e9,
+        "largest_train_step_gb": (trainer.largest_train_step_bytes or 0) / 1e9,
     }
 
 

@@ -1,6 +1,6 @@
 """Ablation tables: the full model and each ablation, each with its seeds trained as one program.
 
-    python -m experiments.ablate --preset synthetic --seeds 1,2,3 --out runs/ablation
+    python -m experiments.ablate --preset synthetic --out runs/ablation
     python -m experiments.ablate --preset meld --data F.pkl --seeds 1,2,3 \\
         --ablations no_differential,no_balancing --recipe robust --out runs/abl-meld
 
@@ -8,9 +8,11 @@ Variants: `full` and `--ablations` (default `all`: no_differential, no_balancing
 no_inter, text_only, audio_only, visual_only). Each trains with `experiments.train`'s machinery
 (`--seeds` vmapped) into OUT/<variant>/seed<k>. OUT gets ablation.json, ablation.md (rows:
 variant; columns: test accuracy, weighted F1 and macro F1 as mean ± std over seeds, each
-modality's test weighted F1, and the weighted-F1 difference to the full model) and, with
-matplotlib, ablation.png (bars with error bars). `--resume` continues the variants already
-started; errors print one line and exit 2.
+modality's test weighted F1, and the paired weighted-F1 difference to the full model over the
+same seeds with its 95% confidence interval (`experiments.paired`), marked * when the interval
+excludes zero) and, with matplotlib, ablation.png (the differences with their intervals).
+Default: 5 seeds. `--resume` continues the variants already started; errors print one line and
+exit 2.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError
 from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, prepare_run, train_and_evaluate
-from ambjax.train.run_folder import LOCK_NAME, RunLock, atomic_write, write_json
+from ambjax.files import atomic_write, write_json
+from ambjax.train.run_folder import LOCK_NAME, RunLock
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
+from experiments.paired import paired_interval
 from experiments.train import parse_seeds
 
 VARIANTS = tuple(a for a in ABLATIONS if a != "full")
@@ -41,8 +45,9 @@ def parse_ablations(text: str) -> list[str]:
 
 def table_rows(results: dict) -> list[dict]:
     """One row per variant: mean/std of test accuracy, weighted and macro F1, per-modality
-    weighted F1, and the weighted-F1 difference to the full model (percent)."""
-    full = results["full"]["test"]["weighted_f1"]["mean"]
+    weighted F1, and the paired test weighted-F1 difference to the full model over the same
+    seeds with its 95% interval ("delta": `paired_interval`; percent)."""
+    full = results["full"]["test"]["weighted_f1"]["values"]
     rows = []
     for variant, summary in results.items():
         test = summary["test"]
@@ -52,7 +57,9 @@ def table_rows(results: dict) -> list[dict]:
                for m in ("accuracy", "weighted_f1", "macro_f1")},
             "modality_f1": {k.split("/", 1)[1]: 100 * v["mean"] for k, v in test.items()
                             if k.startswith("modality_f1/")},
-            "delta_weighted_f1": 100 * (test["weighted_f1"]["mean"] - full),
+            "delta": {k: (100 * v if isinstance(v, float) else v) for k, v in
+                      paired_interval(test["weighted_f1"]["values"], full).items()
+                      if k != "differences"},
         })
     return rows
 
@@ -61,14 +68,20 @@ def markdown(rows: list[dict], header: str) -> str:
     mods = sorted({m for r in rows for m in r["modality_f1"]})
     lines = [header, "",
              "| variant | test acc | test wF1 | test macro F1 | "
-             + " | ".join(f"{m} wF1" for m in mods) + " | Δ wF1 vs full |",
+             + " | ".join(f"{m} wF1" for m in mods) + " | Δ wF1 vs full [95% CI] |",
              "|---|---|---|---|" + "---|" * len(mods) + "---|"]
+    full = next(r for r in rows if r["variant"] == "full")["delta"]["n"]
     for r in rows:
         cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}"
                  for m in ("accuracy", "weighted_f1", "macro_f1")]
         mod = [f"{r['modality_f1'][m]:.2f}" if m in r["modality_f1"] else "-" for m in mods]
-        lines.append(f"| {r['variant']} | " + " | ".join(cells + mod)
-                     + f" | {r['delta_weighted_f1']:+.2f} |")
+        d = r["delta"]
+        delta = ("-" if r["variant"] == "full" else
+                 f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                 + (" *" if d["significant"] else ""))
+        lines.append(f"| {r['variant']} | " + " | ".join(cells + mod) + f" | {delta} |")
+    lines += ["", f"Δ: the paired difference to the full model over the same {full} seeds, "
+              "mean and 95% t interval; * marks an interval that excludes zero."]
     return "\n".join(lines) + "\n"
 
 
@@ -79,13 +92,19 @@ def plot(rows: list[dict], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    rows = [r for r in rows if r["variant"] != "full"]
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    x = range(len(rows))
-    ax.bar(x, [r["weighted_f1"]["mean"] for r in rows],
-           yerr=[r["weighted_f1"]["std"] for r in rows], capsize=4, color="#4c72b0")
-    ax.set_xticks(list(x), [r["variant"] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("test weighted F1 (%)")
-    ax.set_title("ablations: mean ± std over seeds")
+    x = list(range(len(rows)))
+    mean = [r["delta"]["mean"] for r in rows]
+    err = [[m - r["delta"]["low"] for m, r in zip(mean, rows)],
+           [r["delta"]["high"] - m for m, r in zip(mean, rows)]]
+    colors = ["#c44e52" if r["delta"]["significant"] else "#8c8c8c" for r in rows]
+    ax.bar(x, mean, yerr=err, capsize=4, color=colors)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("Δ test weighted F1 vs full (points)")
+    ax.set_title(f"paired differences over {rows[0]['delta']['n'] if rows else 0} seeds, "
+                 "95% CI (red: excludes 0)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -114,7 +133,8 @@ def ablate(argv: list[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="synthetic", help=f"one of {list(PRESETS)}")
     p.add_argument("--data", help="feature pickle (default: the bundled synthetic data)")
-    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (vmapped)")
+    p.add_argument("--seeds", default="1,2,3,4,5",
+                   help="comma-separated seeds (vmapped; default 5, for the intervals)")
     p.add_argument("--ablations", default="all", help=f"'all' or names from {list(VARIANTS)}")
     p.add_argument("--recipe", default="release", help=f"one of {list(RECIPES)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -163,7 +183,7 @@ def ablate(argv: list[str]) -> int:
     header = (f"# Ablations: preset {args.preset}, "
               f"{'data ' + args.data if args.data else 'bundled synthetic data'}, recipe "
               f"{args.recipe}, seeds {', '.join(map(str, seeds))}\n\nPercent, mean ± sample std "
-              "over seeds; model selection on validation.")
+              "over seeds; model selection on validation; Δ paired over seeds with its 95% interval.")
     os.makedirs(args.out, exist_ok=True)
     write_json(os.path.join(args.out, "ablation.json"),
                {"preset": args.preset, "data": args.data, "recipe": args.recipe,

@@ -198,3 +198,16 @@ def test_import_ambjax_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_preset_and_library_docstrings_quote_no_results():
+    """Results live in the README and benchmarks/results (written by commands); a docstring
+    that quotes one drifts when the code changes."""
+    result = re.compile(r"\d+\.\d+ ± \d|weighted F1 \d|\d+(\.\d+)?x (faster|slower)")
+    found = []
+    for pattern in ("ambjax/**/*.py", "experiments/**/*.py"):
+        for path in glob.glob(os.path.join(ROOT, pattern), recursive=True):
+            text = open(path).read()
+            found += [f"{os.path.relpath(path, ROOT)}: {m.group(0)}"
+                      for m in result.finditer(text)]
+    assert not found, found

@@ -302,7 +302,7 @@ def test_many_seeds_are_refused_from_abstract_shapes_before_any_state_is_built()
     assert trainer._state is None                       # nothing allocated by the constructor
     one_seed = Trainer.from_config(config, data, n_devices=1)
     one_seed.compile(memory_limit=10 ** 12)
-    per_seed = max(v for v in one_seed.programs.train_bytes.values())
+    per_seed = one_seed.largest_train_step_bytes
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state))
     limit = 20 * per_seed
     assert state_bytes * ACTIVATION_FACTOR > limit > 2 * state_bytes   # the estimate's regime

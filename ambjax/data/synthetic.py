@@ -64,6 +64,9 @@ class SyntheticPreset:
     inertia: float = 0.45
     contagion: float = 0.2
     text_flip: float = 0.2               # share of utterances whose text points at a random class
+    strength: tuple[tuple[str, float], ...] = (("text", 1.0), ("audio", 0.4), ("visual", 0.35))
+    noise: float = 2.5                   # per-utterance latent noise
+    distractor: float = 0.0              # per-dialogue common-mode distractor (see PRESETS)
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -83,7 +86,30 @@ PRESETS: dict[str, SyntheticPreset] = {
         text_pairs=(0, 1, 2, 3, 4, 6, 6), window=6),
 }
 _LATENT = 32
-_NOISE = 2.5  # per-utterance latent noise: no modality is enough on its own
+
+
+def _probe(base: SyntheticPreset, name: str, **changes) -> SyntheticPreset:
+    return dataclasses.replace(base, name=name, **changes)
+
+
+# Probes: data built so that one mechanism of AMB-DSGDN should be necessary (their presets
+# and what they plant: experiments/configs/probe_*.py; results: README "What each mechanism
+# buys"). Both keep IEMOCAP's shape and labels (inertia, contagion) and report as IEMOCAP.
+PRESETS["common_mode"] = _probe(
+    PRESETS["iemocap"], "IEMOCAP",
+    # text alone separates every class (no pairs, no flips), but every dialogue adds one
+    # strong distractor to all its utterances: the prototype of a random class, 3x an
+    # utterance's own signal, in the same latent directions. A softmax map averages it in
+    # whatever it attends to; the difference of two maps can cancel it.
+    text_pairs=tuple(range(6)), text_flip=0.0, distractor=3.0, noise=1.5)
+PRESETS["imbalance"] = _probe(
+    PRESETS["iemocap"], "IEMOCAP",
+    # text is strong and fast to fit but cannot split three pairs of classes (and points at
+    # a random class for 10% of utterances); audio and visual are individually weak (noisy)
+    # but each separates every class: the information that resolves text's confusions sits
+    # in the modalities that a text-dominated model leaves under-trained.
+    text_pairs=(0, 1, 2, 3, 0, 2), text_flip=0.1,
+    strength=(("text", 1.6), ("audio", 0.55), ("visual", 0.5)), noise=2.5)
 
 
 def _speaker_sequence(rng: np.random.Generator, n: int, k: int, switch: float) -> np.ndarray:
@@ -125,7 +151,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     """Generate a synthetic dataset following `PRESETS[preset]`.
 
     Args:
-      preset: "iemocap" or "meld".
+      preset: a key of `PRESETS`: "iemocap", "meld", or the probes "common_mode" and
+        "imbalance".
       seed: generator seed (the dataset is a deterministic function of all arguments).
       scale: fraction of the real number of dialogues per split (at least 2 train, 1 valid and
         1 test dialogue); lengths keep the real distribution.
@@ -162,7 +189,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     project = {m: rng.normal(size=(_LATENT, d)) / np.sqrt(_LATENT) for m, d in widths.items()}
     shared_project = {m: rng.normal(size=(_LATENT, d)) / np.sqrt(_LATENT)
                       for m, d in widths.items()}
-    strength = {"text": 1.0, "audio": 0.4, "visual": 0.35}
+    strength = dict(p.strength)
     text_groups = np.asarray(p.text_pairs)
 
     dialogues = {}
@@ -174,15 +201,16 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
         speakers = _speaker_sequence(rng, n, n_spk, p.switch_prob)
         labels = _label_sequence(rng, speakers, prior, p)
         common = rng.normal(size=(n, _LATENT)) * 0.8 + rng.normal(size=(1, _LATENT)) * 0.5
+        distractor = p.distractor * group_proto[rng.integers(n_classes)] if p.distractor else 0.0
         feats = {}
         for m, d in widths.items():
             if m == "text":
                 shown = np.where(rng.random(n) < p.text_flip, rng.integers(n_classes, size=n),
                                  labels)
-                latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown]
+                latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown] + distractor
             else:
                 latent = own[m][labels]
-            latent = strength[m] * latent + _NOISE * rng.normal(size=(n, _LATENT))
+            latent = strength[m] * latent + p.noise * rng.normal(size=(n, _LATENT))
             x = latent @ project[m] + common @ shared_project[m]
             feats[m] = (x + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
         dialogues[vid] = Dialogue(id=vid, speakers=speakers, labels=labels, features=feats)

@@ -34,8 +34,8 @@ def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int
       float [E]; entries of one segment sum to 1.
 
     `jraph.segment_softmax` computes the same; this one stops the gradient through the
-    segment maximum (it cancels), which measured 1.4x faster forward + backward here
-    (`python -m benchmarks.twins`), so it is kept.
+    segment maximum (it cancels), which measures faster forward + backward on CPU
+    (`python -m benchmarks.twins`, results in benchmarks/results/twins-*), so it is kept.
 
     Example:
       >>> import jax.numpy as jnp

@@ -89,6 +89,17 @@ class Programs:
     def eval_step(self, params, batch):
         return self.eval.get(batch_key(batch), self.jit_eval)(params, batch)
 
+    def flops(self, kind: str, batch) -> float:
+        """FLOPs of one call of the compiled `kind` ("train" or "eval") program for `batch`'s
+        shape (XLA's cost analysis; 0 when it gives none).
+
+        Raises:
+          KeyError: no program of that kind was compiled for that shape.
+        """
+        cost = (self.train if kind == "train" else self.eval)[batch_key(batch)].cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float((cost or {}).get("flops", 0.0))
+
 
 def compile_programs(train_step, eval_step, state, train_batches: Sequence[DialogueBatch],
                      eval_batches: Sequence[DialogueBatch], balance_active, *,

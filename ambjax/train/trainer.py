@@ -228,9 +228,20 @@ class Trainer:
                                     evals, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store,
                                     members=len(self.seeds), member_axis=axis)
-        self.programs = programs
+        self.programs = programs       # compiled executables by shape (`Programs`)
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
         self.init_state()
+
+    def program_flops(self, kind: str, batch) -> float:
+        """FLOPs of one compiled `kind` ("train" or "eval") step on `batch`'s shape (after
+        `compile`); a train batch carries the seed axis."""
+        return self.programs.flops(kind, batch)
+
+    @property
+    def largest_train_step_bytes(self) -> int | None:
+        """XLA's memory count of the largest compiled train step (after `compile`)."""
+        sizes = [v for v in self.programs.train_bytes.values() if v is not None]
+        return max(sizes) if sizes else None
 
     def program_identity(self) -> dict:
         """What the compiled steps compute besides their batch shapes: the key of their

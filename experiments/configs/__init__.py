@@ -14,7 +14,7 @@ import importlib
 from ambjax.train.config import (RECIPES, ConfigError, ExperimentConfig, apply_recipe, override,
                                  replace_key, validate)
 
-PRESETS = ("iemocap", "meld", "synthetic", "tiny")
+PRESETS = ("iemocap", "meld", "synthetic", "tiny", "probe_common_mode", "probe_imbalance")
 __all__ = ["PRESETS", "ABLATIONS", "RECIPES", "load", "make_config"]
 
 ABLATIONS: dict[str, dict[str, object]] = {

@@ -5,8 +5,8 @@
 
 Needs the release's feature pickle (not bundled). Without `--data` it trains on IEMOCAP-shaped
 synthetic data at full size. Not measured here on the release's real features (none are
-available); on MiniLM text features of the real transcripts, `--recipe robust` at hidden 128
-gives test weighted F1 64.0 ± 0.3 over 3 seeds (README, "Real dialogues").
+available); its results on MiniLM text features of the real transcripts are in the README
+("Real dialogues"), kept there only.
 """
 
 from ambjax.train.config import ExperimentConfig

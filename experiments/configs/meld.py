@@ -4,10 +4,9 @@ window 6, balancing 0.2 / 0.9 / 0.2 from the first epoch, no class weights.
     python -m experiments.train --preset meld --data meld_multimodal_features.pkl --selection test
 
 Needs the release's feature pickle (not bundled); without `--data` it trains on MELD-shaped
-synthetic data. Not measured here on the release's real features (none are available); on
-MiniLM text features of the real transcripts at hidden 128 it stalls near the majority class
-(test weighted F1 36.4) and warns, while `--recipe robust` gives 56.8 ± 0.5 over 3 seeds
-(README, "Real dialogues").
+synthetic data. Not measured here on the release's real features (none are available); its
+results on MiniLM text features of the real transcripts are in the README ("Real dialogues"),
+kept there only, so that they cannot drift from the runs that produced them.
 """
 
 from ambjax.nn import ModelConfig
