@@ -103,8 +103,8 @@ def plot(rows: list[dict], path: str) -> bool:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(x, [r["variant"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("Δ test weighted F1 vs full (points)")
-    ax.set_title(f"paired differences over {rows[0]['delta']['n'] if rows else 0} seeds, "
-                 "95% CI (red: excludes 0)")
+    ax.set_title(f"paired Δ over {rows[0]['delta']['n'] if rows else 0} seeds, 95% CI\n"
+                 "(red: the interval excludes 0)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

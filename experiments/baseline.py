@@ -1,6 +1,7 @@
 """A context-free baseline: multinomial logistic regression on each utterance's own features.
 
     python -m experiments.baseline --data meld_minilm.pkl
+    python -m experiments.baseline --preset probe_common_mode      # a preset's synthetic data
 
 Same data handling as `--recipe robust` (constant modalities left out, features standardised
 with train statistics, modalities concatenated); no dialogue, speaker or graph. Full-batch Adam
@@ -81,10 +82,13 @@ def evaluate(params, x, y, label_names) -> dict:
 def baseline(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m experiments.baseline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="feature pickle")
+    p.add_argument("--data", help="feature pickle (default: the preset's synthetic data)")
+    p.add_argument("--preset", default="meld",
+                   help="whose data settings (and, without --data, synthetic data) to use")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
-    config = make_config("meld", [f"data.path={args.data}"], recipe="robust")
+    config = make_config(args.preset, [f"data.path={args.data}"] if args.data else [],
+                         recipe="robust")
     dataset, _ = standardized(load_dataset(config.data), config.data)
     train, valid, test = (split_arrays(dataset, s) for s in ("train", "valid", "test"))
     params, step = fit_logistic(train, valid, dataset.num_classes)

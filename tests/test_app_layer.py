@@ -85,13 +85,13 @@ class _Epochs(Hook):
         return {"mine": f"epoch {epoch.epoch}"}
 
 
-def test_tiny_run_writes_tensorboard_events_and_user_hooks(tmp_path):
+def test_tiny_run_writes_tensorboard_events_user_hooks_and_loads_back(tmp_path):
     pytest.importorskip("tensorboardX")
     assert any(isinstance(h, TensorBoard) for h in default_hooks())
     mine = _Epochs()
     out = tmp_path / "run"
-    train_and_evaluate(make_config("tiny", ["schedule.epochs=2"]), str(out), n_devices=1,
-                       extra_hooks=[mine])
+    report = train_and_evaluate(make_config("tiny", ["schedule.epochs=2"]), str(out),
+                                n_devices=1, extra_hooks=[mine])
     records = _lines(out / "metrics.jsonl")
     assert mine.seen == [(r["epoch"], r["test"]["weighted_f1"]) for r in records]
     (events,) = glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))
@@ -109,6 +109,14 @@ def test_tiny_run_writes_tensorboard_events_and_user_hooks(tmp_path):
     manager = create_manager(str(out / "checkpoints"))
     assert read_meta(manager, 2)["notes"]["mine"] == "epoch 1"
     manager.close()
+    # load_run: the selected epoch's parameters reproduce the reported test metrics
+    run = load_run(str(out))
+    assert run.epoch == report["best_epoch"]
+    assert _test_f1(run, batch_size=run.config.data.batch_size) == pytest.approx(
+        report["test"]["weighted_f1"], abs=1e-6)
+    assert load_run(str(out), step=2).epoch == 2
+    with pytest.raises(AmbjaxError, match="no checkpoint of epoch 7"):
+        load_run(str(out), step=7)
 
 
 def test_hooks_replace_the_defaults(tmp_path):
@@ -118,21 +126,6 @@ def test_hooks_replace_the_defaults(tmp_path):
                        hooks=[mine])
     assert [e for e, _ in mine.seen] == [1]
     assert sorted(os.listdir(out)) == [".lock"]       # no records, checkpoints, reports
-
-
-def test_load_run_reproduces_the_reported_test_metrics(tmp_path):
-    out = tmp_path / "run"
-    report = train_and_evaluate(make_config("tiny", ["schedule.epochs=2"]), str(out),
-                                n_devices=1, hooks=[h for h in default_hooks()
-                                                    if not isinstance(h, TensorBoard)])
-    run = load_run(str(out))
-    assert run.epoch == report["best_epoch"]
-    assert _test_f1(run, batch_size=run.config.data.batch_size) == pytest.approx(
-        report["test"]["weighted_f1"], abs=1e-6)
-    other = load_run(str(out), step=2)
-    assert other.epoch == 2
-    with pytest.raises(AmbjaxError, match="no checkpoint of epoch 7"):
-        load_run(str(out), step=7)
 
 
 def test_option_names_cannot_fall_through():

@@ -33,7 +33,8 @@ def load_dataset(data: DataConfig) -> DialogueDataset:
     else:
         dataset = make_synthetic(data.synthetic, seed=data.synthetic_seed,
                                  scale=data.synthetic_scale,
-                                 dims=dict(data.synthetic_dims) or None)
+                                 dims=dict(data.synthetic_dims) or None,
+                                 valid_fraction=data.valid_fraction)
     if data.modalities:
         missing = set(data.modalities) - set(dataset.modalities)
         if missing:

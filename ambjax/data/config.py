@@ -19,7 +19,8 @@ class DataConfig:
       synthetic_dims: ((modality, width), ...) of the synthetic features; () = the real widths.
       synthetic_seed: seed of the synthetic data.
       text: "first" (the release's RoBERTa layer) or "mean4" (the mean of four; SDT layouts).
-      valid_fraction: share of train held out for validation when the file has no dev split.
+      valid_fraction: share of train held out for validation when the data has no dev split
+        (IEMOCAP layouts and IEMOCAP-shaped synthetic data).
       modalities: modalities to use, in order; () = all in the data.
       window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
       batch_size: dialogues per (global) batch.

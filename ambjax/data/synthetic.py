@@ -98,10 +98,12 @@ def _probe(base: SyntheticPreset, name: str, **changes) -> SyntheticPreset:
 PRESETS["common_mode"] = _probe(
     PRESETS["iemocap"], "IEMOCAP",
     # text alone separates every class (no pairs, no flips), but every dialogue adds one
-    # strong distractor to all its utterances: the prototype of a random class, 3x an
-    # utterance's own signal, in the same latent directions. A softmax map averages it in
-    # whatever it attends to; the difference of two maps can cancel it.
-    text_pairs=tuple(range(6)), text_flip=0.0, distractor=3.0, noise=1.5)
+    # strong distractor to all its utterances: the whole text signature of a random class,
+    # 1.5x to 4.5x an utterance's own signal (so no projection and no normalisation removes
+    # it). A softmax map averages it into whatever it attends to; the difference of two maps
+    # can cancel it.
+    text_pairs=tuple(range(6)), text_flip=0.0, distractor=3.0, noise=1.5, inertia=0.15,
+    contagion=0.55)
 PRESETS["imbalance"] = _probe(
     PRESETS["iemocap"], "IEMOCAP",
     # text is strong and fast to fit but cannot split three pairs of classes (and points at
@@ -147,7 +149,7 @@ def _label_sequence(rng: np.random.Generator, speakers: np.ndarray, prior: np.nd
 
 def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0,
                    dims: Mapping[str, int] | None = None, valid_seed: int = 0,
-                   length: int | None = None) -> DialogueDataset:
+                   valid_fraction: float = 0.1, length: int | None = None) -> DialogueDataset:
     """Generate a synthetic dataset following `PRESETS[preset]`.
 
     Args:
@@ -159,8 +161,9 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
       dims: override feature widths, e.g. {"text": 32, "audio": 24, "visual": 16} for tests.
       length: give every dialogue this many utterances instead of the real distribution (for
         scaling benchmarks).
-      valid_seed: seed of the 10% validation hold-out (IEMOCAP has no dev split); the loader's
-        default seed is 0, so a written-and-reloaded dataset has the same splits.
+      valid_seed, valid_fraction: seed and share of the validation hold-out from train
+        (IEMOCAP has no dev split; MELD's is fixed); the loader's defaults are seed 0 and 10%,
+        so a written-and-reloaded dataset with those has the same splits.
 
     Returns:
       A `DialogueDataset` with layout "synthetic".
@@ -201,7 +204,13 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
         speakers = _speaker_sequence(rng, n, n_spk, p.switch_prob)
         labels = _label_sequence(rng, speakers, prior, p)
         common = rng.normal(size=(n, _LATENT)) * 0.8 + rng.normal(size=(1, _LATENT)) * 0.5
-        distractor = p.distractor * group_proto[rng.integers(n_classes)] if p.distractor else 0.0
+        if p.distractor:    # per speaker: a random class's whole text signature, at a
+            c = rng.integers(n_classes, size=n_spk)     # random strength
+            scale = p.distractor * rng.uniform(0.5, 1.5, size=(n_spk, 1))
+            distractor = (scale * (group_proto[text_groups[c]] + 0.3 * own["text"][c]))[
+                speakers]
+        else:
+            distractor = 0.0
         feats = {}
         for m, d in widths.items():
             if m == "text":
@@ -217,7 +226,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
         ids.append(vid)
     train, valid, test = ids[:n_train], ids[n_train:n_train + n_valid], ids[n_train + n_valid:]
     if not valid:
-        train, valid = validation_split(train, 0.1, valid_seed)
+        train, valid = validation_split(train, valid_fraction, valid_seed)
     return DialogueDataset(name=p.name, layout="synthetic", label_names=p.label_names,
                            num_speakers=p.num_speakers, modalities=tuple(widths), dims=widths,
                            dialogues=dialogues,

@@ -30,7 +30,7 @@ from ambjax.data.standardize import Standardizer
 from ambjax.errors import ConfigError
 from ambjax.files import atomic_write, write_json
 from ambjax.train.config import replace_key, to_dict
-from ambjax.train.progress import RunProgress  # noqa: F401 - the type of run.progress
+from ambjax.train.progress import RunProgress
 from ambjax.train.report import write_report
 from ambjax.train.runs import CONFIG_FILE, METRICS_FILE, STATS_FILE, read_history
 

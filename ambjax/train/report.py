@@ -46,8 +46,9 @@ def report_markdown(report: dict) -> str:
 
 
 def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
-    """Learning curves, per-modality F1/q and the confusion matrix as PNGs (needs matplotlib;
-    returns False without it)."""
+    """Learning curves, per-modality F1/q, each differential layer's lambda (when the model
+    has them) and the confusion matrix as PNGs (needs matplotlib; returns False without
+    it)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -55,7 +56,8 @@ def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
     except ImportError:
         return False
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    layers = list(history[0].get("lambda", {})) if history else []
+    fig, axes = plt.subplots(1, 4 if layers else 3, figsize=(20 if layers else 15, 4))
     axes[0].plot(epochs, [h["train"]["loss"] for h in history], label="train")
     axes[0].plot(epochs, [h["valid"]["loss"] for h in history], label="valid")
     axes[0].set_title("loss")
@@ -67,9 +69,17 @@ def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
         axes[2].plot(epochs, [h["valid"]["modality_f1"][m] for h in history], label=f"F1 {m}")
         axes[2].plot(epochs, [h["train"]["q"][k] for h in history], "--", label=f"q {m}")
     axes[2].set_title("per-modality F1 (valid) and q (train)")
-    for ax in axes:
+    if layers:
+        names = modalities if len(modalities) == len(history[0]["lambda"][layers[0]]) else None
+        for layer in layers:
+            values = [h["lambda"][layer] for h in history]
+            for k in range(len(values[0])):
+                who = f" {names[k]}" if names and len(values[0]) > 1 else ""
+                axes[3].plot(epochs, [v[k] for v in values], label=f"{layer}{who}")
+        axes[3].set_title("lambda of each differential attention layer")
+    for k, ax in enumerate(axes):
         ax.set_xlabel("epoch")
-        ax.legend()
+        ax.legend(**({"fontsize": 5, "ncol": 2} if k == 3 else {}))
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "curves.png"))
     plt.close(fig)
