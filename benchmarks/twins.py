@@ -28,9 +28,16 @@ from ambjax.train.state import create_optimizer
 from benchmarks.common import environment, write_results
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    return statistics.median(timeit.repeat(fn, number=10, repeat=repeats)) / 10
+def _time_pair(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function, measured in alternating order (one round of
+    10 calls each at a time), so that warm-up and drift do not favour either."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            times[name].append(timeit.timeit(fns[name], number=10) / 10)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _softmax_pair(repeats: int) -> dict:
@@ -42,8 +49,8 @@ def _softmax_pair(repeats: int) -> dict:
     def grad_of(softmax):
         f = jax.jit(jax.grad(lambda s: (softmax(s, receivers, nodes) ** 2).sum()))
         return lambda: f(scores).block_until_ready()
-    return {"ambjax segment_softmax": _time(grad_of(segment_softmax), repeats),
-            "jraph.segment_softmax": _time(grad_of(jraph.segment_softmax), repeats)}
+    return _time_pair({"ambjax segment_softmax": grad_of(segment_softmax),
+                       "jraph.segment_softmax": grad_of(jraph.segment_softmax)}, repeats)
 
 
 def _adam_pair(repeats: int) -> dict:
@@ -52,18 +59,18 @@ def _adam_pair(repeats: int) -> dict:
     schedule = optax.constant_schedule(6.8e-5)
     hand = optax.chain(optax.add_decayed_weights(5e-5), optax.scale_by_adam(),
                        optax.scale_by_schedule(lambda step: -schedule(step)))
-    out = {}
+    fns = {}
     for name, opt in (("optax chain (ambjax)", create_optimizer(OptimConfig())),
                       ("hand chain with scale_by_schedule", hand)):
         state = opt.init(params)
-        step = jax.jit(lambda p, s: opt.update(grads, s, p))
-        out[name] = _time(lambda: jax.block_until_ready(step(params, state)), repeats)
-    return out
+        step = jax.jit(lambda p, s, opt=opt: opt.update(grads, s, p))
+        fns[name] = lambda step=step, state=state: jax.block_until_ready(step(params, state))
+    return _time_pair(fns, repeats)
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.twins")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args(argv)
     env = environment()
     pairs = {"segment softmax (forward + backward)": _softmax_pair(args.repeats),
