@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from ambjax.errors import CheckpointError
 from ambjax.data.dataset import Dialogue
 from ambjax.graphs.batching import Budget, DialogueBatch, build_batch
 from ambjax.graphs.edges import GRAPH_KINDS, edges_from_relation_matrix
@@ -85,7 +86,7 @@ def _map_entry(name: str, value: np.ndarray) -> dict:
             return {layer + (parts[2],): value}
         if leaf == "weight":  # a_*.weight [1, k], relation_embedding.weight [6, 10]
             return {layer + (parts[2],): value[0] if parts[2].startswith("a_") else value}
-    raise KeyError(f"unknown release parameter {name!r}")
+    raise CheckpointError(f"unknown release parameter {name!r}")
 
 
 def _stack_members(flat: dict, config: ModelConfig) -> dict:
@@ -141,7 +142,7 @@ def release_to_params(state_dict: Mapping[str, np.ndarray], config: ModelConfig 
     extra = sorted(set(flat) - set(expected))
     wrong = sorted(k for k in set(expected) & set(flat) if flat[k].shape != expected[k])
     if missing or extra or wrong:
-        raise ValueError(f"release state_dict does not fit the ambjax model: missing {missing[:5]}, "
+        raise CheckpointError(f"release state_dict does not fit the ambjax model: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}, wrong shapes "
                          f"{[(k, flat[k].shape, expected[k]) for k in wrong[:5]]}")
     return unflatten_dict(flat)

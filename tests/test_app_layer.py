@@ -204,3 +204,18 @@ def test_preset_and_library_docstrings_quote_no_results():
             found += [f"{os.path.relpath(path, ROOT)}: {m.group(0)}"
                       for m in result.finditer(text)]
     assert not found, found
+
+
+def test_library_argument_errors_are_ambjax_errors():
+    """What a library user can get wrong (names, widths, budgets) raises an AmbjaxError (a
+    ValueError too), which the commands print as one line."""
+    from ambjax.data import make_synthetic
+    from ambjax.graphs import dialogue_edges
+    from ambjax.train import make_train_step
+    cases = [lambda: make_synthetic("nope"),
+             lambda: make_synthetic("meld", dims={"smell": 3}),
+             lambda: dialogue_edges([0, 1], window=-1, graph="inter"),
+             lambda: make_train_step(None, None, mask_rng="philox")]
+    for case in cases:
+        with pytest.raises(AmbjaxError):
+            case()

@@ -23,6 +23,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from ambjax.errors import ConfigError
 from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, DataFormatError, Dialogue,
                                  DialogueDataset, validate_dialogue, validation_split)
 from ambjax.data.safe_pickle import read_pickle
@@ -49,11 +50,11 @@ def fields_in_order(layout: str, values: Mapping[str, Any]) -> tuple:
     """The fields of a `layout` file, from `values` {field name: value} (the names of
     `LAYOUTS[layout]`; extra entries are ignored): the one place that knows their order."""
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
     names = LAYOUTS[layout][1]
     missing = [n for n in names if n not in values]
     if missing:
-        raise ValueError(f"layout {layout} needs the fields {missing}")
+        raise ConfigError(f"layout {layout} needs the fields {missing}")
     return tuple(values[n] for n in names)
 MELD_SPEAKER_SLOTS = 9
 
@@ -160,7 +161,7 @@ def load_features(path: str | os.PathLike, *, text: str = "first", valid_fractio
       DataFormatError: naming the file, dialogue and field of the first problem found.
     """
     if text not in TEXT_OPTIONS:
-        raise ValueError(f"text must be one of {TEXT_OPTIONS}, got {text!r}")
+        raise ConfigError(f"text must be one of {TEXT_OPTIONS}, got {text!r}")
     path = os.fspath(path)
     fields = read_pickle(path)
     layout = detect_layout(fields, path)

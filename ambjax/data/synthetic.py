@@ -24,6 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ambjax.errors import ConfigError
 from ambjax.data.dataset import (IEMOCAP_LABELS, MELD_LABELS, Dialogue, DialogueDataset,
                                  validation_split)
 from ambjax.data.loader import LAYOUTS, MELD_SPEAKER_SLOTS, fields_in_order
@@ -169,13 +170,13 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
       A `DialogueDataset` with layout "synthetic".
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[preset]
     widths = dict(p.dims)
     if dims:
         unknown = set(dims) - set(widths)
         if unknown:
-            raise ValueError(f"dims: unknown modalities {sorted(unknown)}")
+            raise ConfigError(f"dims: unknown modalities {sorted(unknown)}")
         widths.update(dims)
     rng = np.random.default_rng(seed)
     n_train, n_valid, n_test = (max(m, int(round(s * scale)))
@@ -245,13 +246,13 @@ def to_layout_fields(dataset: DialogueDataset, layout: str) -> tuple:
     without a dev field fold the valid split back into train (the loader then re-derives it).
     """
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
+        raise ConfigError(f"unknown layout {layout!r}; choose from {sorted(LAYOUTS)}")
     corpus, names = LAYOUTS[layout]
     if corpus != dataset.name:
-        raise ValueError(f"layout {layout} holds {corpus} data, the dataset is {dataset.name}")
+        raise ConfigError(f"layout {layout} holds {corpus} data, the dataset is {dataset.name}")
     needed = {"text", "audio", "visual"} & set(names)
     if not needed <= set(dataset.modalities):
-        raise ValueError(f"layout {layout} needs modalities {sorted(needed)}")
+        raise ConfigError(f"layout {layout} needs modalities {sorted(needed)}")
     ds = dataset.dialogues
     spk = {}
     for vid, d in ds.items():

@@ -36,6 +36,7 @@ import flax.struct
 import jax
 import jraph
 
+from ambjax.errors import ConfigError
 from ambjax.graphs.edges import GRAPH_KINDS
 
 
@@ -100,7 +101,7 @@ class DialogueBatch:
     def edges(self, kind: str) -> EdgeSet:
         """The `kind` edge set; `kind` must be "intra" or "inter"."""
         if kind not in GRAPH_KINDS:
-            raise ValueError(f"unknown graph kind {kind!r}; expected one of {GRAPH_KINDS}")
+            raise ConfigError(f"unknown graph kind {kind!r}; expected one of {GRAPH_KINDS}")
         return self.intra if kind == "intra" else self.inter
 
     def graph(self, kind: str, nodes: jax.Array | None = None) -> jraph.GraphsTuple:

@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ambjax.errors import ConfigError
 from ambjax.data.dataset import Dialogue, DialogueDataset
 from ambjax.graphs.batch import DialogueBatch, DialogueLayout, EdgeSet, Nodes
 from ambjax.graphs.edges import GRAPH_KINDS, DialogueEdges, dialogue_edges
@@ -80,7 +81,7 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
     counts = np.array([len(e.types) for e in edge_list], np.int32)
     total = int(counts.sum())
     if total > n_edge:
-        raise ValueError(f"{kind} edges {total} exceed the budget {n_edge}")
+        raise ConfigError(f"{kind} edges {total} exceed the budget {n_edge}")
     senders = np.full(n_edge, n_node - 1, np.int32)
     receivers = np.full(n_edge, n_node - 1, np.int32)
     types = np.zeros(n_edge, np.int32)
@@ -93,7 +94,7 @@ def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: 
         reach = np.abs(senders[:total] - receivers[:total])  # dialogues are contiguous
         if reach.max() > band:
             i = int(np.searchsorted(np.cumsum(counts), int(reach.argmax()), side="right"))
-            raise ValueError(f"{kind} edges of dialogue {i} join utterances {int(reach.max())} "
+            raise ConfigError(f"{kind} edges of dialogue {i} join utterances {int(reach.max())} "
                              f"apart, beyond the budget's band {band}")
     n_edge_per_graph = np.zeros(n_graph, np.int32)
     n_edge_per_graph[:len(counts)] = counts
@@ -122,10 +123,10 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
     lengths = np.array([len(d) for d in dialogues], np.int32)
     total = int(lengths.sum())
     if n_real > budget.n_graph - 1 or total > budget.n_node - 1:
-        raise ValueError(f"{n_real} dialogues / {total} utterances do not fit {budget} "
+        raise ConfigError(f"{n_real} dialogues / {total} utterances do not fit {budget} "
                          "(one spare node and graph are needed for padding)")
     if n_real and lengths.max() > budget.max_len:
-        raise ValueError(f"a dialogue of {lengths.max()} utterances exceeds max_len {budget.max_len}")
+        raise ConfigError(f"a dialogue of {lengths.max()} utterances exceeds max_len {budget.max_len}")
     nn_, ng = budget.n_node, budget.n_graph
     offsets = np.zeros(n_real, np.int32)
     offsets[1:] = np.cumsum(lengths)[:-1]
@@ -205,7 +206,7 @@ class GraphBatcher:
                  n_devices: int = 1, modalities: Sequence[str] | None = None,
                  growth: float | None = 1.25, local_devices: tuple[int, int] | None = None):
         if batch_size < n_devices:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {n_devices} devices")
+            raise ConfigError(f"batch_size {batch_size} is smaller than the {n_devices} devices")
         self.dataset = dataset
         self.window = window
         self.batch_size = batch_size
@@ -225,7 +226,7 @@ class GraphBatcher:
         for b in self.budgets:
             if b.n_node > n_utterances:
                 return b
-        raise ValueError(f"{n_utterances} utterances exceed the largest budget {self.budgets[-1]}")
+        raise ConfigError(f"{n_utterances} utterances exceed the largest budget {self.budgets[-1]}")
 
     def build(self, dialogues: Sequence[Dialogue], budget: Budget | None = None) -> DialogueBatch:
         """One padded batch (stacked per device when n_devices > 1; only this process's

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ambjax.errors import ConfigError
+
 GRAPH_KINDS = ("intra", "inter")
 NUM_EDGE_TYPES = 6  # 0 (none/padding) and 1..5
 
@@ -44,9 +46,9 @@ def dialogue_edges(speakers: np.ndarray, window: int, graph: str) -> DialogueEdg
       ([0, 1, 0, 1, 2], [0, 0, 1, 1, 2], [1, 3, 2, 1, 1])
     """
     if graph not in GRAPH_KINDS:
-        raise ValueError(f"graph must be 'intra' or 'inter', got {graph!r}")
+        raise ConfigError(f"graph must be 'intra' or 'inter', got {graph!r}")
     if window < 0:
-        raise ValueError(f"window must be >= 0, got {window}")
+        raise ConfigError(f"window must be >= 0, got {window}")
     speakers = np.asarray(speakers)
     n = speakers.shape[0]
     w = min(int(window), max(n - 1, 0))

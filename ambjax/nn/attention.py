@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from ambjax.errors import ConfigError
 from ambjax.graphs.edges import NUM_EDGE_TYPES
 from ambjax.nn.kernels import aggregate, segment_softmax
 
@@ -154,7 +155,7 @@ class DifferentialGraphAttention(nn.Module):
         h = graph.nodes.astype(self.dtype)
         chex.assert_rank(h, 2)
         if self.features % 2:
-            raise ValueError(f"features must be even, got {self.features}")
+            raise ConfigError(f"features must be even, got {self.features}")
         half = self.features // 2
         xavier = nn.initializers.variance_scaling(1.414 ** 2, "fan_avg", "uniform")
         w = self.param("W", xavier, (h.shape[-1], self.features))
@@ -179,6 +180,6 @@ class DifferentialGraphAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = aggregate(weights.astype(self.dtype), wh, graph)
         if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+            raise ConfigError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         out = NORMS[self.norm](out, half, self.dtype)
         return nn.gelu(out * (1.0 - self.lambda_init), approximate=False)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambjax.errors import ConfigError
 from ambjax.metrics import modality_f1
 
 PERF_EPS = 1e-5
@@ -63,7 +64,7 @@ def drop_probabilities(perf, q_base: float, lam: float, *, xp=jnp):
     f32 = xp.float32
     perf = xp.asarray(perf, dtype=f32)
     if perf.ndim != 1:
-        raise ValueError(f"perf must be a vector [M], got shape {perf.shape}")
+        raise ConfigError(f"perf must be a vector [M], got shape {perf.shape}")
     m = perf.shape[0]
     ratio = perf[:, None] / (perf[None, :] + f32(PERF_EPS)) - f32(1.0)      # [M, M]
     others = (perf[None, :] >= _PERF_THRESHOLD) & ~xp.eye(m, dtype=bool)

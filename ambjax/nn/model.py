@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, lambda_init_for_depth
 from ambjax.nn.balance import ModalityBalancing
@@ -148,7 +149,7 @@ class AMBDSGDN(nn.Module):
     def setup(self):
         c = self.config
         if not c.input_dims or c.num_classes < 1 or c.num_speakers < 1:
-            raise ValueError("ModelConfig has no data shape (input_dims, num_classes, "
+            raise ConfigError("ModelConfig has no data shape (input_dims, num_classes, "
                              "num_speakers): build it with ModelConfig.with_data(...)")
         dtype = jnp.dtype(c.dtype)
         self.speaker_embedding = nn.Embed(c.num_speakers + 1, c.hidden_dim,

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix
@@ -82,7 +83,7 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       (1, True)
     """
     if mask_rng not in MASK_KEYS:
-        raise ValueError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
+        raise ConfigError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
     mask_keys = MASK_KEYS[mask_rng]
 
     def train_step(state: TrainState, batch: DialogueBatch, balance_active):
