@@ -1,0 +1,87 @@
+"""The authors' release on the modality-imbalance probe: does its own balancing help there?
+
+    python -m benchmarks.release_probe --release DIR [--release-python PATH] [--seeds 1,2,3]
+
+Writes the `imbalance` probe (`ambjax.data.synthetic.PRESETS`, the real IEMOCAP widths the
+release's model expects) in the release's pickle layout, and runs the release's own train.py
+from a temporary copy (the CPU patches of `benchmarks.versus_release`, and its fixed seed
+2094 replaced by each seed) with the `probe_imbalance` preset's settings (hidden 64, lr 1e-3,
+L2 1e-5, dropout 0.2, 12 epochs, balancing after 2), with and without
+`--disable_modality_dropout`. Reported per seed: the release's own score (the best test epoch,
+its protocol) and the last epoch's test weighted F1; the paired difference with its 95%
+interval. Results: benchmarks/results/release_probe-<device>-<date>.{json,md}. Nothing of the
+release is copied into this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+
+from benchmarks.common import environment, write_results
+from benchmarks.versus_release import _run, release_copy
+from experiments.paired import paired_interval
+
+FLAGS = ["--lr=0.001", "--l2=0.00001", "--dropout=0.2", "--hidden_dim=64", "--n_head=8",
+         "--epochs=12", "--windows=20", "--batch-size=16", "--class-weight",
+         "--Dataset=IEMOCAP", "--q_base=0.3", "--lam=0.9", "--p_exe=0.5",
+         "--warm_up_epochs=2", "--no-cuda"]
+TEST_F1 = re.compile(r"test_fscore: ([\d.]+)")
+BEST = re.compile(r"Best_Test_F-Score: ([\d.]+)")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.release_probe", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--release", required=True)
+    p.add_argument("--release-python", default=sys.executable)
+    p.add_argument("--seeds", default="1,2,3")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    from ambjax.data import make_synthetic, write_pickle
+    scores = {"full": {"best": [], "last": []}, "no_balancing": {"best": [], "last": []}}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, patches = release_copy(args.release, scratch, "cpu")
+        write_pickle(make_synthetic("imbalance", seed=0),
+                     os.path.join(folder, "data", "iemocap_multimodal_features.pkl"),
+                     layout="sdt_iemocap")
+        train_py = os.path.join(folder, "train.py")
+        source = open(train_py).read()
+        for seed in seeds:
+            with open(train_py, "w") as f:
+                f.write(source.replace("seed = 2094", f"seed = {seed}"))
+            for variant, extra in (("full", []), ("no_balancing", ["--disable_modality_dropout"])):
+                text, wall, _ = _run([args.release_python, "train.py", *FLAGS, *extra],
+                                     cwd=folder, timeout=3600)
+                scores[variant]["best"].append(float(BEST.search(text).group(1)))
+                scores[variant]["last"].append(float(TEST_F1.findall(text)[-1]))
+                print(f"seed {seed} {variant}: best test {scores[variant]['best'][-1]}, last "
+                      f"{scores[variant]['last'][-1]} ({wall:.0f} s)", flush=True)
+    env = environment()
+    rows = {k: paired_interval(scores["no_balancing"][k], scores["full"][k])
+            for k in ("best", "last")}
+    lines = [f"# The release on the imbalance probe ({env['cpu_model']}, {env['date']}, seeds "
+             f"{args.seeds})", "", "Test weighted F1 (the release's own numbers, percent); Δ = "
+             "no_balancing - full, paired over seeds, 95% t interval.", "",
+             "| score | full | no_balancing | Δ [95% CI] |", "|---|---|---|---|"]
+    for k, label in (("best", "best test epoch (release protocol)"), ("last", "last epoch")):
+        d = rows[k]
+        lines.append(f"| {label} | {scores['full'][k]} | {scores['no_balancing'][k]} | "
+                     f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                     f"{' *' if d['significant'] else ''} |")
+    lines += ["", "Patches of the temporary copy: " + "; ".join(patches)
+              + "; train.py: seed = 2094 -> each seed."]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    print("wrote", write_results("release_probe", {"benchmark": "release_probe",
+                                                   "environment": env, "seeds": seeds,
+                                                   "flags": FLAGS, "scores": scores,
+                                                   "paired": rows}, table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
