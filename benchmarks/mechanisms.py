@@ -34,6 +34,10 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
         "... with DIFF-Transformer's depth-dependent lambda_init",
         ["--preset", "probe_common_mode", "--ablations", "no_differential",
          "--set", "model.depth_dependent_lambda=true"]),
+    "probe_common_mode-silent": (
+        "... half of the utterances without a text signal (labels from context only)",
+        ["--preset", "probe_common_mode", "--ablations", "no_differential",
+         "--set", "data.synthetic=common_mode_silent"]),
     "probe_imbalance": (
         "modality balancing on its probe", ["--preset", "probe_imbalance",
                                             "--ablations", "no_balancing,text_only"]),

@@ -67,7 +67,8 @@ class SyntheticPreset:
     text_flip: float = 0.2               # share of utterances whose text points at a random class
     strength: tuple[tuple[str, float], ...] = (("text", 1.0), ("audio", 0.4), ("visual", 0.35))
     noise: float = 2.5                   # per-utterance latent noise
-    distractor: float = 0.0              # per-dialogue common-mode distractor (see PRESETS)
+    distractor: float = 0.0              # per-speaker common-mode distractor (see PRESETS)
+    silent: float = 0.0                  # share of utterances whose text carries no label
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -105,6 +106,9 @@ PRESETS["common_mode"] = _probe(
     # can cancel it.
     text_pairs=tuple(range(6)), text_flip=0.0, distractor=3.0, noise=1.5, inertia=0.15,
     contagion=0.55)
+# ... and half of the utterances carry no label in their text (only the distractor and
+# noise): their labels can only come from context, mostly the other speaker (contagion)
+PRESETS["common_mode_silent"] = _probe(PRESETS["common_mode"], "IEMOCAP", silent=0.5)
 PRESETS["imbalance"] = _probe(
     PRESETS["iemocap"], "IEMOCAP",
     # text is strong and fast to fit but cannot split three pairs of classes (and points at
@@ -217,7 +221,10 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
             if m == "text":
                 shown = np.where(rng.random(n) < p.text_flip, rng.integers(n_classes, size=n),
                                  labels)
-                latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown] + distractor
+                latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown]
+                if p.silent:
+                    latent = latent * (rng.random(n) >= p.silent)[:, None]
+                latent = latent + distractor
             else:
                 latent = own[m][labels]
             latent = strength[m] * latent + p.noise * rng.normal(size=(n, _LATENT))
