@@ -9,6 +9,7 @@ import struct
 import tokenize
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ambjax.cli import flag_hints
@@ -114,7 +115,12 @@ def test_tiny_run_writes_tensorboard_events_user_hooks_and_loads_back(tmp_path):
     assert run.epoch == report["best_epoch"]
     assert _test_f1(run, batch_size=run.config.data.batch_size) == pytest.approx(
         report["test"]["weighted_f1"], abs=1e-6)
-    assert load_run(str(out), step=2).epoch == 2
+    second = load_run(str(out), step=2)
+    assert second.epoch == 2
+    # the recorded lambdas are those of the epoch's parameters
+    from ambjax.nn.attention import layer_lambdas
+    for layer, values in layer_lambdas(second.params).items():
+        np.testing.assert_allclose(values, records[1]["lambda"][layer], rtol=1e-6)
     with pytest.raises(AmbjaxError, match="no checkpoint of epoch 7"):
         load_run(str(out), step=7)
 

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ambjax.errors import ConfigError
 from ambjax.graphs.edges import NUM_EDGE_TYPES
@@ -66,6 +67,13 @@ def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: j
     """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a scalar)."""
     return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1)) - jnp.exp(jnp.sum(lambda_q2 * lambda_k2))
             + lambda_init)
+
+
+def lambda_parameters(params) -> dict:
+    """The sub-tree of `params` holding only the differential layers' lambda vectors (a few
+    numbers per layer: cheap to copy to the host, enough for `layer_lambdas`)."""
+    flat = flatten_dict(params)
+    return unflatten_dict({k: v for k, v in flat.items() if str(k[-1]).startswith("lambda_")})
 
 
 def layer_lambdas(params, lambda_init: float = LAMBDA_INIT_OFFICIAL) -> dict[str, jax.Array]:

@@ -20,7 +20,7 @@ from ambjax.data.assemble import load_dataset, standardized
 from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer
 from ambjax.errors import ConfigError, Interrupted, RunFolderError
-from ambjax.nn.attention import layer_lambdas
+from ambjax.nn.attention import lambda_parameters, layer_lambdas
 from ambjax.nn.model import AMBDSGDN
 from ambjax.nn.protocol import DialogueModel
 from ambjax.train.config import ExperimentConfig, fingerprint, to_dict, validate
@@ -254,6 +254,7 @@ def _epoch(run: RunContext, epoch: int, hooks: list[Hook]) -> None:
     selection = trainer.config.run.selection
     trains = trainer.train_epoch(epoch)
     valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
+    lambda_params = lambda_parameters(trainer.state.params)     # a few numbers per layer
     with interrupts.deferred():
         for k, (train, valid, test) in enumerate(zip(trains, valids, tests)):
             score = (valid if selection == "valid" else test)["weighted_f1"]
@@ -261,7 +262,7 @@ def _epoch(run: RunContext, epoch: int, hooks: list[Hook]) -> None:
             record = {"epoch": epoch + 1, "selection": selection, "train": train,
                       "valid": {x: valid[x] for x in METRIC_KEYS},
                       "test": {x: test[x] for x in METRIC_KEYS}}
-            lambdas = layer_lambdas(trainer.seed_params(k))
+            lambdas = layer_lambdas(trainer.seed_slice(lambda_params, k))
             if lambdas:
                 record["lambda"] = {name: [float(v) for v in value.reshape(-1)]
                                     for name, value in lambdas.items()}

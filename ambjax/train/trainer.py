@@ -184,13 +184,11 @@ class Trainer:
         """Seed k's state (no seed or device axis), as its checkpoint stores it: a host copy
         read from this process's first device, so that no process issues device work the
         others do not (in a multi-process run every device op must be matched)."""
-        return self._pick(self.state, k)
+        return self.seed_slice(self.state, k)
 
-    def seed_params(self, k: int):
-        """Seed k's parameters (no seed or device axis), as `seed_state` reads them."""
-        return self._pick(self.state.params, k)
-
-    def _pick(self, tree, k: int):
+    def seed_slice(self, tree, k: int):
+        """Seed k's slice (no seed or device axis) of a tree stacked like the state (e.g. a
+        part of `state.params`), as a host copy read as `seed_state` reads it."""
         def pick(x):
             if self.n_devices > 1:
                 local = x.addressable_shards[0].data if hasattr(x, "addressable_shards") else x
