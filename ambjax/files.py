@@ -40,3 +40,11 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None
 def write_json(path: str | os.PathLike, blob) -> None:
     """Write `blob` to `path` as JSON, atomically (`atomic_write`)."""
     atomic_write(path, json.dumps(blob, indent=1))
+
+
+def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
+    """Save a matplotlib figure as PNG, atomically (`atomic_write`)."""
+    import io
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **kwargs)
+    atomic_write(path, buffer.getvalue())

@@ -25,7 +25,7 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError
 from ambjax.train.cache import enable_compile_cache
 from ambjax.train import ConfigError, prepare_run, train_and_evaluate
-from ambjax.files import atomic_write, write_json
+from ambjax.files import atomic_write, save_figure, write_json
 from ambjax.train.run_folder import LOCK_NAME, RunLock
 from experiments.configs import ABLATIONS, PRESETS, RECIPES, make_config
 from experiments.paired import paired_interval
@@ -106,7 +106,7 @@ def plot(rows: list[dict], path: str) -> bool:
     ax.set_title(f"paired Δ over {rows[0]['delta']['n'] if rows else 0} seeds, 95% CI\n"
                  "(red: the interval excludes 0)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 

@@ -25,10 +25,10 @@ says goodbye (`finish`) before it closes the connections.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
-import sys
 import threading
 import time
 from typing import Callable
@@ -45,7 +45,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                on_lost: Callable[[str], None] | None = None) -> bool:
     """Join a multi-process run when one is configured (arguments or environment).
 
-    `on_lost` receives the one-line message when a peer is lost (`PeerWatch`; default: print
+    `on_lost` receives the one-line message when a peer is lost (`PeerWatch`; default: log
     it and end the process with status 2).
 
     Returns:
@@ -167,7 +167,7 @@ class PeerWatch:
     Args:
       peers: open connections by the peer's process id (`rendezvous`).
       timeout_s: silence after which a peer counts as lost.
-      on_lost: called with the one-line message (default: print it on stderr and end the
+      on_lost: called with the one-line message (default: log it (logger "ambjax") and end the
         process with status 2 at once, since the main thread may be blocked in a collective
         that would never return).
     """
@@ -237,7 +237,7 @@ class PeerWatch:
 
 
 def _stop_process(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("ambjax").critical(message)
     os._exit(2)
 
 

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from ambjax.files import atomic_write, write_json
+from ambjax.files import atomic_write, save_figure, write_json
 
 
 def _pct(x: float) -> str:
@@ -81,7 +81,7 @@ def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
         ax.set_xlabel("epoch")
         ax.legend(**({"fontsize": 5, "ncol": 2} if k == 3 else {}))
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "curves.png"))
+    save_figure(fig, os.path.join(out_dir, "curves.png"))
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.imshow(report["test"]["confusion"], cmap="Blues")
@@ -94,7 +94,7 @@ def write_plots(out_dir: str, report: dict, history: list[dict]) -> bool:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "confusion.png"))
+    save_figure(fig, os.path.join(out_dir, "confusion.png"))
     plt.close(fig)
     return True
 
