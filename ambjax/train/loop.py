@@ -27,7 +27,6 @@ from ambjax.train.config import ExperimentConfig, fingerprint, to_dict, validate
 from ambjax.train.hooks import EpochResult, Hook, RunContext, default_hooks
 from ambjax.train.progress import RunProgress
 from ambjax.train.report import summarize_seeds, write_seeds_report
-from ambjax.train.runs import seed_folders
 from ambjax.train.trainer import Trainer, model_for
 
 logger = logging.getLogger("ambjax")
@@ -46,13 +45,6 @@ class PreparedRun:
     model: DialogueModel
     folders: list[str]
     plan: dict
-
-
-def _trainer(prepared: PreparedRun, config: ExperimentConfig, **kwargs) -> Trainer:
-    if isinstance(prepared.model, AMBDSGDN):
-        return Trainer.from_config(config, prepared.dataset, **kwargs)
-    return Trainer(prepared.model, config, prepared.dataset,
-                   class_weights=config.optim.class_weights or None, **kwargs)
 
 
 def prepare_run(config: ExperimentConfig, out_dir: str, *, model: ModelFactory | None = None,
@@ -78,7 +70,7 @@ def prepare_run(config: ExperimentConfig, out_dir: str, *, model: ModelFactory |
     run_folder.check(out_dir, fingerprint=fingerprint(built.config)
                      if isinstance(built, AMBDSGDN) else None, **plan)
     return PreparedRun(dataset=dataset, stats=stats, model=built,
-                       folders=seed_folders(out_dir, seeds), plan=plan)
+                       folders=run_folder.seed_folders(out_dir, seeds), plan=plan)
 
 
 def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
@@ -120,7 +112,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
     locks = run_folder.lock_all(out_dir, prepared.folders) if primary else []
     try:
         try:
-            trainer = _trainer(prepared, config, n_devices=n_devices, seeds=seeds)
+            trainer = Trainer.from_config(config, prepared.dataset, model=prepared.model,
+                                          n_devices=n_devices, seeds=seeds)
             tag = (" [model selected on TEST: the release's protocol]"
                    if config.run.selection == "test" else "")
             logger.info(f"{trainer.dataset.name} ({trainer.dataset.layout}): "
@@ -129,7 +122,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                         f"({jax.devices()[0].platform}), "
                         f"{trainer.batcher.num_batches('train')} batches/epoch, "
                         f"{len(trainer.batcher.budgets)} budget buckets{tag}")
-            if primary:
+            if primary:   # again under the locks (and with the model's own fingerprint)
                 run_folder.check(out_dir, fingerprint=trainer.fingerprint, **prepared.plan)
             trainer.compile()
         except BaseException as e:

@@ -132,6 +132,12 @@ def changed_settings(old: Mapping, new: Mapping) -> list[str]:
             if k not in RESUMABLE_CHANGES and json.dumps(a.get(k)) != json.dumps(b.get(k))]
 
 
+def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
+    """The run folder of each seed: `out_dir` itself for a single run, `out_dir/seed<k>`
+    when `seeds` are given."""
+    return [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
+
+
 def check(out_dir: str, *, fingerprint: str | None, config: Mapping, data_fingerprint: str,
           seeds: Sequence[int] | None, resume: bool, overwrite: bool,
           allow_changes: bool = False) -> None:
@@ -176,7 +182,7 @@ def check(out_dir: str, *, fingerprint: str | None, config: Mapping, data_finger
         wanted = f"seeds {sorted(seeds)}" if seeds else "a single run"
         raise RunFolderError(f"{out_dir} holds {held}, not {wanted}; resume with the same "
                              "`seeds`, or use `overwrite` or another `out_dir`")
-    folders = [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
+    folders = seed_folders(out_dir, seeds)
     for folder in folders:
         old = read_config(folder)
         if fingerprint is not None and old.get("fingerprint") != fingerprint:

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import ambjax.train.checkpoint as ckpt
 import ambjax.train.run_folder as run_folder
@@ -77,12 +77,6 @@ def read_history(path: str, upto: int) -> list[dict]:
     return [h for h in history if h.get("epoch", 0) <= upto]
 
 
-def seed_folders(out_dir: str, seeds: Sequence[int] | None) -> list[str]:
-    """The run folder of each seed: `out_dir` itself for a single run, `out_dir/seed<k>`
-    when `seeds` are given."""
-    return [out_dir] if not seeds else [os.path.join(out_dir, f"seed{s}") for s in seeds]
-
-
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
     """A run read back from its folder (`load_run`).
@@ -126,12 +120,7 @@ def _run_trainer(run_dir: str, data: str | None, model: DialogueModel | None,
     if model is None and recorded["model_class"] not in (None, "AMBDSGDN"):
         raise CheckpointError(f"{run_dir}: the run trained a {recorded['model_class']}; pass "
                               "that model to read it")
-    if model is None:
-        trainer = Trainer.from_config(config, dataset, n_devices=n_devices or 1)
-    else:
-        trainer = Trainer(model, config, dataset, n_devices=n_devices or 1,
-                          class_weights=config.optim.class_weights or None)
-    return trainer, stats
+    return Trainer.from_config(config, dataset, model=model, n_devices=n_devices or 1), stats
 
 
 def _restore(run_dir: str, trainer: Trainer, step: int | None):

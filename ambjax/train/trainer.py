@@ -146,12 +146,13 @@ class Trainer:
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
 
     @classmethod
-    def from_config(cls, config: ExperimentConfig, dataset: DialogueDataset, **kwargs) -> "Trainer":
-        """The Trainer of AMB-DSGDN as `config.model` describes it, with the class weights of
-        `config.optim` (none when empty); keyword arguments as for `Trainer`."""
-        weights = config.optim.class_weights or None
-        return cls(AMBDSGDN(model_for(config, dataset)), config, dataset,
-                   class_weights=weights, **kwargs)
+    def from_config(cls, config: ExperimentConfig, dataset: DialogueDataset, *,
+                    model: DialogueModel | None = None, **kwargs) -> "Trainer":
+        """The Trainer of `model` (default: AMB-DSGDN as `config.model` describes it) with the
+        class weights of `config.optim` (none when empty); keyword arguments as for
+        `Trainer`."""
+        return cls(model or AMBDSGDN(model_for(config, dataset)), config, dataset,
+                   class_weights=config.optim.class_weights or None, **kwargs)
 
     # --- state -------------------------------------------------------------------------------
 
