@@ -22,7 +22,6 @@ lambda to 0 and drops the second map: ordinary (relational) graph attention.
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 import chex
 import flax.linen as nn
@@ -62,18 +61,23 @@ def lambda_init_for_depth(depth: int) -> float:
 LAMBDA_INIT_OFFICIAL = lambda_init_for_depth(1)
 
 
+LAMBDA_PARAMS = ("lambda_left1", "lambda_right1", "lambda_left2", "lambda_right2")
+"""The names of a differential layer's lambda vectors, in `differential_lambda`'s order."""
+
+
 def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: jax.Array,
                         lambda_k2: jax.Array, lambda_init: float) -> jax.Array:
-    """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (a scalar)."""
-    return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1)) - jnp.exp(jnp.sum(lambda_q2 * lambda_k2))
-            + lambda_init)
+    """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init: a scalar for vectors [h],
+    [...] for vectors stacked along leading axes [..., h]."""
+    return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1, -1))
+            - jnp.exp(jnp.sum(lambda_q2 * lambda_k2, -1)) + lambda_init)
 
 
 def lambda_parameters(params) -> dict:
     """The sub-tree of `params` holding only the differential layers' lambda vectors (a few
     numbers per layer: cheap to copy to the host, enough for `layer_lambdas`)."""
     flat = flatten_dict(params)
-    return unflatten_dict({k: v for k, v in flat.items() if str(k[-1]).startswith("lambda_")})
+    return unflatten_dict({k: v for k, v in flat.items() if k[-1] in LAMBDA_PARAMS})
 
 
 def layer_lambdas(params, lambda_init: float = LAMBDA_INIT_OFFICIAL) -> dict[str, jax.Array]:
@@ -82,21 +86,11 @@ def layer_lambdas(params, lambda_init: float = LAMBDA_INIT_OFFICIAL) -> dict[str
     leading [M] axis). An instrument: how much of the second attention map each layer
     subtracts. Pure; works on any tree holding `DifferentialGraphAttention` parameters.
     """
-    found = {}
-
-    def walk(node, path):
-        if not isinstance(node, Mapping):
-            return
-        if "lambda_left1" in node:
-            found["/".join(path)] = (
-                jnp.exp(jnp.sum(node["lambda_left1"] * node["lambda_right1"], -1))
-                - jnp.exp(jnp.sum(node["lambda_left2"] * node["lambda_right2"], -1))
-                + lambda_init)
-        for key, child in node.items():
-            walk(child, path + (str(key),))
-
-    walk(params, ())
-    return found
+    flat = flatten_dict(params)
+    layers = sorted({k[:-1] for k in flat if k[-1] == LAMBDA_PARAMS[0]})
+    return {"/".join(map(str, layer)): differential_lambda(
+        *(flat[layer + (name,)] for name in LAMBDA_PARAMS), lambda_init=lambda_init)
+        for layer in layers}
 
 
 def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_scores: jax.Array,
@@ -181,9 +175,8 @@ class DifferentialGraphAttention(nn.Module):
                                          rel_table @ a_rel, graph))
         weights = alphas[0]
         if self.differential:
-            lam = differential_lambda(*(self.param(n, vec, (half,)) for n in (
-                "lambda_left1", "lambda_right1", "lambda_left2", "lambda_right2")),
-                lambda_init=self.lambda_init)
+            lam = differential_lambda(*(self.param(n, vec, (half,)) for n in LAMBDA_PARAMS),
+                                      lambda_init=self.lambda_init)
             weights = weights - lam * alphas[1]
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = aggregate(weights.astype(self.dtype), wh, graph)
