@@ -90,15 +90,11 @@ PRESETS: dict[str, SyntheticPreset] = {
 _LATENT = 32
 
 
-def _probe(base: SyntheticPreset, name: str, **changes) -> SyntheticPreset:
-    return dataclasses.replace(base, name=name, **changes)
-
-
 # Probes: data built so that one mechanism of AMB-DSGDN should be necessary (their presets
 # and what they plant: experiments/configs/probe_*.py; results: README "What each mechanism
 # buys"). Both keep IEMOCAP's shape and labels (inertia, contagion) and report as IEMOCAP.
-PRESETS["common_mode"] = _probe(
-    PRESETS["iemocap"], "IEMOCAP",
+PRESETS["common_mode"] = dataclasses.replace(
+    PRESETS["iemocap"],
     # text alone separates every class (no pairs, no flips), but every dialogue adds one
     # strong distractor to all its utterances: the whole text signature of a random class,
     # 1.5x to 4.5x an utterance's own signal (so no projection and no normalisation removes
@@ -108,9 +104,9 @@ PRESETS["common_mode"] = _probe(
     contagion=0.55)
 # ... and half of the utterances carry no label in their text (only the distractor and
 # noise): their labels can only come from context, mostly the other speaker (contagion)
-PRESETS["common_mode_silent"] = _probe(PRESETS["common_mode"], "IEMOCAP", silent=0.5)
-PRESETS["imbalance"] = _probe(
-    PRESETS["iemocap"], "IEMOCAP",
+PRESETS["common_mode_silent"] = dataclasses.replace(PRESETS["common_mode"], silent=0.5)
+PRESETS["imbalance"] = dataclasses.replace(
+    PRESETS["iemocap"],
     # text is strong and fast to fit but cannot split three pairs of classes (and points at
     # a random class for 10% of utterances); audio and visual are individually weak (noisy)
     # but each separates every class: the information that resolves text's confusions sits
@@ -158,8 +154,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     """Generate a synthetic dataset following `PRESETS[preset]`.
 
     Args:
-      preset: a key of `PRESETS`: "iemocap", "meld", or the probes "common_mode" and
-        "imbalance".
+      preset: a key of `PRESETS`: "iemocap", "meld", or the probes "common_mode",
+        "common_mode_silent" and "imbalance".
       seed: generator seed (the dataset is a deterministic function of all arguments).
       scale: fraction of the real number of dialogues per split (at least 2 train, 1 valid and
         1 test dialogue); lengths keep the real distribution.
@@ -211,8 +207,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
         common = rng.normal(size=(n, _LATENT)) * 0.8 + rng.normal(size=(1, _LATENT)) * 0.5
         if p.distractor:    # per speaker: a random class's whole text signature, at a
             c = rng.integers(n_classes, size=n_spk)     # random strength
-            scale = p.distractor * rng.uniform(0.5, 1.5, size=(n_spk, 1))
-            distractor = (scale * (group_proto[text_groups[c]] + 0.3 * own["text"][c]))[
+            weight = p.distractor * rng.uniform(0.5, 1.5, size=(n_spk, 1))
+            distractor = (weight * (group_proto[text_groups[c]] + 0.3 * own["text"][c]))[
                 speakers]
         else:
             distractor = 0.0
