@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 from benchmarks.common import environment, write_results
-from benchmarks.versus_release import _run, release_copy
+from benchmarks.versus_release import release_copy, run_command
 from experiments.paired import paired_interval
 
 FLAGS = ["--lr=0.001", "--l2=0.00001", "--dropout=0.2", "--hidden_dim=64", "--n_head=8",
@@ -54,8 +54,9 @@ def main(argv: list[str]) -> int:
             with open(train_py, "w") as f:
                 f.write(source.replace("seed = 2094", f"seed = {seed}"))
             for variant, extra in (("full", []), ("no_balancing", ["--disable_modality_dropout"])):
-                text, wall, _ = _run([args.release_python, "train.py", *FLAGS, *extra],
-                                     cwd=folder, timeout=3600)
+                text, wall, _ = run_command(
+                    [args.release_python, "train.py", *FLAGS, *extra], cwd=folder,
+                    timeout=3600)
                 scores[variant]["best"].append(float(BEST.search(text).group(1)))
                 scores[variant]["last"].append(float(TEST_F1.findall(text)[-1]))
                 print(f"seed {seed} {variant}: best test {scores[variant]['best'][-1]}, last "

@@ -84,7 +84,7 @@ def wait_idle(limit_s: float) -> dict:
             "waited_s": time.monotonic() - start}
 
 
-def _run(cmd: list[str], *, cwd: str, env: dict | None = None,
+def run_command(cmd: list[str], *, cwd: str, env: dict | None = None,
          timeout: float) -> tuple[str, float, float]:
     """Run `cmd`; returns (its stdout, wall seconds, its peak RSS in GB from wait4)."""
     start = time.perf_counter()
@@ -147,7 +147,7 @@ def run_release(folder: str, python: str, preset: str, epochs: int, device: str)
     flags, _, _ = RELEASE_RUNS[preset]
     cmd = [python, "train.py", *flags, f"--epochs={epochs}"] + (
         ["--no-cuda"] if device == "cpu" else [])
-    text, wall, rss = _run(cmd, cwd=folder, timeout=3600)
+    text, wall, rss = run_command(cmd, cwd=folder, timeout=3600)
     epochs_s = [float(t) for _, t in EPOCH_LINE.findall(text)]
     if len(epochs_s) != epochs:
         raise AmbjaxError(f"the release printed {len(epochs_s)} epoch lines, expected {epochs}")
@@ -159,8 +159,8 @@ def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: b
     cmd = [sys.executable, "-m", "benchmarks.versus_release", "--worker", path,
            "--presets", preset, "--epochs", str(epochs), "--cache", cache] + (
         ["--ready-only"] if ready_only else [])
-    text, wall, rss = _run(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                           timeout=3600)
+    text, wall, rss = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
+                                  timeout=3600)
     result = json.loads(text.strip().splitlines()[-1])
     return {**result, "wall_s": wall, "peak_rss_gb": rss}
 
@@ -282,7 +282,7 @@ def main(argv: list[str]) -> int:
         raise UsageError("--epochs must be >= 1 and --first-epochs >= 0")
     probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'threads': "
              "torch.get_num_threads(), 'cuda': torch.cuda.is_available()}))")
-    info, _, _ = _run([args.release_python, "-c", probe], cwd=".", timeout=300)
+    info, _, _ = run_command([args.release_python, "-c", probe], cwd=".", timeout=300)
     release_info = json.loads(info.strip().splitlines()[-1])
     env = {**environment(), "load": wait_idle(args.wait_idle)}
     rows = []

@@ -43,6 +43,12 @@ def parse_ablations(text: str) -> list[str]:
     return ["full"] + [n for n in names if n != "full"]
 
 
+def percent_interval(d: dict) -> dict:
+    """A `paired_interval` in percent points, without the per-seed differences."""
+    return {**{k: 100 * d[k] for k in ("mean", "low", "high")}, "n": d["n"],
+            "significant": d["significant"]}
+
+
 def table_rows(results: dict) -> list[dict]:
     """One row per variant: mean/std of test accuracy, weighted and macro F1, per-modality
     weighted F1, and the paired test weighted-F1 difference to the full model over the same
@@ -57,9 +63,7 @@ def table_rows(results: dict) -> list[dict]:
                for m in ("accuracy", "weighted_f1", "macro_f1")},
             "modality_f1": {k.split("/", 1)[1]: 100 * v["mean"] for k, v in test.items()
                             if k.startswith("modality_f1/")},
-            "delta": {k: (100 * v if isinstance(v, float) else v) for k, v in
-                      paired_interval(test["weighted_f1"]["values"], full).items()
-                      if k != "differences"},
+            "delta": percent_interval(paired_interval(test["weighted_f1"]["values"], full)),
         })
     return rows
 
