@@ -100,8 +100,8 @@ def enable_compile_cache(enabled: bool = True) -> str | None:
         jax.config.update("jax_compilation_cache_dir", path)
         # every program, however small: the train state's initialisers run op by op (their
         # values must not depend on whether a cache was warm), and on a warm start loading
-        # their ~100 small programs from the cache takes 1.8 s against 6 s compiling them
-        # (IEMOCAP preset, 2-core Xeon: benchmarks/README.md)
+        # their small programs from the cache is much faster than compiling them again
+        # (measured in benchmarks/README.md, "Changes and what they did")
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return ensure_trusted_compile_cache()
 
