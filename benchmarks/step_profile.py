@@ -42,6 +42,7 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
 _COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+TOP_KERNELS = 15
 _RANDOM = ("threefry", "random_bits", "_bernoulli", "_uniform", "random_split", "random_fold_in")
 
 
@@ -134,11 +135,15 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
         groups["pass"][step_pass] += seconds / steps
         groups["component"][component] += seconds / steps
     kernel_s = float(sum(groups["kind"].values()))
+    top = [{"kernel": name, "s_per_step": seconds / steps,
+            "kind": classify(name, instructions.get(name))[0],
+            "hlo": instructions.get(name, {}).get("text", "")[:110]}
+           for name, seconds in totals.most_common(TOP_KERNELS)]
     return {"device": environment()["device"], "preset": preset, "hidden": hidden, "dtype": dtype,
             "nodes": int(batch.nodes.mask.shape[-1]),
             "real_nodes": int(np.asarray(batch.nodes.mask).sum()),
             "step_wall_s": wall, "kernel_s_per_step": kernel_s,
-            "groups": {g: dict(c.most_common()) for g, c in groups.items()}}
+            "groups": {g: dict(c.most_common()) for g, c in groups.items()}, "top": top}
 
 
 def main(argv=None) -> dict:
@@ -163,6 +168,10 @@ def main(argv=None) -> dict:
             for part, seconds in parts.items():
                 lines.append(f"| {group} | {part} | {seconds:.3f} | "
                              f"{100 * seconds / r['kernel_s_per_step']:.1f}% |")
+        lines += ["", f"Largest {TOP_KERNELS} kernels (HLO text cut to 110 characters):", "",
+                  "| kernel | kind | s/step | HLO |", "|---|---|---|---|"]
+        lines += [f"| {k['kernel']} | {k['kind']} | {k['s_per_step']:.4f} | "
+                  f"`{k['hlo'].replace('|', '/')}` |" for k in r["top"]]
         lines.append("")
     table = "\n".join(lines)
     print(table)

@@ -5,7 +5,11 @@
 Each pair computes the same thing; the table gives the median time of a jitted forward +
 backward (segment softmax, over 200k edges into 20k receivers) or of one optimiser update on
 AMB-DSGDN's parameter count at hidden 512 (7.7M float32: the release's Adam + L2 as ambjax
-builds it with optax's pieces, and the same from a hand chain with `scale_by_schedule`).
+builds it with optax's pieces, and the same from a hand chain with `scale_by_schedule`), of a
+dropout mask over [3, 896, 1024] (the counter-hash key of `ambjax.hash_prng` against JAX's
+"rbg" and "threefry" keys), or of a layer norm's forward + backward over [3, 896, 512] with a scale per row of the first axis
+(as the modality-stacked norms have), for one member (`ambjax.train.steps.map_members`, which squeezes a size-1 member axis, against
+`jax.vmap`).
 Results: benchmarks/results/twins-<device>-<date>.{json,md}. ambjax uses the library function
 where it measures no slower.
 """
@@ -22,7 +26,9 @@ import jax.numpy as jnp
 import jraph
 import optax
 
+from ambjax.hash_prng import HASH_PRNG
 from ambjax.nn.kernels import segment_softmax
+from ambjax.train.steps import map_members
 from ambjax.train.config import OptimConfig
 from ambjax.train.state import create_optimizer
 from benchmarks.common import environment, write_results
@@ -68,13 +74,44 @@ def _adam_pair(repeats: int) -> dict:
     return _time_pair(fns, repeats)
 
 
+def _mask_pair(repeats: int) -> dict:
+    shape = (3, 896, 1024)
+    data = jax.random.key_data(jax.random.PRNGKey(0))
+    fns = {}
+    for name, impl in (("ambjax hash_prng", HASH_PRNG), ("jax rbg", "rbg"),
+                       ("jax threefry", "threefry2x32")):
+        draw = jax.jit(lambda d, impl=impl: jax.random.bernoulli(
+            jax.random.wrap_key_data(jnp.tile(d, 2) if impl == "rbg" else d, impl=impl),
+            0.5, shape))
+        fns[name] = lambda draw=draw: draw(data).block_until_ready()
+    return _time_pair(fns, repeats)
+
+
+def _member_pair(repeats: int) -> dict:
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 896, 512))
+    scale = jnp.ones((1, 3, 512))             # one scale per modality, as the stacked norms
+
+    def loss(scale, x):
+        centred = x - x.mean(-1, keepdims=True)
+        return jnp.sum(centred * jax.lax.rsqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5)
+                       * scale[:, None])
+    grad = jax.grad(loss)
+    fns = {}
+    for name, wrap in (("ambjax map_members", map_members), ("jax.vmap", jax.vmap)):
+        f = jax.jit(wrap(grad, in_axes=(0, 0)))
+        fns[name] = lambda f=f: f(scale, x).block_until_ready()
+    return _time_pair(fns, repeats)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.twins")
     p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args(argv)
     env = environment()
     pairs = {"segment softmax (forward + backward)": _softmax_pair(args.repeats),
-             "Adam + L2 update (7.7M parameters)": _adam_pair(args.repeats)}
+             "Adam + L2 update (7.7M parameters)": _adam_pair(args.repeats),
+             "dropout mask, p = 0.5, [3, 896, 1024]": _mask_pair(args.repeats),
+             "layer norm forward + backward, one member": _member_pair(args.repeats)}
     lines = [f"# Library twins on {env['cpu_model']} ({env['device']}, jax {env['jax']}, "
              f"{env['date']})", "", "| computation | implementation | median ms |",
              "|---|---|---|"]

@@ -176,3 +176,23 @@ def test_ablate_refuses_a_foreign_folder(tmp_path, capsys):
                         "--out", str(tmp_path)]) == 2
     one_error_line(capsys, "not part of an ablation", "thesis.pdf")
     assert os.listdir(tmp_path) == ["thesis.pdf"]
+
+
+def test_a_resumed_manager_keeps_the_best_checkpoint_of_the_earlier_process(tmp_path):
+    """The best epoch was saved by the first process; after a resume, later (worse) epochs
+    must not push it out (orbax only keeps what it knows the metrics of)."""
+    import numpy as np
+
+    from ambjax.train import checkpoint as ckpt
+    folder = str(tmp_path / "checkpoints")
+    first = ckpt.create_manager(folder, keep=2)
+    for epoch, score in ((1, 0.9), (2, 0.5)):
+        ckpt.save(first, epoch, {"x": np.ones(3)}, {"epoch": epoch, "best_epoch": 1}, score)
+    first.close()
+    resumed = ckpt.create_manager(folder, keep=2)
+    for epoch in (3, 4):
+        ckpt.save(resumed, epoch, {"x": np.ones(3)}, {"epoch": epoch, "best_epoch": 1}, 0.6)
+    assert resumed.all_steps() == [1, 3, 4]
+    assert ckpt.best_step(resumed) == 1
+    ckpt.save(resumed, 5, {"x": np.ones(3)}, {"epoch": 5, "best_epoch": 5}, 0.95)
+    assert resumed.all_steps() == [4, 5]

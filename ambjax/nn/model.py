@@ -71,10 +71,11 @@ class ModelConfig:
         the release's) or "bfloat16" (mixed precision for GPU/TPU: parameters, attention
         softmax, norm statistics, heads, logits and loss stay float32).
       mask_rng: the generator of the dropout masks' random bits in training
-        (`ambjax.train.steps.MASK_KEYS`): "rbg" (XLA's RngBitGenerator, default; with
-        threefry a tenth of a CPU step went to generating them) or "threefry" (JAX's
-        default, what ambjax used before). The masks' distribution is the same; the bits
-        differ. Balancing draws use threefry either way.
+        (`ambjax.train.steps.MASK_KEYS`): "hash" (default: threefry keys, bits from the
+        counter hash of `ambjax.hash_prng`, which XLA fuses into the mask), "rbg" (XLA's
+        RngBitGenerator) or "threefry" (JAX's default); on CPU the latter two spend a
+        noticeable part of a step generating bits (`python -m benchmarks.twins`). The masks'
+        distribution is the same; the bits differ. Balancing draws use threefry either way.
     """
 
     input_dims: tuple[tuple[str, int], ...] = ()
@@ -94,7 +95,7 @@ class ModelConfig:
     lam: float = 0.9
     p_exe: float = 0.5
     dtype: str = "float32"
-    mask_rng: str = "rbg"
+    mask_rng: str = "hash"
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -182,7 +183,10 @@ class AMBDSGDN(nn.Module):
         nodes = batch.nodes
         det = not train
         speaker = nodes.speaker
-        spk = self.speaker_embedding(speaker) * (speaker < c.num_speakers)[:, None]
+        # one-hot over the S real slots: the padding slot S gets a zero row; a matmul, whose
+        # gradient is a matmul too (a gather's is a scatter, slow on XLA's CPU backend)
+        spk = jax.nn.one_hot(speaker, c.num_speakers, dtype=jnp.float32) @ (
+            self.speaker_embedding.embedding[:c.num_speakers])
         h = {}
         for m in c.modalities:
             x = nodes.features[m]

@@ -26,14 +26,21 @@ def _damaged(where: str, e: Exception) -> CheckpointError:
                            f"({type(e).__name__}: {text})")
 
 
+def _score(metrics: dict) -> float:
+    return metrics["score"]
+
+
 def create_manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
     """A manager in `directory` keeping the `keep` latest checkpoints and the best one."""
     policy = ocm.AnyPreservationPolicy([
         ocm.LatestN(keep),
-        ocm.BestN(get_metric_fn=lambda metrics: metrics["score"], n=1,
+        ocm.BestN(get_metric_fn=_score, n=1,
                   keep_checkpoints_without_metrics=False),
     ])
+    # best_fn makes orbax write each step's metrics next to it, so that a manager opened by a
+    # later process (a resume) still knows which step is the best one and keeps it
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           best_fn=_score, best_mode="max",
                                            enable_async_checkpointing=False)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CheckpointError(f"{directory} is a file, expected a checkpoint folder")

@@ -25,6 +25,7 @@ import optax
 
 from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueBatch
+from ambjax.hash_prng import HASH_PRNG
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix
 from ambjax.nn.protocol import DialogueModel
@@ -46,13 +47,20 @@ def _rbg_mask_keys(key):
                                      impl="rbg"), balance_key)
 
 
+def _hash_mask_keys(key):
+    # the dropout masks from the counter-based hash generator (`ambjax.hash_prng`: threefry
+    # keys, hashed bits); the balancing draws stay threefry, as with "rbg"
+    dropout_key, balance_key = jax.random.split(key)
+    return jax.random.wrap_key_data(dropout_key, impl=HASH_PRNG), balance_key
+
+
 # ModelConfig.mask_rng -> (dropout key, balancing key) from a step's threefry key
-MASK_KEYS = {"threefry": _threefry_mask_keys, "rbg": _rbg_mask_keys}
+MASK_KEYS = {"threefry": _threefry_mask_keys, "rbg": _rbg_mask_keys, "hash": _hash_mask_keys}
 
 
 def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformation, *,
                     class_weights=None, unimodal_weight: float = 0.1,
-                    axis_name: str | None = None, mask_rng: str = "rbg") -> Callable:
+                    axis_name: str | None = None, mask_rng: str = "hash") -> Callable:
     """Build the pure train step (see module docstring).
 
     Args:
@@ -164,9 +172,31 @@ def unreplicate(tree):
     return jax.tree.map(lambda x: x[0], tree)
 
 
+def map_members(f: Callable, in_axes: tuple) -> Callable:
+    """`jax.vmap(f, in_axes)` over a leading member axis (0 or None per positional argument),
+    except that a member axis of size 1 is squeezed away and f runs on the member itself.
+
+    The result is the same; the program is not: XLA's CPU backend (jax 0.10.2) runs reductions
+    over arrays with a size-1 dimension (such as the norms' parameter gradients of a vmapped
+    single seed, [1, M, N, d] summed over N) several times slower than over the same arrays
+    without it (`python -m benchmarks.twins`), and a one-seed run is the common case.
+    """
+    vmapped = jax.vmap(f, in_axes=in_axes)
+
+    def mapped(*args):
+        size = {jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, in_axes) if ax == 0}
+        if size != {1}:
+            return vmapped(*args)
+        squeezed = [jax.tree.map(lambda x: x[0], a) if ax == 0 else a
+                    for a, ax in zip(args, in_axes)]
+        return jax.tree.map(lambda x: x[None], f(*squeezed))
+
+    return mapped
+
+
 def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation, n_devices: int, *,
                   class_weights=None, unimodal_weight: float = 0.1, seed_axis: bool = False,
-                  mask_rng: str = "rbg"):
+                  mask_rng: str = "hash"):
     """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
     "batch") for more. With pmap the state, params and step outputs carry a leading device axis
     (use `replicate` / `unreplicate`); the train state's buffers are donated.
@@ -181,8 +211,8 @@ def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation,
     train = make_train_step(model, optimizer, axis_name=axis, mask_rng=mask_rng, **kwargs)
     evaluate = make_eval_step(model, axis_name=axis, **kwargs)
     if seed_axis:
-        train = jax.vmap(train, in_axes=(0, 0, None))
-        evaluate = jax.vmap(evaluate, in_axes=(0, None))
+        train = map_members(train, in_axes=(0, 0, None))
+        evaluate = map_members(evaluate, in_axes=(0, None))
     if n_devices == 1:
         return jax.jit(train, donate_argnums=0), jax.jit(evaluate)
     return (jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0),
