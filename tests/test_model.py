@@ -298,28 +298,35 @@ def test_single_modality_model(iemocap_small):
     assert shapes["params"]["inter"]["fc"]["kernel"].shape == (1, 16, 16)
 
 
-def test_stacked_modalities_equal_separate_modules(small):
+@pytest.mark.parametrize("members", [3, 1])
+def test_stacked_modalities_equal_separate_modules(small, members):
     """Each row of a stacked block is the block with that row's parameters, and the rows get
-    their own initialisation and dropout masks."""
+    their own initialisation and dropout masks; one member (which runs squeezed) too."""
     from ambjax.nn import DifferentialRelationalBlock
     from ambjax.nn.stack import GRAPH_AXES, stacked_call
 
     class Stack(nn.Module):
         @nn.compact
         def __call__(self, graph, deterministic):
-            return stacked_call(DifferentialRelationalBlock(8, name="block"), 3, (GRAPH_AXES,),
-                                graph, deterministic=deterministic)
+            return stacked_call(DifferentialRelationalBlock(8, name="block"), members,
+                                (GRAPH_AXES,), graph, deterministic=deterministic)
 
     batch = small["batch"]
-    x = jax.random.normal(jax.random.PRNGKey(3), (3, batch.nodes.mask.shape[0], 8))
+    x = jax.random.normal(jax.random.PRNGKey(3), (members, batch.nodes.mask.shape[0], 8))
     graph = batch.graph("inter", nodes=x)
     params = Stack().init(jax.random.PRNGKey(0), graph, True)["params"]
+    assert params["block"]["fc"]["kernel"].shape == (members, 8, 8)
     out = Stack().apply({"params": params}, graph, True)
-    for i in range(3):
+    assert out.shape == x.shape
+    for i in range(members):
         member = jax.tree.map(lambda p: p[i], params["block"])
         alone = DifferentialRelationalBlock(8).apply({"params": member},
                                                      batch.graph("inter", nodes=x[i]))
         np.testing.assert_allclose(out[i], alone, rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda p: Stack().apply({"params": p}, graph, True).sum())(params)
+    assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, params)
+    if members == 1:
+        return
     kernels = params["block"]["fc"]["kernel"]
     assert not np.allclose(kernels[0], kernels[1])
     tied = {"block": jax.tree.map(lambda p: jnp.stack([p[0]] * 3), params["block"])}

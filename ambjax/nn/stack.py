@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jraph
 
 GRAPH_AXES = jraph.GraphsTuple(nodes=0, edges=None, senders=None, receivers=None, globals=None,
@@ -43,6 +44,10 @@ def stacked_call(module: nn.Module, size: int, in_axes: tuple[Any, ...], *args, 
     Returns:
       The members' outputs stacked [M, ...].
 
+    With M = 1 the member runs on its squeezed parameters and inputs instead (same leaves
+    [1, ...] in the tree): XLA's CPU backend runs reductions over arrays with a size-1
+    dimension several times slower (see `ambjax.train.steps.map_members`).
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> class Twice(nn.Module):
@@ -54,6 +59,24 @@ def stacked_call(module: nn.Module, size: int, in_axes: tuple[Any, ...], *args, 
       >>> params["dense"]["kernel"].shape, Twice().apply({"params": params}, x).shape
       ((3, 2, 4), (3, 5, 4))
     """
+    if size == 1:
+        return _single_member(module, in_axes, *args, **kwargs)
     return nn.vmap(lambda member, *inputs: member(*inputs, **kwargs),
                    variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                    in_axes=in_axes, out_axes=0, axis_size=size)(module, *args)
+
+
+def _single_member(module: nn.Module, in_axes: tuple[Any, ...], *args, **kwargs):
+    """`stacked_call` for M = 1: parameters stored [1, ...], seen by the module without the
+    axis; inputs mapped over axis 0 squeezed; the output gains the axis back."""
+    def squeeze(tree):
+        return jax.tree.map(lambda x: x[0], tree)
+
+    def expand(tree):
+        return jax.tree.map(lambda x: x[None], tree)
+
+    inputs = jax.tree.map(lambda axis, sub: sub if axis is None else squeeze(sub), in_axes,
+                          args, is_leaf=lambda x: x is None)
+    return expand(nn.map_variables(lambda member, *xs: member(*xs, **kwargs), "params",
+                                   trans_in_fn=squeeze, trans_out_fn=expand, init=True,
+                                   mutable=True)(module, *inputs))
