@@ -106,7 +106,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
                      store: ExecutableStore | None = None, members: int = 1,
-                     member_axis: int = 0) -> Programs:
+                     member_axis: int = 0,
+                     while_compiling: Callable[[], None] | None = None) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
 
     Args:
@@ -123,6 +124,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         (`ambjax.train.executables`; None: always compile).
       members: size of the members (seeds) axis `member_axis` of the state and train batches;
         with more than one, the memory is estimated from one member first.
+      while_compiling: work for the calling thread once the memory check has passed, done
+        while the other programs compile (the trainer initialises the train state there).
 
     Raises:
       ResourceError: the largest bucket's train program needs more memory than the device has.
@@ -155,8 +158,9 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             state.params, eval_keyed[key]).compile())
 
     limit = available_memory_bytes() if memory_limit is None else memory_limit
-    jobs = [(train_program, k) for k in order[1:]] + [(eval_program, k) for k in eval_keyed]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    eval_jobs = [(eval_program, k) for k in eval_keyed]
+    jobs = [(train_program, k) for k in order[1:]] + eval_jobs
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + 1))
     # every compile runs in a worker thread, so that the main thread, waiting on it, takes
     # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
     pool = concurrent.futures.ThreadPoolExecutor(workers)
@@ -165,7 +169,10 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
                            member_axis, limit,
                            lambda *a: pool.submit(stored, *a).result())
-        largest = pool.submit(train_program, order[0]).result()
+        first = pool.submit(train_program, order[0])
+        # the eval programs need no memory check: they compile beside the largest train one
+        eval_futures = [pool.submit(fn, k) for fn, k in eval_jobs]
+        largest = first.result()
         need = program_bytes(largest)
         if need is not None and limit is not None and need > limit:
             raise ResourceError(
@@ -173,8 +180,10 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                 f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
                 "Lower data.batch_size, split or drop the longest dialogues, lower "
                 "model.hidden_dim, or use a device with more memory")
-        futures = [pool.submit(fn, k) for fn, k in jobs]
-        results = [f.result() for f in futures]
+        futures = [pool.submit(fn, k) for fn, k in jobs[:len(jobs) - len(eval_jobs)]]
+        if while_compiling is not None:
+            while_compiling()
+        results = [f.result() for f in futures + eval_futures]
     except BaseException:
         # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the
         # ones running finish in their threads before the interpreter exits (never torn down

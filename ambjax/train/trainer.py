@@ -226,10 +226,10 @@ class Trainer:
         programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
                                     evals, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store,
-                                    members=len(self.seeds), member_axis=axis)
+                                    members=len(self.seeds), member_axis=axis,
+                                    while_compiling=self.init_state)
         self.programs = programs       # compiled executables by shape (`Programs`)
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
-        self.init_state()
 
     def program_flops(self, kind: str, batch) -> float:
         """FLOPs of one compiled `kind` ("train" or "eval") step on `batch`'s shape (after
