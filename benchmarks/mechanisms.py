@@ -45,6 +45,14 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
         "... without the unimodal loss terms", ["--preset", "probe_imbalance", "--ablations",
                                                 "no_balancing", "--set",
                                                 "optim.unimodal_weight=0"]),
+    "probe_imbalance-shortcut": (
+        "... text also splits every class on the train split only (a shortcut absent from "
+        "test)", ["--preset", "probe_imbalance", "--ablations", "no_balancing,text_only",
+                  "--set", "data.synthetic=imbalance_shortcut"]),
+    "probe_imbalance-shortcut-no_unimodal_loss": (
+        "... the shortcut, without the unimodal loss terms",
+        ["--preset", "probe_imbalance", "--ablations", "no_balancing", "--set",
+         "data.synthetic=imbalance_shortcut", "--set", "optim.unimodal_weight=0"]),
     "probe_imbalance-warmup0": (
         "... balancing from the first epoch", ["--preset", "probe_imbalance", "--ablations",
                                                "no_balancing", "--set",

@@ -3,6 +3,8 @@ independently from the dataset (numbers, not speed goals)."""
 
 import math
 
+import numpy as np
+
 import pytest
 
 from ambjax.graphs import GraphBatcher
@@ -48,3 +50,16 @@ def test_roofline_divides_by_the_measured_peak_and_names_no_release_figure():
                                         "roofline_eval_pass_s": 1.0}
     # a ratio against the release is only made by benchmarks.versus_release, in one run
     assert not [name for name in vars(throughput) if "RELEASE" in name.upper()]
+
+
+def test_latest_other_speaker_edges():
+    from benchmarks.attention_mass import latest_other_speaker
+    # one dialogue A A B A B B, nodes in a shuffled flat order
+    speaker = np.array([0, 0, 1, 0, 1, 1])
+    position = np.arange(6)
+    dialogue = np.zeros(6, int)
+    senders = np.array([0, 1, 2, 1, 2, 3, 2, 3, 4, 5])
+    receivers = np.array([0, 2, 3, 3, 4, 4, 5, 5, 5, 5])
+    got = latest_other_speaker(speaker, dialogue, position, senders, receivers)
+    # 2 <- 1 (A before B), 3 <- 2, 4 <- 3; 5's latest other speaker is 3 (4 is B itself)
+    assert got.tolist() == [False, True, True, False, False, True, False, True, False, False]

@@ -403,3 +403,34 @@ def test_modality_f1_over_devices_equals_the_global_batch():
     per_device = jax.pmap(lambda y, ls, m: modality_f1(y, ls, m, 4, "d"), axis_name="d")(
         split(labels), [split(lm) for lm in logits], split(mask))
     np.testing.assert_allclose(per_device, np.broadcast_to(whole, (4, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("modalities", [("text",), ("text", "audio", "visual")])
+def test_attention_weights_sum_to_one_minus_lambda_per_receiver(iemocap_small, modalities):
+    """The instrument reads every attention layer's A = alpha1 - lambda alpha2: each map sums
+    to 1 over a receiver's in-edges, so A sums to 1 - lambda (the layer's `layer_lambdas`),
+    and to 1 without the second map."""
+    from ambjax.nn import attention_weights, edge_share
+    from ambjax.nn.attention import layer_lambdas
+    dims = {m: iemocap_small.dims[m] for m in modalities}
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=2, modalities=modalities)
+    batch = gb.build(iemocap_small.split("test")[:2])
+    real = np.asarray(batch.nodes.mask)
+    for differential in (True, False):
+        model = create_model(dims, 6, 2, hidden_dim=16, num_heads=2, differential=differential)
+        params = model.init(jax.random.PRNGKey(1), batch)["params"]
+        weights = attention_weights(model, params, batch)
+        assert sorted(weights) == sorted(f"{g}/{a}" for g in ("inter", "intra")
+                                         for a in ("attention_0", "attention_1", "out_att"))
+        lambdas = layer_lambdas(params)
+        for layer, w in weights.items():
+            edges = batch.edges(layer.split("/")[0])
+            assert w.shape == (len(modalities), edges.senders.shape[0])
+            for m in range(len(modalities)):
+                per_node = np.asarray(jax.ops.segment_sum(w[m], edges.receivers,
+                                                          num_segments=real.shape[0]))[real]
+                want = 1 - float(lambdas[layer][m]) if differential else 1.0
+                np.testing.assert_allclose(per_node, want, rtol=1e-5, atol=1e-5)
+            everything = jnp.ones(edges.senders.shape, bool)
+            assert float(edge_share(w[0], everything, edges.receivers, batch.nodes.mask)) == \
+                pytest.approx(1.0)

@@ -61,3 +61,20 @@ def test_probe_presets_and_the_main_jobs_validation_split():
     data = load_dataset(make_config("synthetic", ["data.synthetic_dims=text:8,audio:8,visual:8"]
                                     ).data)
     assert len(data.splits["valid"]) == 30 and len(data.splits["train"]) == 90
+
+
+def test_shortcut_probe_splits_text_pairs_on_train_only():
+    """imbalance_shortcut: text separates the classes it pairs up on the train split (and its
+    validation hold-out) but not on test; every other modality and the labels are those of a
+    dataset generated the same way."""
+    data = make_synthetic("imbalance_shortcut", scale=0.3, dims=DIMS)
+
+    def pair_gap(split):
+        x = np.concatenate([d.features["text"] for d in data.split(split)])
+        y = np.concatenate([d.labels for d in data.split(split)])
+        # classes 0 and 4 share text's group in the imbalance probe
+        within = np.sqrt(x[(y == 0) | (y == 4)].var(0).sum())
+        return np.linalg.norm(x[y == 0].mean(0) - x[y == 4].mean(0)) / within
+
+    assert pair_gap("train") > 3 * pair_gap("test")
+    assert pair_gap("valid") > 3 * pair_gap("test")

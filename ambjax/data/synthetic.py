@@ -69,6 +69,7 @@ class SyntheticPreset:
     noise: float = 2.5                   # per-utterance latent noise
     distractor: float = 0.0              # per-speaker common-mode distractor (see PRESETS)
     silent: float = 0.0                  # share of utterances whose text carries no label
+    shortcut: float = 0.0                # train-only text signature of every class (PRESETS)
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -115,6 +116,14 @@ PRESETS["imbalance"] = dataclasses.replace(
     strength=(("text", 1.6), ("audio", 0.55), ("visual", 0.5)), noise=2.5)
 
 
+# ... and, in the dialogues of the train split only (so also in the validation hold-out drawn
+# from it), text carries a second signature that splits every class: text fits the train
+# split alone, so a fused model has no reason to learn what audio and visual add, which the
+# test split (without the shortcut) needs. The greedy-learning setting pushed to a train/test
+# shift of the dominant modality.
+PRESETS["imbalance_shortcut"] = dataclasses.replace(PRESETS["imbalance"], shortcut=1.5)
+
+
 def _speaker_sequence(rng: np.random.Generator, n: int, k: int, switch: float) -> np.ndarray:
     """Speaker slots numbered by first appearance; k distinct speakers (if n allows)."""
     k = min(k, n)
@@ -155,7 +164,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
 
     Args:
       preset: a key of `PRESETS`: "iemocap", "meld", or the probes "common_mode",
-        "common_mode_silent" and "imbalance".
+        "common_mode_silent", "imbalance" and "imbalance_shortcut".
       seed: generator seed (the dataset is a deterministic function of all arguments).
       scale: fraction of the real number of dialogues per split (at least 2 train, 1 valid and
         1 test dialogue); lengths keep the real distribution.
@@ -195,6 +204,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
                       for m, d in widths.items()}
     strength = dict(p.strength)
     text_groups = np.asarray(p.text_pairs)
+    shortcut_proto = rng.normal(size=(n_classes, _LATENT)) if p.shortcut else None
 
     dialogues = {}
     ids = []
@@ -220,6 +230,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
                 latent = group_proto[text_groups[shown]] + 0.3 * own[m][shown]
                 if p.silent:
                     latent = latent * (rng.random(n) >= p.silent)[:, None]
+                if p.shortcut and k < n_train:
+                    latent = latent + p.shortcut * shortcut_proto[labels]
                 latent = latent + distractor
             else:
                 latent = own[m][labels]

@@ -1,7 +1,8 @@
 """Flax modules and the pure functions under them."""
 
 from ambjax.nn.attention import (LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention,
-                                 differential_lambda, edge_attention, lambda_init_for_depth)
+                                 attention_weights, differential_lambda, edge_attention,
+                                 edge_share, lambda_init_for_depth)
 from ambjax.nn.balance import (ModalityBalancing, ModalityDropout, drop_probabilities,
                                modality_keep_mask)
 from ambjax.nn.block import DifferentialRelationalBlock
@@ -14,8 +15,8 @@ from ambjax.nn.protocol import DialogueModel, ModelOutput
 from ambjax.nn.stack import GRAPH_AXES, stacked_call
 
 __all__ = [
-    "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "differential_lambda",
-    "edge_attention", "lambda_init_for_depth", "ModalityBalancing", "ModalityDropout",
+    "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "attention_weights",
+    "differential_lambda", "edge_attention", "edge_share", "lambda_init_for_depth", "ModalityBalancing", "ModalityDropout",
     "drop_probabilities", "modality_keep_mask", "DifferentialRelationalBlock", "ContextEncoder",
     "DialogueSelfAttention", "SigmoidGate", "sinusoid_position_encoding", "aggregate",
     "banded_aggregate", "dense_aggregate", "segment_aggregate", "segment_softmax", "AMBDSGDN",

@@ -93,6 +93,38 @@ def layer_lambdas(params, lambda_init: float = LAMBDA_INIT_OFFICIAL) -> dict[str
         for layer in layers}
 
 
+def attention_weights(model: nn.Module, params, *args, **kwargs) -> dict[str, jax.Array]:
+    """Every differential attention layer's edge weights A = alpha1 - lambda alpha2 (before
+    dropout; alpha1 alone without the second map) in one deterministic forward pass of
+    `model.apply({"params": params}, *args, **kwargs)`: {"a/b/c": float32 [..., E]} keyed by
+    the layer's path, with the leading axes of the layer's stacking (modality streams: [M]).
+    An instrument: where each layer puts its attention, e.g. on planted neighbours.
+    """
+    _, state = model.apply({"params": params}, *args, mutable=["intermediates"], **kwargs)
+    flat = flatten_dict(state["intermediates"])
+    return {"/".join(map(str, k[:-1])): v[0] for k, v in flat.items() if k[-1] == "attention"}
+
+
+def edge_share(weights: jax.Array, selected: jax.Array, receivers: jax.Array,
+               real: jax.Array) -> jax.Array:
+    """Share of each receiver's absolute attention |A| on the `selected` edges, averaged over
+    the real receivers.
+
+    Args:
+      weights: float [E] edge weights (`attention_weights`); selected: bool [E];
+      receivers: int32 [E]; real: bool [N] nodes to average over (e.g. the batch's mask).
+
+    Returns:
+      float32 [] in [0, 1].
+    """
+    n = real.shape[0]
+    magnitude = jnp.abs(weights.astype(jnp.float32))
+    total = jax.ops.segment_sum(magnitude, receivers, num_segments=n)
+    chosen = jax.ops.segment_sum(jnp.where(selected, magnitude, 0.0), receivers, num_segments=n)
+    share = jnp.where(total > 0, chosen / jnp.where(total > 0, total, 1.0), 0.0)
+    return jnp.sum(jnp.where(real, share, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+
+
 def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_scores: jax.Array,
                    graph: jraph.GraphsTuple) -> jax.Array:
     """Attention weights alpha [E] of one map: segment softmax of the LeakyReLU edge scores.
@@ -178,6 +210,8 @@ class DifferentialGraphAttention(nn.Module):
             lam = differential_lambda(*(self.param(n, vec, (half,)) for n in LAMBDA_PARAMS),
                                       lambda_init=self.lambda_init)
             weights = weights - lam * alphas[1]
+        # an instrument (`attention_weights`): kept only when "intermediates" is mutable
+        self.sow("intermediates", "attention", weights)
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = aggregate(weights.astype(self.dtype), wh, graph)
         if self.norm not in NORMS:

@@ -62,7 +62,8 @@ def stacked_call(module: nn.Module, size: int, in_axes: tuple[Any, ...], *args, 
     if size == 1:
         return _single_member(module, in_axes, *args, **kwargs)
     return nn.vmap(lambda member, *inputs: member(*inputs, **kwargs),
-                   variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   variable_axes={"params": 0, "intermediates": 0},
+                   split_rngs={"params": True, "dropout": True},
                    in_axes=in_axes, out_axes=0, axis_size=size)(module, *args)
 
 
@@ -77,6 +78,12 @@ def _single_member(module: nn.Module, in_axes: tuple[Any, ...], *args, **kwargs)
 
     inputs = jax.tree.map(lambda axis, sub: sub if axis is None else squeeze(sub), in_axes,
                           args, is_leaf=lambda x: x is None)
-    return expand(nn.map_variables(lambda member, *xs: member(*xs, **kwargs), "params",
-                                   trans_in_fn=squeeze, trans_out_fn=expand, init=True,
-                                   mutable=True)(module, *inputs))
+    # initialise through the map only in `init` (else a mutable collection such as the
+    # instruments' "intermediates" would make flax initialise again from the stored leaves)
+    init = module.parent.is_initializing()
+    call = nn.map_variables(lambda member, *xs: member(*xs, **kwargs), "params",
+                            trans_in_fn=squeeze, trans_out_fn=expand, init=init, mutable=init)
+    # what the member sows (`attention_weights`) gains the axis too
+    call = nn.map_variables(call, "intermediates", trans_in_fn=squeeze, trans_out_fn=expand,
+                            mutable=True)
+    return expand(call(module, *inputs))
