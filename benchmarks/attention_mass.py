@@ -1,7 +1,7 @@
 """Where differential attention puts its weight, with and without the second map.
 
     python -m benchmarks.attention_mass [--preset probe_common_mode] [--set KEY=VALUE ...] \\
-        [--seeds 1,2,3] [--out runs/attention-mass] [--name NAME]
+        [--seeds 1,2,3] [--out runs/attention-mass] [--name NAME] [--reuse]
 
 Trains the full model and its `no_differential` ablation (`experiments.ablate`, the seeds
 together), then reads every seed's selected checkpoint back (`ambjax.train.load_run`) and runs
@@ -17,6 +17,7 @@ buys"):
   copies with the probe's contagion (the only source of the label for the silent utterances
   of `data.synthetic=common_mode_silent`); an edge of the inter graph only.
 
+Each share is given with what attention spread evenly over the in-edges would put there.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}, means over the seeds.
 """
 
@@ -71,11 +72,15 @@ def shares(run, batch_size: int = 16) -> dict[str, dict[str, float]]:
                      "latest other speaker": latest_other_speaker(
                          np.asarray(nodes.speaker), np.asarray(nodes.graph),
                          np.asarray(nodes.position), senders, receivers)}
+            uniform = np.ones(senders.shape, np.float32)
             for what, selected in picks.items():
                 for m, member in enumerate(np.asarray(w).reshape(-1, w.shape[-1])):
                     key = f"{layer}[{m}]" if w.ndim > 1 and w.shape[0] > 1 else layer
                     sums[key][what] += float(edge_share(member, selected, receivers,
                                                         real)) * real.sum()
+                    # what attention spread evenly over the in-edges would give
+                    sums[key][f"uniform: {what}"] += float(edge_share(
+                        uniform, selected, receivers, real)) * real.sum()
         total += real.sum()
     return {layer: {what: v / total for what, v in c.items()} for layer, c in sums.items()}
 
@@ -88,10 +93,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--out", default=os.path.join("runs", "attention-mass"))
     p.add_argument("--name", default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="read the runs already in --out instead of training them again")
     args = p.parse_args(argv)
     overrides = [x for kv in args.set for x in ("--set", kv)]
-    if ablate_main(["--preset", args.preset, "--ablations", "no_differential", "--seeds",
-                    args.seeds, "--out", args.out, *overrides]) != 0:
+    reuse = args.reuse and os.path.isfile(os.path.join(args.out, "ablation.json"))
+    if not reuse and ablate_main(["--preset", args.preset, "--ablations", "no_differential",
+                                  "--seeds", args.seeds, "--out", args.out, *overrides]) != 0:
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
     per_seed = {v: [shares(load_run(os.path.join(args.out, v, f"seed{s}"))) for s in seeds]
@@ -108,10 +116,10 @@ def main(argv: list[str]) -> int:
              f"{env['cpu_model']}, jax {env['jax']}, {env['date']}", "",
              "| variant | layer | self | latest other speaker |", "|---|---|---|---|"]
     for r in rows:
-        other = r.get("latest other speaker")
-        lines.append(f"| {r['variant']} | {r['layer']} | {r['self']:.3f} | "
-                     + (f"{other:.3f} |" if other is not None and "inter" in r["layer"]
-                        else "- |"))
+        cells = [f"{r[w]:.3f} (uniform {r['uniform: ' + w]:.3f})"
+                 if w == "self" or "inter" in r["layer"] else "-"
+                 for w in ("self", "latest other speaker")]
+        lines.append(f"| {r['variant']} | {r['layer']} | {' | '.join(cells)} |")
     table = "\n".join(lines) + "\n"
     print(table)
     name = args.name or f"attention_mass-{args.preset}"

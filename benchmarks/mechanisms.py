@@ -53,6 +53,11 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
         "... the shortcut, without the unimodal loss terms",
         ["--preset", "probe_imbalance", "--ablations", "no_balancing", "--set",
          "data.synthetic=imbalance_shortcut", "--set", "optim.unimodal_weight=0"]),
+    "probe_imbalance-shortcut-no_unimodal_loss-p_exe1": (
+        "... the shortcut, without the unimodal terms, balancing on every step (p_exe 1)",
+        ["--preset", "probe_imbalance", "--ablations", "no_balancing", "--set",
+         "data.synthetic=imbalance_shortcut", "--set", "optim.unimodal_weight=0", "--set",
+         "model.p_exe=1.0"]),
     "probe_imbalance-warmup0": (
         "... balancing from the first epoch", ["--preset", "probe_imbalance", "--ablations",
                                                "no_balancing", "--set",

@@ -53,13 +53,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--name", default="step_time")
     args = p.parse_args(argv)
     variants = args.variant or [""]
-    trainers = {}
+    trainers, compiled = {}, {}
     for v in variants:
         config = make_config(args.preset, [x for x in v.split(",") if x])
         trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
         start = time.perf_counter()
         trainer.compile()
-        print(f"[{v or 'as is'}] compiled in {time.perf_counter() - start:.1f}s", flush=True)
+        compiled[v] = time.perf_counter() - start
+        print(f"[{v or 'as is'}] compiled in {compiled[v]:.1f}s", flush=True)
         _epoch(trainer, 0)                                      # warm-up
         trainers[v] = trainer
     runs = {v: [] for v in variants}
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
                 print(f"[{v or 'as is'}] round {r + 1} epoch {e + 1}: train "
                       f"{runs[v][-1]['train_s']:.2f}s test {runs[v][-1]['test_s']:.2f}s",
                       flush=True)
-    rows = [{"variant": v or "as is",
+    rows = [{"variant": v or "as is", "compile_s": compiled[v],
              "train_epoch_s": statistics.median(x["train_s"] for x in runs[v]),
              "test_pass_s": statistics.median(x["test_s"] for x in runs[v]),
              "step_s": statistics.median(s for x in runs[v] for s in x["steps_s"]),

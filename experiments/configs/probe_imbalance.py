@@ -10,7 +10,9 @@ visual are each weak and noisy but separate every class. Fused training fits tex
 its loss then leaves little gradient for the others: the setting of OGM-GE and of "greedy"
 multimodal learning, where dropping the dominant modality by its measured F1 should keep the
 weak ones learning. Balancing on after 2 warm-up epochs of 12; model as the `synthetic`
-preset. Results: README "What each mechanism buys".
+preset. Variant `--set data.synthetic=imbalance_shortcut`: on the train split only, text also
+splits every class (a shortcut the test split lacks), so text alone fits the training data.
+Results: README "What each mechanism buys".
 """
 
 from ambjax.nn import ModelConfig
