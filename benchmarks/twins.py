@@ -7,9 +7,11 @@ backward (segment softmax, over 200k edges into 20k receivers) or of one optimis
 AMB-DSGDN's parameter count at hidden 512 (7.7M float32: the release's Adam + L2 as ambjax
 builds it with optax's pieces, and the same from a hand chain with `scale_by_schedule`), of a
 dropout mask over [3, 896, 1024] (the counter-hash key of `ambjax.hash_prng` against JAX's
-"rbg" and "threefry" keys), or of a layer norm's forward + backward over [3, 896, 512] with a scale per row of the first axis
-(as the modality-stacked norms have), for one member (`ambjax.train.steps.map_members`, which squeezes a size-1 member axis, against
-`jax.vmap`).
+"rbg" and "threefry" keys), of a layer norm's forward + backward over [3, 896, 512] with a
+scale per row of the first axis (as the modality-stacked norms have) for one member
+(`ambjax.train.steps.map_members`, which squeezes a size-1 member axis, against `jax.vmap`),
+or of the exact GELU's forward + backward (PyTorch's erf formula against `jax.nn.gelu`'s
+erfc).
 Results: benchmarks/results/twins-<device>-<date>.{json,md}. ambjax uses the library function
 where it measures no slower.
 """
@@ -27,6 +29,7 @@ import jraph
 import optax
 
 from ambjax.hash_prng import HASH_PRNG
+from ambjax.nn.attention import exact_gelu
 from ambjax.nn.kernels import segment_softmax
 from ambjax.train.steps import map_members
 from ambjax.train.config import OptimConfig
@@ -103,6 +106,17 @@ def _member_pair(repeats: int) -> dict:
     return _time_pair(fns, repeats)
 
 
+def _gelu_pair(repeats: int) -> dict:
+    x = 3 * jax.random.normal(jax.random.PRNGKey(0), (3, 896, 1024))
+    fns = {}
+    for name, gelu in (("ambjax exact_gelu (erf)", exact_gelu),
+                       ("jax.nn.gelu(approximate=False) (erfc)",
+                        lambda v: jax.nn.gelu(v, approximate=False))):
+        f = jax.jit(jax.value_and_grad(lambda v, gelu=gelu: gelu(v).sum()))
+        fns[name] = lambda f=f: jax.block_until_ready(f(x))
+    return _time_pair(fns, repeats)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.twins")
     p.add_argument("--repeats", type=int, default=11)
@@ -111,7 +125,8 @@ def main(argv: list[str]) -> int:
     pairs = {"segment softmax (forward + backward)": _softmax_pair(args.repeats),
              "Adam + L2 update (7.7M parameters)": _adam_pair(args.repeats),
              "dropout mask, p = 0.5, [3, 896, 1024]": _mask_pair(args.repeats),
-             "layer norm forward + backward, one member": _member_pair(args.repeats)}
+             "layer norm forward + backward, one member": _member_pair(args.repeats),
+             "exact GELU forward + backward, [3, 896, 1024]": _gelu_pair(args.repeats)}
     lines = [f"# Library twins on {env['cpu_model']} ({env['device']}, jax {env['jax']}, "
              f"{env['date']})", "", "| computation | implementation | median ms |",
              "|---|---|---|"]

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention
+from ambjax.nn.attention import LAMBDA_INIT_OFFICIAL, DifferentialGraphAttention, exact_gelu
 
 
 class DifferentialRelationalBlock(nn.Module):
@@ -73,5 +73,5 @@ class DifferentialRelationalBlock(nn.Module):
         h = drop(h, deterministic=deterministic)
         out_init = self.lambda_init if self.out_lambda_init is None else self.out_lambda_init
         h = layer("out_att", out_init)(graph._replace(nodes=h), deterministic=deterministic)
-        h = nn.Dense(self.features, dtype=self.dtype, name="fc")(nn.gelu(h, approximate=False))
+        h = nn.Dense(self.features, dtype=self.dtype, name="fc")(exact_gelu(h))
         return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(h + residual)
