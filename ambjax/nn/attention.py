@@ -111,7 +111,7 @@ def attention_weights(model: nn.Module, params, *args, **kwargs) -> dict[str, ja
     An instrument: where each layer puts its attention, e.g. on planted neighbours.
     """
     _, state = model.apply({"params": params}, *args, mutable=["intermediates"], **kwargs)
-    flat = flatten_dict(state["intermediates"])
+    flat = flatten_dict(state.get("intermediates", {}))
     return {"/".join(map(str, k[:-1])): v[0] for k, v in flat.items() if k[-1] == "attention"}
 
 
@@ -127,6 +127,8 @@ def edge_share(weights: jax.Array, selected: jax.Array, receivers: jax.Array,
     Returns:
       float32 [] in [0, 1].
     """
+    chex.assert_rank([weights, selected, receivers, real], 1)
+    chex.assert_equal_shape([weights, selected, receivers])
     n = real.shape[0]
     magnitude = jnp.abs(weights.astype(jnp.float32))
     total = jax.ops.segment_sum(magnitude, receivers, num_segments=n)
