@@ -8,10 +8,10 @@ dropout masks. `HASH_PRNG` computes word i of a draw as a hash of (i, key):
 
 with `mix` the "lowbias32" integer finaliser (two multiply-xorshift rounds, full avalanche).
 That is a dozen integer operations per word, which XLA fuses into the consumer and vectorises
-(an order of magnitude cheaper than "rbg" and threefry on CPU: `python -m benchmarks.twins`). Keys are two
-uint32 words; `seed`, `split` and `fold_in` are threefry's, so the keys a model derives (Flax's
-per-module `fold_in`, vmapped seeds) are as independent as threefry keys, and only the final
-bit generation is the cheap hash. Draws of one key are a bijection of the counter (no
+(an order of magnitude cheaper than "rbg" and threefry on CPU: `python -m benchmarks.twins`).
+Keys are two uint32 words; `seed`, `split` and `fold_in` are threefry's, so the keys a model
+derives (Flax's per-module `fold_in`, vmapped seeds) are as independent as threefry keys, and
+only the final bit generation is the cheap hash. Draws of one key are a bijection of the counter (no
 repeats within 2^32 words); draws of two keys are unrelated unless both key words collide.
 It is a statistical generator for masks, not a cryptographic one; `jax.random.bernoulli`,
 `uniform` and `flax.linen.Dropout` take its keys as they take any other

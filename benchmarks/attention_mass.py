@@ -63,25 +63,30 @@ def shares(run, batch_size: int = 16) -> dict[str, dict[str, float]]:
     total = 0
     for batch in batcher.batches("test"):
         real = np.asarray(batch.nodes.mask)
-        weights = attention_weights(run.model, run.params, batch)
+        n_real = real.sum()
         nodes = batch.nodes
-        for layer, w in weights.items():
-            edges = batch.edges(layer.split("/")[0])
+        graphs = {}     # per graph kind: receivers, the planted edges, even attention's shares
+        for kind in ("intra", "inter"):
+            edges = batch.edges(kind)
             senders, receivers = np.asarray(edges.senders), np.asarray(edges.receivers)
             picks = {"self": senders == receivers,
                      "latest other speaker": latest_other_speaker(
                          np.asarray(nodes.speaker), np.asarray(nodes.graph),
                          np.asarray(nodes.position), senders, receivers)}
             uniform = np.ones(senders.shape, np.float32)
-            for what, selected in picks.items():
-                for m, member in enumerate(np.asarray(w).reshape(-1, w.shape[-1])):
-                    key = f"{layer}[{m}]" if w.ndim > 1 and w.shape[0] > 1 else layer
+            even = {what: float(edge_share(uniform, selected, receivers, real))
+                    for what, selected in picks.items()}
+            graphs[kind] = receivers, picks, even
+        for layer, w in attention_weights(run.model, run.params, batch).items():
+            receivers, picks, even = graphs[layer.split("/")[0]]
+            for m, member in enumerate(np.asarray(w).reshape(-1, w.shape[-1])):
+                key = f"{layer}[{m}]" if w.ndim > 1 and w.shape[0] > 1 else layer
+                for what, selected in picks.items():
                     sums[key][what] += float(edge_share(member, selected, receivers,
-                                                        real)) * real.sum()
+                                                        real)) * n_real
                     # what attention spread evenly over the in-edges would give
-                    sums[key][f"uniform: {what}"] += float(edge_share(
-                        uniform, selected, receivers, real)) * real.sum()
-        total += real.sum()
+                    sums[key][f"uniform: {what}"] += even[what] * n_real
+        total += n_real
     return {layer: {what: v / total for what, v in c.items()} for layer, c in sums.items()}
 
 

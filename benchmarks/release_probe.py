@@ -71,8 +71,9 @@ def main(argv: list[str]) -> int:
     rows = {k: paired_interval(scores["no_balancing"][k], scores["full"][k])
             for k in ("best", "last")}
     lines = [f"# The release on the {args.synthetic} probe, p_exe {args.p_exe} "
-             f"({env['cpu_model']}, {env['date']}, seeds {args.seeds})", "", "Test weighted F1 (the release's own numbers, percent); Δ = "
-             "no_balancing - full, paired over seeds, 95% t interval.", "",
+             f"({env['cpu_model']}, {env['date']}, seeds {args.seeds})", "",
+             "Test weighted F1 (the release's own numbers, percent); Δ = no_balancing - full, "
+             "paired over seeds, 95% t interval.", "",
              "| score | full | no_balancing | Δ [95% CI] |", "|---|---|---|---|"]
     for k, label in (("best", "best test epoch (release protocol)"), ("last", "last epoch")):
         d = rows[k]

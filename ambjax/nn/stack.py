@@ -67,23 +67,28 @@ def stacked_call(module: nn.Module, size: int, in_axes: tuple[Any, ...], *args, 
                    in_axes=in_axes, out_axes=0, axis_size=size)(module, *args)
 
 
+def squeeze_members(tree):
+    """The member of a one-member stack: every leaf's leading axis of size 1 dropped."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def stack_member(tree):
+    """A one-member stack: every leaf gains a leading axis of size 1."""
+    return jax.tree.map(lambda x: x[None], tree)
+
+
 def _single_member(module: nn.Module, in_axes: tuple[Any, ...], *args, **kwargs):
     """`stacked_call` for M = 1: parameters stored [1, ...], seen by the module without the
     axis; inputs mapped over axis 0 squeezed; the output gains the axis back."""
-    def squeeze(tree):
-        return jax.tree.map(lambda x: x[0], tree)
-
-    def expand(tree):
-        return jax.tree.map(lambda x: x[None], tree)
-
-    inputs = jax.tree.map(lambda axis, sub: sub if axis is None else squeeze(sub), in_axes,
-                          args, is_leaf=lambda x: x is None)
+    inputs = jax.tree.map(lambda axis, sub: sub if axis is None else squeeze_members(sub),
+                          in_axes, args, is_leaf=lambda x: x is None)
     # initialise through the map only in `init` (else a mutable collection such as the
     # instruments' "intermediates" would make flax initialise again from the stored leaves)
     init = module.parent.is_initializing()
     call = nn.map_variables(lambda member, *xs: member(*xs, **kwargs), "params",
-                            trans_in_fn=squeeze, trans_out_fn=expand, init=init, mutable=init)
+                            trans_in_fn=squeeze_members, trans_out_fn=stack_member, init=init,
+                            mutable=init)
     # what the member sows (`attention_weights`) gains the axis too
-    call = nn.map_variables(call, "intermediates", trans_in_fn=squeeze, trans_out_fn=expand,
-                            mutable=True)
-    return expand(call(module, *inputs))
+    call = nn.map_variables(call, "intermediates", trans_in_fn=squeeze_members,
+                            trans_out_fn=stack_member, mutable=True)
+    return stack_member(call(module, *inputs))

@@ -158,8 +158,9 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             state.params, eval_keyed[key]).compile())
 
     limit = available_memory_bytes() if memory_limit is None else memory_limit
+    train_jobs = [(train_program, k) for k in order[1:]]
     eval_jobs = [(eval_program, k) for k in eval_keyed]
-    jobs = [(train_program, k) for k in order[1:]] + eval_jobs
+    jobs = train_jobs + eval_jobs
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + 1))
     # every compile runs in a worker thread, so that the main thread, waiting on it, takes
     # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
@@ -180,7 +181,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                 f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
                 "Lower data.batch_size, split or drop the longest dialogues, lower "
                 "model.hidden_dim, or use a device with more memory")
-        futures = [pool.submit(fn, k) for fn, k in jobs[:len(jobs) - len(eval_jobs)]]
+        futures = [pool.submit(fn, k) for fn, k in train_jobs]
         if while_compiling is not None:
             while_compiling()
         results = [f.result() for f in futures + eval_futures]

@@ -29,6 +29,7 @@ from ambjax.hash_prng import HASH_PRNG
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix
 from ambjax.nn.protocol import DialogueModel
+from ambjax.nn.stack import squeeze_members, stack_member
 from ambjax.train.state import TrainState
 
 AXIS = "batch"
@@ -187,9 +188,8 @@ def map_members(f: Callable, in_axes: tuple) -> Callable:
         size = {jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, in_axes) if ax == 0}
         if size != {1}:
             return vmapped(*args)
-        squeezed = [jax.tree.map(lambda x: x[0], a) if ax == 0 else a
-                    for a, ax in zip(args, in_axes)]
-        return jax.tree.map(lambda x: x[None], f(*squeezed))
+        return stack_member(f(*(squeeze_members(a) if ax == 0 else a
+                                for a, ax in zip(args, in_axes))))
 
     return mapped
 
