@@ -1,11 +1,13 @@
 """Dialogue edges, relation matrices, padded batches and buckets."""
 
+import itertools
+
 import numpy as np
 import pytest
 
 from ambjax.data import make_synthetic
-from ambjax.graphs import (GraphBatcher, dialogue_edges, edges_from_relation_matrix,
-                           relation_matrix, stack_for_devices)
+from ambjax.graphs import (Budget, GraphBatcher, dialogue_edges, edges_from_relation_matrix,
+                           merge_budgets, relation_matrix, stack_for_devices)
 
 SPEAKERS = [0, 1, 1, 0, 0, 1, 0]
 
@@ -121,3 +123,49 @@ def test_every_dialogue_once_per_epoch_and_device_stacking(meld_small):
     b = one.build(meld_small.split("test")[:2])
     stacked = stack_for_devices([b, b])
     assert stacked.nodes.features["text"].shape == (2,) + b.nodes.features["text"].shape
+
+
+def _ladder_cost(kept, used, steps, cost):
+    """Compile cost plus padded node-steps of running each used budget on the smallest kept
+    budget that holds it (the brute-force reference of `merge_budgets`)."""
+    programs, padded = set(), 0
+    for b in used:
+        target = min(k for k in kept if k.n_node >= b.n_node)
+        programs.update((target, kind) for kind, n in steps[b].items() if n)
+        padded += sum(steps[b].values()) * (target.n_node - b.n_node)
+    return cost * len(programs) + padded
+
+
+@pytest.mark.parametrize("trial", range(40))
+def test_merged_budgets_minimise_compile_plus_padding(trial):
+    rng = np.random.default_rng(trial)
+    ladder = tuple(Budget(n, n, n, 5, 20) for n in np.cumsum(rng.integers(16, 200, size=9)))
+    used = sorted(rng.choice(len(ladder), size=rng.integers(2, 8), replace=False))
+    steps = {ladder[i]: {k: int(rng.integers(0, 60) * (rng.random() < 0.7))
+                         for k in ("train", "eval")} for i in used}
+    steps[ladder[used[-1]]]["train"] += 1          # the largest used budget is used
+    used_budgets = [b for b in ladder if sum(steps.get(b, {}).values())]
+    cost = float(rng.choice([0.0, 500.0, 3000.0, 20000.0]))
+    merged = merge_budgets(ladder, steps, cost)
+    assert merged == tuple(sorted(merged)) and used_budgets[-1] in merged
+    assert all(b in merged for b in ladder if b > used_budgets[-1])
+    if cost == 0:
+        assert merged == ladder
+        return
+    best = min(_ladder_cost(kept + (used_budgets[-1],), used_budgets, steps, cost)
+               for r in range(len(used_budgets))
+               for kept in itertools.combinations(used_budgets[:-1], r))
+    assert _ladder_cost(merged, used_budgets, steps, cost) == pytest.approx(best)
+
+
+def test_a_merged_ladder_keeps_every_batch_and_fewer_shapes():
+    ds = make_synthetic("meld", dims={"text": 4, "audio": 4, "visual": 4})
+    gb = GraphBatcher(ds, window=6, batch_size=64)
+    steps = gb.run_steps([0], epochs=3)
+    merged = gb.with_budgets(merge_budgets(gb.budgets, steps, 20000.0))
+    assert len(merged.budgets_used([0], 3)["train"]) < len(gb.budgets_used([0], 3)["train"])
+    for split in ("train", "test"):
+        before = list(gb.batches(split, shuffle=True, seed=0, epoch=2))
+        after = list(merged.batches(split, shuffle=True, seed=0, epoch=2))
+        assert [b.nodes.mask.sum() for b in before] == [b.nodes.mask.sum() for b in after]
+        assert all(a.nodes.mask.shape >= b.nodes.mask.shape for a, b in zip(after, before))

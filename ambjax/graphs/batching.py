@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +75,63 @@ def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graph
             n_edge_inter=_round_up(math.ceil(edges_per_node["inter"] * (n - 1)), 16),
             n_graph=graphs_per_batch + 1, max_len=int(lengths[-1]), band=band))
     return tuple(out)
+
+
+def merge_budgets(budgets: Sequence[Budget], steps: Mapping[Budget, Mapping[str, int]],
+                  compile_node_steps: float) -> tuple[Budget, ...]:
+    """Keep only the padding buckets that save more step time than their compiles cost.
+
+    Every budget a run uses needs its own compiled program per kind of step ("train", "eval")
+    that runs on it. Dropping a used budget pads its batches to the next kept one instead:
+    fewer programs to compile, more padded nodes in every step. This chooses the kept budgets
+    (the largest used one always) that minimise
+
+        compile_node_steps x programs + sum over used budgets b of steps(b) x (n(kept) - n(b))
+
+    exactly (dynamic programming over the used budgets, smallest first). Padding changes no
+    result, only the time.
+
+    Args:
+      budgets: the ladder, sorted by size (`plan_budgets`).
+      steps: budget -> {kind: steps over the run}; budgets missing or with no steps are unused.
+      compile_node_steps: what one program's compile costs, in node-steps of padded batches
+        (<= 0: keep every bucket).
+
+    Returns:
+      The kept budgets and those of the ladder above the largest used one (a batch larger
+      than any of the run's still gets a budget), sorted by size.
+
+    Example:
+      >>> small, mid, big = (Budget(n, n, n, 3, 9) for n in (64, 96, 128))
+      >>> steps = {small: {"train": 2}, big: {"train": 50}}     # 2 steps x 64 padded nodes
+      >>> [b.n_node for b in merge_budgets((small, mid, big), steps, 100.0)]
+      [64, 128]
+      >>> [b.n_node for b in merge_budgets((small, mid, big), steps, 200.0)]
+      [128]
+    """
+    used = [b for b in budgets if sum(steps.get(b, {}).values())]
+    if compile_node_steps <= 0 or len(used) < 2:
+        return tuple(budgets)
+
+    def segment(lo: int, hi: int) -> float:
+        """Cost of used[lo..hi] all run on used[hi]."""
+        kinds = {k for b in used[lo:hi + 1] for k, n in steps[b].items() if n}
+        padded = sum(sum(steps[b].values()) * (used[hi].n_node - b.n_node)
+                     for b in used[lo:hi])
+        return compile_node_steps * len(kinds) + padded
+
+    best = [0.0] + [math.inf] * len(used)       # best[i]: cost of used[:i] ending on a kept one
+    last = [0] * (len(used) + 1)
+    for hi in range(len(used)):
+        for lo in range(hi + 1):
+            cost = best[lo] + segment(lo, hi)
+            if cost < best[hi + 1]:
+                best[hi + 1], last[hi + 1] = cost, lo
+    kept, i = [], len(used)
+    while i:
+        kept.append(used[i - 1])
+        i = last[i]
+    return tuple(sorted(kept) + [b for b in budgets if b > used[-1]])
 
 
 def _pad_edges(edge_list: Sequence[DialogueEdges], offsets: np.ndarray, n_edge: int,
@@ -264,15 +322,34 @@ class GraphBatcher:
                       for order in orders]
             yield groups, max((self.budget_of(g) for g in groups), key=lambda b: b.n_node)
 
+    def run_steps(self, seeds: Sequence[int], epochs: int) -> dict[Budget, dict[str, int]]:
+        """Steps per budget over a run of `epochs` epochs: {budget: {"train": n, "eval": m}},
+        the train steps of `seed_batches("train", seeds, epoch=e)` for e < `epochs` and the
+        `batches` of valid and test once per epoch (computed from lengths alone, in
+        milliseconds)."""
+        counts: dict[Budget, dict[str, int]] = {}
+        for epoch in range(epochs):
+            for _, budget in self._steps("train", self._orders("train", seeds, epoch)):
+                kinds = counts.setdefault(budget, {})
+                kinds["train"] = kinds.get("train", 0) + 1
+        for split in ("valid", "test"):
+            for _, budget in self._steps(split, self._orders(split, None, 0)):
+                kinds = counts.setdefault(budget, {})
+                kinds["eval"] = kinds.get("eval", 0) + max(1, epochs)
+        return counts
+
     def budgets_used(self, seeds: Sequence[int], epochs: int) -> dict[str, list[Budget]]:
-        """The budgets that `seed_batches("train", seeds, epoch=e)` for e < `epochs` and
-        `batches` of valid and test will use, smallest first: {"train": [...], "eval": [...]}
-        (what a run has to compile; computed from lengths alone, in milliseconds)."""
-        train = {budget for epoch in range(epochs)
-                 for _, budget in self._steps("train", self._orders("train", seeds, epoch))}
-        evals = {budget for split in ("valid", "test")
-                 for _, budget in self._steps(split, self._orders(split, None, 0))}
-        return {"train": sorted(train), "eval": sorted(evals)}
+        """The budgets that a run of `epochs` epochs (`run_steps`) uses, smallest first:
+        {"train": [...], "eval": [...]} (what it has to compile)."""
+        counts = self.run_steps(seeds, epochs)
+        return {kind: sorted(b for b, n in counts.items() if n.get(kind))
+                for kind in ("train", "eval")}
+
+    def with_budgets(self, budgets: Sequence[Budget]) -> "GraphBatcher":
+        """This batcher with another budget ladder (sorted by size; e.g. `merge_budgets`)."""
+        other = copy.copy(self)
+        other.budgets = tuple(budgets)
+        return other
 
     def seed_batches(self, split: str, seeds: Sequence[int], *,
                      epoch: int = 0) -> Iterator[DialogueBatch]:

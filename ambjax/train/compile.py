@@ -5,7 +5,11 @@ them all before training starts, concurrently in a thread pool (XLA compiles out
 with one progress line, instead of one after another inside the first epoch. The largest
 bucket's train program is compiled first and its memory (XLA's own count of arguments, outputs
 and temporaries) is compared with what the device has, so that a batch that cannot fit is
-refused in seconds with its size, not after a minute of allocation failures.
+refused in seconds with its size, not after a minute of allocation failures. When the train
+state is far below the limit (`ACTIVATION_FACTOR`), a refusal is unlikely and the other programs
+compile beside the largest one, and the state initialises, from the start, so that both cores of
+a small machine stay busy (a refusal then abandons them); near the limit nothing else starts
+before the check has passed.
 
 With several members (seeds vmapped over a leading axis) the need is estimated before any of
 them is compiled, from abstract shapes only: first the train state's own bytes (input and
@@ -124,8 +128,9 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         (`ambjax.train.executables`; None: always compile).
       members: size of the members (seeds) axis `member_axis` of the state and train batches;
         with more than one, the memory is estimated from one member first.
-      while_compiling: work for the calling thread once the memory check has passed, done
-        while the other programs compile (the trainer initialises the train state there).
+      while_compiling: work for the calling thread while the other programs compile (the
+        trainer initialises the train state there): at once when the state is far below the
+        memory limit (`ACTIVATION_FACTOR`), else once the memory check has passed.
 
     Raises:
       ResourceError: the largest bucket's train program needs more memory than the device has.
@@ -165,6 +170,10 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     # every compile runs in a worker thread, so that the main thread, waiting on it, takes
     # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
     pool = concurrent.futures.ThreadPoolExecutor(workers)
+    # far below the limit a refusal is unlikely: everything compiles at once (and the state
+    # initialises) while the largest program's memory is checked; near it, nothing else starts
+    # before that check has passed
+    at_once = limit is None or _nbytes(state) * ACTIVATION_FACTOR <= limit
     try:
         if members > 1 and limit is not None:
             _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
@@ -173,6 +182,9 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         first = pool.submit(train_program, order[0])
         # the eval programs need no memory check: they compile beside the largest train one
         eval_futures = [pool.submit(fn, k) for fn, k in eval_jobs]
+        futures = [pool.submit(fn, k) for fn, k in train_jobs] if at_once else []
+        if at_once and while_compiling is not None:
+            while_compiling()
         largest = first.result()
         need = program_bytes(largest)
         if need is not None and limit is not None and need > limit:
@@ -181,9 +193,10 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                 f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
                 "Lower data.batch_size, split or drop the longest dialogues, lower "
                 "model.hidden_dim, or use a device with more memory")
-        futures = [pool.submit(fn, k) for fn, k in train_jobs]
-        if while_compiling is not None:
-            while_compiling()
+        if not at_once:
+            futures = [pool.submit(fn, k) for fn, k in train_jobs]
+            if while_compiling is not None:
+                while_compiling()
         results = [f.result() for f in futures + eval_futures]
     except BaseException:
         # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the

@@ -291,6 +291,8 @@ def _rules(c: ExperimentConfig):
         (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
         (d.budget_growth is None or (finite(d.budget_growth) and d.budget_growth > 1),
          f"data.budget_growth must be > 1 or none, got {d.budget_growth}"),
+        (finite(d.compile_node_steps) and d.compile_node_steps >= 0,
+         f"data.compile_node_steps must be >= 0, got {d.compile_node_steps}"),
         (not m.input_dims and m.num_classes == 0 and m.num_speakers == 0,
          "model.input_dims, model.num_classes and model.num_speakers come from the data; "
          "leave them unset"),

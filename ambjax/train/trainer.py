@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambjax.data.dataset import DialogueDataset
-from ambjax.graphs import GraphBatcher
+from ambjax.graphs import GraphBatcher, merge_budgets
 from ambjax.metrics import classification_report, weighted_f1
 from ambjax.nn.model import AMBDSGDN, ModelConfig, count_parameters
 from ambjax.nn.protocol import DialogueModel
@@ -123,6 +123,9 @@ class Trainer:
                                     n_devices=self.n_devices, growth=data.budget_growth,
                                     local_devices=local_device_range()
                                     if jax.process_count() > 1 else None)
+        self.batcher = self.batcher.with_budgets(merge_budgets(
+            self.batcher.budgets, self.batcher.run_steps(self.seeds, config.schedule.epochs),
+            data.compile_node_steps))
         weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
         self.total_steps = config.schedule.epochs * self.batcher.num_batches("train")
         self.class_weights = weights
