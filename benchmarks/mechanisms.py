@@ -38,6 +38,14 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
         "... half of the utterances without a text signal (labels from context only)",
         ["--preset", "probe_common_mode", "--ablations", "no_differential",
          "--set", "data.synthetic=common_mode_silent"]),
+    "probe_common_mode-one_head": (
+        "... one attention map pair per layer (graph_heads 1: no second head can take the "
+        "difference's place)", ["--preset", "probe_common_mode", "--ablations",
+                                "no_differential", "--set", "model.graph_heads=1"]),
+    "probe_common_mode-silent-one_head": (
+        "... half of the utterances without a text signal, graph_heads 1",
+        ["--preset", "probe_common_mode", "--ablations", "no_differential",
+         "--set", "data.synthetic=common_mode_silent", "--set", "model.graph_heads=1"]),
     "probe_imbalance": (
         "modality balancing on its probe", ["--preset", "probe_imbalance",
                                             "--ablations", "no_balancing,text_only"]),

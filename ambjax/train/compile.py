@@ -83,7 +83,7 @@ class Programs:
 
     train: dict[tuple, Any]
     eval: dict[tuple, Any]
-    train_bytes: dict[tuple, int | None]
+    largest_train_bytes: int | None       # XLA's count for the largest bucket's train program
     jit_train: Callable
     jit_eval: Callable
 
@@ -214,7 +214,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                 f"{time.perf_counter() - start:.1f}s{from_store}"
                 + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
     return Programs(train=train, eval=evals,
-                    train_bytes={k: program_bytes(v) for k, v in train.items()},
+                    largest_train_bytes=need,
                     jit_train=train_step, jit_eval=eval_step)
 
 

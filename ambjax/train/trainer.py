@@ -242,8 +242,7 @@ class Trainer:
     @property
     def largest_train_step_bytes(self) -> int | None:
         """XLA's memory count of the largest compiled train step (after `compile`)."""
-        sizes = [v for v in self.programs.train_bytes.values() if v is not None]
-        return max(sizes) if sizes else None
+        return self.programs.largest_train_bytes
 
     def program_identity(self) -> dict:
         """What the compiled steps compute besides their batch shapes: the key of their
