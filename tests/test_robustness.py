@@ -115,6 +115,32 @@ def test_deeply_nested_pickle_is_an_error_not_a_crash(tmp_path):
         load_features(path)
 
 
+FEATURE_LIKE = {"Ses01": [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0, np.int64)],
+                "labels": ("neu", 1.5, None, True, -7, 10 ** 30), 3: {1, 2}, "f": frozenset([4]),
+                "raw": (b"by", bytearray(b"te")), "nested": [[[{}]], ()]}
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_the_nesting_scan_reads_every_opcode_as_pickletools_does(protocol):
+    """`check_nesting`'s own opcode reader (it skips the arguments it does not need) agrees
+    with `pickletools.genops` on names and memo keys, for every pickle protocol."""
+    import pickletools
+    from ambjax.data.safe_pickle import _MEMO, _opcodes
+    data = pickle.dumps(FEATURE_LIKE, protocol=protocol)
+    reference = [(op.name, arg if op.name in _MEMO else None)
+                 for op, arg, _ in pickletools.genops(data)]
+    assert list(_opcodes(data)) == reference
+
+
+def test_every_truncation_of_a_pickle_is_a_data_format_error(tmp_path):
+    data = pickle.dumps(FEATURE_LIKE, protocol=4)
+    path = tmp_path / "cut.pkl"
+    for cut in range(0, len(data) - 1, 7):
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataFormatError):
+            read_pickle(path)
+
+
 @pytest.mark.parametrize("payload,message", [
     # numpy.ndarray((500_000_000,)) called directly: 500 MB from a 50-byte file
     (b"\x80\x02cnumpy\nndarray\nJ\x00e\xcd\x1d\x85\x85R.", "ndarray"),

@@ -119,6 +119,67 @@ _ATOMS = {"NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", 
 _EMPTY = {"EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"}
 _FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}
 _INTO_TOP_FROM_MARK = {"APPENDS", "SETITEMS", "ADDITEMS"}
+_MEMO = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+_LINE, _TWO_LINES = -1, -10        # argument sizes besides fixed byte counts (>= 0)
+_LENGTH_BYTES = {-2: (1, False), -3: (4, True), -4: (4, False), -5: (8, False)}
+
+
+def _opcode_table() -> dict[int, tuple[str, int]]:
+    """Opcode byte -> (name, argument size): bytes (>= 0), a line, two lines, or a length
+    prefix (`pickletools`' codes -2..-5)."""
+    table = {}
+    for op in pickletools.opcodes:
+        size = 0 if op.arg is None else op.arg.n
+        if op.arg is not None and op.arg.name == "stringnl_noescape_pair":
+            size = _TWO_LINES
+        table[ord(op.code)] = (op.name, size)
+    return table
+
+
+_OPCODES = _opcode_table()
+
+
+def _opcodes(data: bytes):
+    """(name, memo key or None) of each opcode of `data` up to STOP: `pickletools.genops`
+    without decoding the arguments that the nesting check does not read (several times
+    faster on feature files of many arrays).
+
+    Raises:
+      ValueError: an unknown opcode, or data that ends before STOP.
+    """
+    pos, end = 0, len(data)
+    table, find = _OPCODES, data.find
+    while pos < end:
+        entry = table.get(data[pos])
+        if entry is None:
+            raise ValueError(f"unknown opcode {data[pos]:#x} at byte {pos}")
+        name, size = entry
+        pos += 1
+        key = None
+        if size > 0:
+            if name in _MEMO:
+                key = int.from_bytes(data[pos:pos + size], "little")
+            pos += size
+        elif size == _LINE or size == _TWO_LINES:
+            for _ in range(1 if size == _LINE else 2):
+                line_end = find(b"\n", pos)
+                if line_end < 0:
+                    raise ValueError(f"{name} at byte {pos - 1}: no end of line")
+                if name in _MEMO:
+                    key = int(data[pos:line_end])
+                pos = line_end + 1
+        elif size < 0:
+            width, signed = _LENGTH_BYTES[size]
+            length = int.from_bytes(data[pos:pos + width], "little", signed=signed)
+            if length < 0:
+                raise ValueError(f"{name} at byte {pos - 1}: negative length")
+            pos += width + length
+        if pos > end:
+            raise ValueError("pickle ends inside an opcode's argument")
+        yield name, key
+        if name == "STOP":
+            return
+    raise ValueError("pickle exhausted before seeing STOP")
 
 
 def check_nesting(data: bytes, max_depth: int = MAX_DEPTH) -> None:
@@ -150,9 +211,14 @@ def check_nesting(data: bytes, max_depth: int = MAX_DEPTH) -> None:
             raise ValueError(f"structures nested more than {max_depth} levels deep")
         cell[0] = max(cell[0], depth)
 
-    for op, arg, _ in pickletools.genops(data):
-        name = op.name
-        if name in _ATOMS:
+    for name, arg in _opcodes(data):
+        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise ValueError(f"memo key {arg!r} read before it is written")
+            stack.append(memo[arg])
+        elif name in _ATOMS:
             push(0)
         elif name in _EMPTY:
             push(1)
@@ -199,14 +265,8 @@ def check_nesting(data: bytes, max_depth: int = MAX_DEPTH) -> None:
             pop_mark()
         elif name == "DUP":
             stack.append(stack[-1])
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[arg] = stack[-1]
         elif name == "MEMOIZE":
             memo[len(memo)] = stack[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            if arg not in memo:
-                raise ValueError(f"memo key {arg!r} read before it is written")
-            stack.append(memo[arg])
         # PROTO, FRAME, STOP: no stack effect
 
 
