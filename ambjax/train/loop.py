@@ -121,7 +121,9 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                         f"as one program, {trainer.n_devices} device(s) "
                         f"({jax.devices()[0].platform}), "
                         f"{trainer.batcher.num_batches('train')} batches/epoch, "
-                        f"{len(trainer.batcher.budgets)} budget buckets{tag}")
+                        f"{trainer.bucket_counts[0]} padding bucket(s)"
+                        + (f", {trainer.bucket_counts[1]} merged into larger ones"
+                           if trainer.bucket_counts[1] else "") + tag)
             if primary:   # again under the locks (and with the model's own fingerprint)
                 run_folder.check(out_dir, fingerprint=trainer.fingerprint, **prepared.plan)
             trainer.compile()

@@ -123,9 +123,12 @@ class Trainer:
                                     n_devices=self.n_devices, growth=data.budget_growth,
                                     local_devices=local_device_range()
                                     if jax.process_count() > 1 else None)
-        self.batcher = self.batcher.with_budgets(merge_budgets(
-            self.batcher.budgets, self.batcher.run_steps(self.seeds, config.schedule.epochs),
-            data.compile_node_steps))
+        steps = self.batcher.run_steps(self.seeds, config.schedule.epochs)
+        kept = merge_budgets(self.batcher.budgets, steps, data.compile_node_steps)
+        self.batcher = self.batcher.with_budgets(kept)
+        # (padding buckets the run uses, those padded into a larger one instead)
+        self.bucket_counts = (sum(1 for b in steps if b in kept),
+                              sum(1 for b in steps if b not in kept))
         weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
         self.total_steps = config.schedule.epochs * self.batcher.num_batches("train")
         self.class_weights = weights
