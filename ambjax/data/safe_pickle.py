@@ -17,6 +17,7 @@ Feature files come from strangers. `read_pickle`:
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -69,10 +70,11 @@ class _Unpickler(pickle.Unpickler):
         def make(subtype, shape, dtype):
             if isinstance(subtype, _Guarded) or subtype is not np.ndarray:
                 subtype = np.ndarray
-            shape = tuple(int(s) for s in np.atleast_1d(shape))
+            dims = shape if isinstance(shape, tuple) else np.atleast_1d(shape)
+            shape = tuple(int(s) for s in dims)
             if any(s < 0 for s in shape):
                 raise pickle.UnpicklingError(f"array shape {shape} is negative")
-            self._check_size(int(np.prod(shape, dtype=object)), np.dtype(dtype).itemsize,
+            self._check_size(math.prod(shape), np.dtype(dtype).itemsize,
                              f"an array of shape {shape}")
             return real(subtype, shape, dtype)
         return _Guarded("_reconstruct", make)
