@@ -45,6 +45,7 @@ def test_bad_overrides_name_the_key(item, message):
     ("model.graphs=foo", "model.graphs must be"),
     ("model.graphs=inter,inter", "model.graphs must be"),
     ("model.hidden_dim=0", "model.hidden_dim must be"),
+    ("data.compile_node_steps=-1", "data.compile_node_steps must be >= 0"),
     ("model.num_heads=3", "divide model.hidden_dim"),
     ("data.modalities=text,smell", "data.modalities"),
     ("run.selection=train", "run.selection"),
