@@ -63,3 +63,13 @@ def test_latest_other_speaker_edges():
     got = latest_other_speaker(speaker, dialogue, position, senders, receivers)
     # 2 <- 1 (A before B), 3 <- 2, 4 <- 3; 5's latest other speaker is 3 (4 is B itself)
     assert got.tolist() == [False, True, True, False, False, True, False, True, False, False]
+
+
+def test_every_release_probe_is_a_synthetic_preset_with_its_ambjax_ablation():
+    """`benchmarks.release_probe` writes each probe's data by preset name and names the
+    ablation it runs after ambjax's own (so the two sides' tables line up)."""
+    from ambjax.data import PRESETS
+    from benchmarks.release_probe import PROBES
+    from experiments.configs import ABLATIONS
+    assert set(PROBES) <= set(PRESETS)
+    assert {ablation for ablation, *_ in PROBES.values()} <= set(ABLATIONS)
