@@ -25,13 +25,14 @@ class DataConfig:
       window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
       batch_size: dialogues per (global) batch.
       budget_growth: ratio between padding buckets (> 1); None = one bucket (one compile).
-      compile_node_steps: what one compiled program costs, in padded node-steps: a bucket
-        whose batches would add fewer padded node-steps over the run in the next larger used
-        bucket than this (per program saved) is merged into it (`ambjax.graphs.merge_budgets`;
-        padding changes only the time). The default is this machine's measure of a CPU at
-        hidden 512 (a program's compile ~ 6 s of wall time on 2 cores, a padded node ~ 0.65
-        ms of a train step; `python -m benchmarks.step_time`); smaller models and
-        accelerators, whose steps are cheaper, gain from a larger value; 0 keeps every bucket.
+      compile_node_steps: what one compiled program costs, in padded node-steps (padded
+        nodes x steps): a run keeps the padding buckets that minimise this times its
+        programs plus the padded node-steps of its epochs, and pads the batches of the others
+        into a larger kept one (`ambjax.graphs.merge_budgets`; padding changes only the
+        time). The default is a 2-core CPU's at hidden 512 (a program's compile ~ 6 s of
+        wall time, a padded node ~ 0.65 ms of a train step; `python -m benchmarks.step_time`);
+        smaller models and accelerators, whose steps are cheaper, gain from a larger value; 0
+        keeps every bucket.
         The kept buckets depend on the run's epochs and seeds: a run resumed with more
         epochs may pad some batches differently (the same values up to float rounding).
       standardize: standardise every feature dimension with train-split statistics
