@@ -46,6 +46,16 @@ STUDIES: dict[str, tuple[str, list[str]]] = {
         "... half of the utterances without a text signal, graph_heads 1",
         ["--preset", "probe_common_mode", "--ablations", "no_differential",
          "--set", "data.synthetic=common_mode_silent", "--set", "model.graph_heads=1"]),
+    "probe_common_mode-anchor": (
+        "... relevance the scores can see: marked anchors alone show the dialogue's label "
+        "(30 epochs: at 12 neither variant learns it)",
+        ["--preset", "probe_common_mode", "--ablations", "no_differential",
+         "--set", "data.synthetic=common_mode_anchor", "--set", "schedule.epochs=30"]),
+    "probe_common_mode-anchor-one_head": (
+        "... anchors, graph_heads 1",
+        ["--preset", "probe_common_mode", "--ablations", "no_differential",
+         "--set", "data.synthetic=common_mode_anchor", "--set", "schedule.epochs=30",
+         "--set", "model.graph_heads=1"]),
     "probe_imbalance": (
         "modality balancing on its probe", ["--preset", "probe_imbalance",
                                             "--ablations", "no_balancing,text_only"]),

@@ -1,14 +1,14 @@
 """The authors' release on a mechanism's probe: does its own mechanism help there?
 
     python -m benchmarks.release_probe --release DIR [--release-python PATH] [--seeds 1,2,3]
-        [--synthetic imbalance|imbalance_shortcut|common_mode|common_mode_silent]
-        [--p-exe 0.5] [--name release_probe]
+        [--synthetic imbalance|imbalance_shortcut|common_mode|common_mode_silent|
+                     common_mode_anchor] [--p-exe 0.5] [--epochs 12] [--name release_probe]
 
 Writes the probe's data (`ambjax.data.synthetic.PRESETS`, at the real IEMOCAP widths the
 release's model expects) in the release's pickle layout, and runs the release's own train.py
 from a temporary copy (the CPU patches of `benchmarks.versus_release`, and its fixed seed
 2094 replaced by each seed) with the probe presets' settings (hidden 64, lr 1e-3, L2 1e-5,
-dropout 0.2, 12 epochs), the full model against its ablation:
+dropout 0.2, `--epochs`, 12 by default), the full model against its ablation:
 
 - the imbalance probes (`probe_imbalance`): balancing after 2 epochs at `--p-exe`, against
   `--disable_modality_dropout` (the release's loss keeps its unimodal terms, which it has no
@@ -41,7 +41,7 @@ from benchmarks.versus_release import release_copy, run_command
 from experiments.paired import paired_interval
 
 FLAGS = ["--lr=0.001", "--l2=0.00001", "--dropout=0.2", "--hidden_dim=64", "--n_head=8",
-         "--epochs=12", "--windows=20", "--batch-size=16", "--class-weight",
+         "--windows=20", "--batch-size=16", "--class-weight",
          "--Dataset=IEMOCAP", "--q_base=0.3", "--lam=0.9", "--warm_up_epochs=2", "--no-cuda"]
 NO_BALANCING = ["--disable_modality_dropout"]
 DIFFERENTIAL = ("attention = attention_pos - lambda_full * attention_neg",
@@ -52,6 +52,7 @@ PROBES = {
     "imbalance_shortcut": ("no_balancing", [], NO_BALANCING, None),
     "common_mode": ("no_differential", NO_BALANCING, [], DIFFERENTIAL),
     "common_mode_silent": ("no_differential", NO_BALANCING, [], DIFFERENTIAL),
+    "common_mode_anchor": ("no_differential", NO_BALANCING, [], DIFFERENTIAL),
 }
 TEST_F1 = re.compile(r"test_fscore: ([\d.]+)")
 BEST = re.compile(r"Best_Test_F-Score: ([\d.]+)")
@@ -65,10 +66,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--synthetic", default="imbalance", choices=list(PROBES))
     p.add_argument("--p-exe", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--name", default="release_probe")
     args = p.parse_args(argv)
     ablation, common, ablated_flags, patch = PROBES[args.synthetic]
-    flags = FLAGS + [f"--p_exe={args.p_exe}"] + common
+    flags = FLAGS + [f"--p_exe={args.p_exe}", f"--epochs={args.epochs}"] + common
     seeds = [int(s) for s in args.seeds.split(",")]
     from ambjax.data import make_synthetic, write_pickle
     scores = {"full": {"best": [], "last": []}, ablation: {"best": [], "last": []}}

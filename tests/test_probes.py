@@ -78,3 +78,24 @@ def test_shortcut_probe_splits_text_pairs_on_train_only():
 
     assert pair_gap("train") > 3 * pair_gap("test")
     assert pair_gap("valid") > 3 * pair_gap("test")
+
+
+def test_anchor_probe_gives_each_dialogue_one_label_shown_by_few_utterances(monkeypatch):
+    """`common_mode_anchor`: a dialogue's utterances share its label, and only the anchors
+    (a fifth) show it: with every utterance an anchor (same generator draws), the text of
+    about four fifths of the utterances changes and nothing else does."""
+    import dataclasses
+    from ambjax.data.synthetic import PRESETS
+    probe = make_synthetic("common_mode_anchor", scale=0.3, dims=DIMS)
+    assert all(len(set(d.labels.tolist())) == 1 for d in probe.dialogues.values())
+    assert len({int(d.labels[0]) for d in probe.dialogues.values()}) > 2
+    monkeypatch.setitem(PRESETS, "all_anchors",
+                        dataclasses.replace(PRESETS["common_mode_anchor"], anchor=1.0))
+    shown = make_synthetic("all_anchors", scale=0.3, dims=DIMS)
+    changed = []
+    for k, d in probe.dialogues.items():
+        e = shown.dialogues[k]
+        np.testing.assert_array_equal(d.labels, e.labels)
+        np.testing.assert_array_equal(d.features["audio"], e.features["audio"])
+        changed += (np.abs(d.features["text"] - e.features["text"]).max(1) > 1e-4).tolist()
+    assert 0.7 < np.mean(changed) < 0.9

@@ -70,6 +70,7 @@ class SyntheticPreset:
     distractor: float = 0.0              # per-speaker common-mode distractor (see PRESETS)
     silent: float = 0.0                  # share of utterances whose text carries no label
     shortcut: float = 0.0                # train-only text signature of every class (PRESETS)
+    anchor: float = 0.0                  # share of marked utterances that alone show the label
 
 
 PRESETS: dict[str, SyntheticPreset] = {
@@ -106,6 +107,12 @@ PRESETS["common_mode"] = dataclasses.replace(
 # ... and half of the utterances carry no label in their text (only the distractor and
 # noise): their labels can only come from context, mostly the other speaker (contagion)
 PRESETS["common_mode_silent"] = dataclasses.replace(PRESETS["common_mode"], silent=0.5)
+# ... and relevance that attention scores can see: every utterance of a dialogue has the
+# dialogue's label (its mood), but only "anchors" (20%) show it in their text, together with a
+# marker that a sender's score can pick out; the rest carry only the distractor and noise. A
+# map that selects the anchors still averages their speakers' distractors in; the difference
+# of an anchor-selecting and an even map can cancel them.
+PRESETS["common_mode_anchor"] = dataclasses.replace(PRESETS["common_mode"], anchor=0.2)
 PRESETS["imbalance"] = dataclasses.replace(
     PRESETS["iemocap"],
     # text is strong and fast to fit but cannot split three pairs of classes (and points at
@@ -164,7 +171,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
 
     Args:
       preset: a key of `PRESETS`: "iemocap", "meld", or the probes "common_mode",
-        "common_mode_silent", "imbalance" and "imbalance_shortcut".
+        "common_mode_silent", "common_mode_anchor", "imbalance" and "imbalance_shortcut".
       seed: generator seed (the dataset is a deterministic function of all arguments).
       scale: fraction of the real number of dialogues per split (at least 2 train, 1 valid and
         1 test dialogue); lengths keep the real distribution.
@@ -205,6 +212,7 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
     strength = dict(p.strength)
     text_groups = np.asarray(p.text_pairs)
     shortcut_proto = rng.normal(size=(n_classes, _LATENT)) if p.shortcut else None
+    marker = rng.normal(size=_LATENT) if p.anchor else None
 
     dialogues = {}
     ids = []
@@ -214,6 +222,10 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
         n_spk = int(rng.choice(len(speakers_p), p=speakers_p))
         speakers = _speaker_sequence(rng, n, n_spk, p.switch_prob)
         labels = _label_sequence(rng, speakers, prior, p)
+        if p.anchor:
+            labels = np.full(n, rng.choice(n_classes, p=prior), np.int32)
+            anchors = rng.random(n) < p.anchor
+            anchors[rng.integers(n)] = True
         common = rng.normal(size=(n, _LATENT)) * 0.8 + rng.normal(size=(1, _LATENT)) * 0.5
         if p.distractor:    # per speaker: a random class's whole text signature, at a
             c = rng.integers(n_classes, size=n_spk)     # random strength
@@ -232,6 +244,8 @@ def make_synthetic(preset: str = "iemocap", *, seed: int = 0, scale: float = 1.0
                     latent = latent * (rng.random(n) >= p.silent)[:, None]
                 if p.shortcut and k < n_train:
                     latent = latent + p.shortcut * shortcut_proto[labels]
+                if p.anchor:
+                    latent = (latent + marker) * anchors[:, None]
                 latent = latent + distractor
             else:
                 latent = own[m][labels]
