@@ -17,7 +17,8 @@ from ambjax.nn.stack import GRAPH_AXES, stacked_call
 __all__ = [
     "LAMBDA_INIT_OFFICIAL", "DifferentialGraphAttention", "attention_weights",
     "differential_lambda", "edge_attention", "edge_share", "lambda_init_for_depth",
-    "ModalityBalancing", "ModalityDropout", "drop_probabilities", "modality_keep_mask", "DifferentialRelationalBlock", "ContextEncoder",
+    "ModalityBalancing", "ModalityDropout", "drop_probabilities", "modality_keep_mask",
+    "DifferentialRelationalBlock", "ContextEncoder",
     "DialogueSelfAttention", "SigmoidGate", "sinusoid_position_encoding", "aggregate",
     "banded_aggregate", "dense_aggregate", "segment_aggregate", "segment_softmax", "AMBDSGDN",
     "ModelConfig", "count_parameters", "create_model", "DialogueModel", "ModelOutput",

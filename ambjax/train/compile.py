@@ -174,6 +174,14 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     # initialises) while the largest program's memory is checked; near it, nothing else starts
     # before that check has passed
     at_once = limit is None or _nbytes(state) * ACTIVATION_FACTOR <= limit
+
+    def start_the_rest() -> list:
+        """Submit the other train programs, then do the caller's work while they compile."""
+        started = [pool.submit(fn, k) for fn, k in train_jobs]
+        if while_compiling is not None:
+            while_compiling()
+        return started
+
     try:
         if members > 1 and limit is not None:
             _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
@@ -182,9 +190,7 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
         first = pool.submit(train_program, order[0])
         # the eval programs need no memory check: they compile beside the largest train one
         eval_futures = [pool.submit(fn, k) for fn, k in eval_jobs]
-        futures = [pool.submit(fn, k) for fn, k in train_jobs] if at_once else []
-        if at_once and while_compiling is not None:
-            while_compiling()
+        futures = start_the_rest() if at_once else None
         largest = first.result()
         need = program_bytes(largest)
         if need is not None and limit is not None and need > limit:
@@ -193,10 +199,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
                 f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
                 "Lower data.batch_size, split or drop the longest dialogues, lower "
                 "model.hidden_dim, or use a device with more memory")
-        if not at_once:
-            futures = [pool.submit(fn, k) for fn, k in train_jobs]
-            if while_compiling is not None:
-                while_compiling()
+        if futures is None:
+            futures = start_the_rest()
         results = [f.result() for f in futures + eval_futures]
     except BaseException:
         # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the
