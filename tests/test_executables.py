@@ -13,6 +13,7 @@ from ambjax.train.config import replace_key
 from ambjax.train.compile import batch_key
 from ambjax.train.executables import STORE_FOLDER, ExecutableStore
 from ambjax.train import Trainer, load_dataset
+from ambjax.train.state import init_params
 from experiments.configs import make_config
 
 SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
@@ -56,6 +57,7 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     cold, cold_line = _ready(config, data)
     entries = sorted((cache_dir / STORE_FOLDER).glob("*.pkl"))
     assert {p.name.split("-")[0] for p in entries} == {"train", "eval"}
+    assert len(list((cache_dir / STORE_FOLDER).glob("params-*.npy"))) == 1
     assert "executable store" not in cold_line
     warm, warm_line = _ready(config, data)
     assert f"({len(entries)} from the executable store)" in warm_line
@@ -87,3 +89,49 @@ def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir
         entry.unlink()
     _ready(config, data)
     assert not list(store.glob("*.pkl"))
+
+
+def test_initial_parameters_are_stored_and_read_back_unchanged(cache_dir, monkeypatch):
+    config = make_config("tiny", SMALL)
+    data = load_dataset(config.data)
+    cold = Trainer.from_config(config, data, n_devices=1, seeds=(3, 4))
+    expected = [init_params(cold.model, cold._example, seed) for seed in (3, 4)]
+    cold.init_state()
+    for k, params in enumerate(expected):
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(cold.seed_state(k).params)):
+            np.testing.assert_array_equal(a, b)
+    entries = sorted((cache_dir / STORE_FOLDER).glob("params-*.npy"))
+    assert len(entries) == 2
+
+    # a warm start reads them: no initialiser runs, the values are the same bits
+    def refuse(*_):
+        raise AssertionError("initialised again")
+
+    monkeypatch.setattr("ambjax.train.trainer.init_params", refuse)
+    warm = Trainer.from_config(config, data, n_devices=1, seeds=(3, 4))
+    warm.init_state()
+    for a, b in zip(jax.tree.leaves(cold.state), jax.tree.leaves(warm.state)):
+        np.testing.assert_array_equal(a, b)
+
+    # a damaged entry, or one whose arrays do not fit the model, is recomputed
+    monkeypatch.undo()
+    whole = entries[0].read_bytes()
+    entries[0].write_bytes(whole[:-10])
+    other = Trainer.from_config(config, data, n_devices=1, seeds=(3, 4))
+    other.init_state()
+    for a, b in zip(jax.tree.leaves(cold.state), jax.tree.leaves(other.state)):
+        np.testing.assert_array_equal(a, b)
+    assert entries[0].read_bytes() == whole                # rewritten whole
+
+
+def test_stored_arrays_must_fit_the_tree_they_are_read_into(tmp_path):
+    store = ExecutableStore(str(tmp_path), {"fn": "f"})
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(4, np.int32)}
+    store.save_arrays("params", 1, tree)
+    back = store.load_arrays("params", 1, tree)
+    assert jax.tree.all(jax.tree.map(np.array_equal, back, tree))
+    assert store.load_arrays("params", 2, tree) is None                     # another key
+    for wrong in ({"a": tree["a"].T, "b": tree["b"]},                        # another shape
+                  {"a": tree["a"], "b": tree["b"].astype(np.float32)},       # another dtype
+                  {"a": tree["a"]}):                                         # fewer leaves
+        assert store.load_arrays("params", 1, wrong) is None

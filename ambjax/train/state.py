@@ -81,17 +81,25 @@ def create_optimizer(optim, total_steps: int = 1) -> optax.GradientTransformatio
     return optax.chain(*clip, build(learning_rate(optim, total_steps), optim.l2))
 
 
+def init_params(model: nn.Module, example_batch, seed: int):
+    """The parameters `create_train_state` initialises from `seed`."""
+    init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)),
+                          example_batch)
+    return model.lazy_init(init_key, shapes)["params"]
+
+
 def create_train_state(model: nn.Module, example_batch, optimizer: optax.GradientTransformation,
-                       seed: int) -> TrainState:
-    """Initialise parameters from `seed` on an example batch.
+                       seed: int, params=None) -> TrainState:
+    """Initialise parameters from `seed` on an example batch, or take `params` (as
+    `init_params` gave them for this seed, e.g. read back from a store).
 
     Uses Flax's `lazy_init` on the batch's shapes: only the initialisers run (op by op, not
     under jit; XLA compiles the many small initialisers faster that way than one fused init
     program), the forward pass is only traced. The values equal `model.init`'s.
     """
-    init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)),
-                          example_batch)
-    params = model.lazy_init(init_key, shapes)["params"]
+    _, run_key = jax.random.split(jax.random.PRNGKey(seed))
+    if params is None:
+        params = init_params(model, example_batch, seed)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params), rng=run_key)

@@ -30,7 +30,7 @@ from ambjax.train.compile import compile_programs
 from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
 from ambjax.train.distributed import local_device_range
 from ambjax.train.executables import default_store
-from ambjax.train.state import create_optimizer, create_train_state
+from ambjax.train.state import create_optimizer, create_train_state, init_params
 from ambjax.train.steps import compile_steps, replicate
 
 
@@ -71,10 +71,6 @@ def model_fingerprint(model: DialogueModel, params) -> str:
     blob = json.dumps([type(model).__name__] + [
         (jax.tree_util.keystr(path), list(np.shape(x)), str(x.dtype)) for path, x in leaves])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 class Trainer:
@@ -175,8 +171,23 @@ class Trainer:
         once the memory check has passed)."""
         if self._state is None:
             self._state = self.to_device([
-                create_train_state(self.model, self._example, self.optimizer, seed)
+                create_train_state(self.model, self._example, self.optimizer, seed,
+                                   params=self._initial_params(seed))
                 for seed in self.seeds])
+
+    def _initial_params(self, seed: int):
+        """Seed `seed`'s initial parameters from the store in the compilation cache, computed
+        (`init_params`) and stored there when missing; the same values either way."""
+        like = self.abstract_seed_state.params
+        store = default_store({"init": repr(self.model), "example": [
+            (tuple(np.shape(x)), str(np.result_type(x))) for x in jax.tree.leaves(self._example)
+        ]}, n_devices=1)
+        params = store and store.load_arrays("params", seed, like)
+        if params is None:
+            params = init_params(self.model, self._example, seed)
+            if store:
+                store.save_arrays("params", seed, params)
+        return params
 
     @state.setter
     def state(self, value) -> None:
@@ -184,8 +195,10 @@ class Trainer:
 
     def to_device(self, states: Sequence):
         """Per-seed host states -> the stacked device state (replicated for pmap)."""
-        stacked = _stack([jax.tree.map(jnp.asarray, s) for s in states])
-        return replicate(stacked, self.n_local) if self.n_devices > 1 else stacked
+        # stacked in host memory and placed in one transfer (one eager op per leaf would
+        # dispatch ~120 small programs)
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+        return replicate(stacked, self.n_local) if self.n_devices > 1 else jax.device_put(stacked)
 
     def seed_state(self, k: int):
         """Seed k's state (no seed or device axis), as its checkpoint stores it: a host copy
