@@ -204,30 +204,43 @@ class ExecutableStore:
             return
         self._write(name, key, blob)
 
-    def load_arrays(self, name: str, key: Any, like: Any):
-        """The stored arrays for (`name`, `key`) as a tree of numpy arrays structured like
-        `like` (a tree of arrays or `jax.ShapeDtypeStruct`s), or None (missing, damaged, or
-        a leaf of another shape or dtype). Read as plain `.npy` data: no pickle, no code."""
+    def load_arrays(self, name: str, key: Any):
+        """The arrays stored for (`name`, `key`) as the nested dicts `save_arrays` was given,
+        with numpy leaves, or None (missing or damaged). Read as a JSON index and plain
+        `.npy` data: no pickle, no code."""
         f = self._entry(name, key)
         if f is None:
             return None
-        leaves, treedef = jax.tree.flatten(like)
         try:
             with f:
-                arrays = [np.load(f, allow_pickle=False) for _ in leaves]
+                paths = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+                tree: dict = {}
+                for path in paths:
+                    node = tree
+                    for part in path[:-1]:
+                        node = node.setdefault(part, {})
+                    node[path[-1]] = np.load(f, allow_pickle=False)
                 if f.read(1):
-                    return None                          # more arrays than `like` has
+                    return None                          # more data than the index names
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
-        for a, x in zip(arrays, leaves):
-            if a.shape != tuple(x.shape) or a.dtype != np.dtype(x.dtype):
-                return None
-        return jax.tree.unflatten(treedef, arrays)
+        return tree
 
     def save_arrays(self, name: str, key: Any, tree: Any) -> None:
-        """Store the leaves of `tree` (arrays) as `.npy` data, in tree order."""
+        """Store a tree of nested dicts with string keys and array leaves (e.g. Flax
+        parameters) as a JSON index of the leaves' paths and `.npy` data; any other tree is
+        not stored."""
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        paths = []
+        for path, _ in leaves:
+            if not path or not all(isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)
+                                   for k in path):
+                return
+            paths.append([k.key for k in path])
+        index = json.dumps(paths).encode()
         buffer = io.BytesIO()
-        for x in jax.tree.leaves(tree):
+        buffer.write(len(index).to_bytes(8, "little") + index)
+        for _, x in leaves:
             np.save(buffer, np.asarray(x), allow_pickle=False)
         self._write(name, key, buffer.getvalue())
 

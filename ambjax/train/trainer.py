@@ -73,6 +73,15 @@ def model_fingerprint(model: DialogueModel, params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _same_shapes(tree, like) -> bool:
+    """Whether `tree` has the structure, shapes and dtypes of `like`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    like_leaves, like_treedef = jax.tree.flatten(like)
+    return treedef == like_treedef and all(
+        np.shape(a) == tuple(b.shape) and np.result_type(a) == b.dtype
+        for a, b in zip(leaves, like_leaves))
+
+
 class Trainer:
     """Compiled steps, batcher and train state of a run over `seeds` (default: the config's).
 
@@ -137,7 +146,14 @@ class Trainer:
         if self.n_devices > 1:
             example = jax.tree.map(lambda x: x[0], example)
         self._example = example
-        one = jax.eval_shape(lambda: create_train_state(self.model, example, self.optimizer, 0))
+        self._params_store = self._store({"init": repr(model), "example": [
+            (tuple(np.shape(x)), str(np.result_type(x))) for x in jax.tree.leaves(example)]},
+            n_devices=1)                                  # parameters do not depend on them
+        stored = self._params_store and self._params_store.load_arrays("params", self.seeds[0])
+        # a stored initialisation gives the state's shapes without tracing the model
+        self._stored_params = {} if stored is None else {self.seeds[0]: stored}
+        one = jax.eval_shape(lambda p: create_train_state(self.model, example, self.optimizer, 0,
+                                                          params=p), stored or None)
         lead = ((self.n_local,) if self.n_devices > 1 else ()) + (len(self.seeds),)
         self.abstract_seed_state = one
         self.abstract_state = jax.tree.map(
@@ -175,23 +191,31 @@ class Trainer:
                                    params=self._initial_params(seed))
                 for seed in self.seeds])
 
-    def _initial_params(self, seed: int):
-        """Seed `seed`'s initial parameters from the store in the compilation cache, computed
-        (`init_params`) and stored there when missing; the same values either way."""
-        like = self.abstract_seed_state.params
-        store = default_store({"init": repr(self.model), "example": [
-            (tuple(np.shape(x)), str(np.result_type(x))) for x in jax.tree.leaves(self._example)
-        ]}, n_devices=1)
-        params = store and store.load_arrays("params", seed, like)
-        if params is None:
-            params = init_params(self.model, self._example, seed)
-            if store:
-                store.save_arrays("params", seed, params)
-        return params
-
     @state.setter
     def state(self, value) -> None:
         self._state = value
+
+    def _initial_params(self, seed: int):
+        """Seed `seed`'s initial parameters from the store in the compilation cache, computed
+        (`init_params`) and stored there when missing; the same values either way."""
+        params = self._stored_params.pop(seed, None)
+        if params is None and self._params_store:
+            params = self._params_store.load_arrays("params", seed)
+        if params is not None and _same_shapes(params, self.abstract_seed_state.params):
+            return params
+        params = init_params(self.model, self._example, seed)
+        if self._params_store:
+            self._params_store.save_arrays("params", seed, params)
+        return params
+
+    def _store(self, identity: dict, n_devices: int):
+        """The store of compiled programs and initial parameters for `identity`
+        (`default_store`), for ambjax's own models only: a store entry is trusted to match
+        the code it was made by through the hash of ambjax's source, which does not cover a
+        model defined elsewhere."""
+        if not type(self.model).__module__.startswith("ambjax."):
+            return None
+        return default_store(identity, n_devices)
 
     def to_device(self, states: Sequence):
         """Per-seed host states -> the stacked device state (replicated for pmap)."""
@@ -241,7 +265,7 @@ class Trainer:
             # compile when first called (through the persistent cache), without the memory check
             logger.info("multi-process run: programs compile at their first step")
             return
-        store = default_store(self.program_identity(), self.n_devices)
+        store = self._store(self.program_identity(), self.n_devices)
         programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
                                     evals, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store,
