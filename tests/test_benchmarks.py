@@ -73,3 +73,20 @@ def test_every_release_probe_is_a_synthetic_preset_with_its_ambjax_ablation():
     from experiments.configs import ABLATIONS
     assert set(PROBES) <= set(PRESETS)
     assert {ablation for ablation, *_ in PROBES.values()} <= set(ABLATIONS)
+
+
+def test_compile_profile_reads_the_train_programs_own_xla_times():
+    from benchmarks.compile_profile import xla_times
+    log = "\n".join([
+        "I cpu_compiler.cc:1269] Running HLO passes on [jit_copy] for CPU time: 1.2 ms (1 us)",
+        "I ir_compiler.cc:293] Compiled LLVM module: __compute_module_copy time: 3 ms (3 us)",
+        "I cpu_compiler.cc:1269] Running HLO passes on [jit_mapped] for CPU time: 1.19 s (1 us)",
+        "I ir_compiler.cc:293] Compiled LLVM module: __compute_module_a time: 40 ms (4 us)",
+        "I ir_compiler.cc:293] Compiled LLVM module: __compute_module_b time: 500 us (5 us)",
+        "I cpu_compiler.cc:2094] Compiling [jit_mapped] for CPU using JIT time: 4.61 s (4 us)",
+        "I ir_compiler.cc:293] Compiled LLVM module: __compute_module_copy time: 7 ms (7 us)"])
+    times = xla_times(log)
+    assert times["hlo_passes_s"] == pytest.approx(1.19)
+    assert times["codegen_s"] == pytest.approx(4.61)
+    assert times["kernels"] == 2 and times["kernels_llvm_s"] == pytest.approx(0.0405)
+    assert xla_times(log.replace("jit_mapped", "jit_other")) == {}
