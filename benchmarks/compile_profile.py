@@ -4,12 +4,13 @@
         --variant model.graph_heads=1 [--name compile_profile]
 
 For each variant (comma-separated `--set` overrides; "" is the preset as it is) a new process
-with no compilation cache builds the run, takes the largest train bucket and reports: tracing
-and lowering to StableHLO (Python), XLA's HLO passes, XLA's code generation (LLVM), the number
-of kernels XLA generated code for and their summed LLVM time, the optimised program's fusions,
-the process's CPU seconds for the whole compile, and the step time of the program (median of
-5 steps after one). XLA's own times are read from its log (`TF_CPP_VMODULE` lines of the CPU
-compiler, jax 0.10's XLA); where the backend or version logs nothing they are left out.
+with no compilation cache builds the run, takes the largest train bucket of its first epoch
+and reports: tracing and lowering to StableHLO (Python), XLA's HLO passes, XLA's code
+generation (LLVM), the number of kernels XLA generated code for and their summed LLVM time,
+the optimised program's fusions, the process's CPU seconds for the whole compile, and the step
+time of the program (median of 5 steps after one). XLA's own times are read from its log
+(`TF_CPP_VMODULE` lines of the CPU compiler, jax 0.10's XLA); where the backend or version
+logs nothing they are left out.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 """
 
@@ -108,8 +109,9 @@ def table(preset: str, rows: list[dict], env: dict) -> str:
     def cell(row, key, fmt):
         return format(row[key], fmt) if key in row else "n/a"
 
-    lines = [f"{preset}, largest train bucket, {env['cpu_model']} (AVX-512: {env['avx512']}, "
-             f"AMX: {env['amx']}), {env['cpu_count']} cores, jax {env['jax']}, {env['date']}; "
+    lines = [f"{preset}, largest train bucket of the first epoch, {env['cpu_model']} "
+             f"(AVX-512: {env['avx512']}, AMX: {env['amx']}), {env['cpu_count']} cores, "
+             f"jax {env['jax']}, {env['date']}; "
              "one fresh process per variant, no compilation cache",
              "", "| variant | nodes | trace + lower (s) | XLA compile (s) | compile CPU (s) | "
              "HLO passes (s) | code generation (s) | kernels | their LLVM time (s) | "
