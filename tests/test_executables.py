@@ -3,6 +3,7 @@ loaded programs compute what compiled ones do, nothing stale or damaged is trust
 programs that XLA compiled afresh are stored."""
 
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -155,3 +156,26 @@ def test_models_defined_outside_ambjax_use_no_store(cache_dir):
     trainer.compile()
     trainer.init_state()
     assert not list((cache_dir / STORE_FOLDER).glob("*"))
+
+
+def test_array_entries_stay_within_their_budget_least_recently_used_first(tmp_path,
+                                                                            monkeypatch):
+    store = ExecutableStore(str(tmp_path), {"fn": "f"})
+    tree = {"w": np.zeros(1000, np.float32)}                   # ~4 kB per entry
+    store.save_arrays("params", 0, tree)
+    size = next(tmp_path.glob("params-*.npy")).stat().st_size
+    monkeypatch.setattr(ExecutableStore, "ARRAY_BUDGET_BYTES", 2 * size)
+    other = tmp_path / "train-0123.pkl"                         # not an array entry: kept
+    other.write_bytes(b"x" * 3 * size)
+    for seed in (1, 2):
+        store.save_arrays("params", seed, tree)
+        for entry in tmp_path.glob("params-*.npy"):             # distinct, ordered use times
+            os.utime(entry, (entry.stat().st_atime, entry.stat().st_mtime - 1))
+    # seed 0 was used least recently: gone; 1 and 2 fit the budget
+    assert store.load_arrays("params", 0) is None
+    assert store.load_arrays("params", 1) is not None and other.exists()
+    # reading seed 1 made it the most recent, so the next save evicts seed 2
+    store.save_arrays("params", 3, tree)
+    assert store.load_arrays("params", 2) is None
+    assert store.load_arrays("params", 1) is not None
+    assert store.load_arrays("params", 3) is not None

@@ -31,7 +31,9 @@ and writable by no one else.
 The store also keeps each seed's initial parameters (`load_arrays` / `save_arrays`, plain
 `.npy` data, no pickle): initialising AMB-DSGDN runs its ~120 initialisers op by op, ~1.7 s of
 a warm start even with every small program in JAX's cache, against ~0.1 s to read 52 MB (hidden
-512). The stored values are the ones computed, so a run's start does not change them.
+512). The stored values are the ones computed, so a run's start does not change them. Array
+entries are kept within `ExecutableStore.ARRAY_BUDGET_BYTES` (2 GB), the least recently used
+removed first (a read counts as a use).
 
 Only programs that XLA really compiled are stored: an executable that JAX's persistent cache
 served is not re-serialised (with jax 0.10.2 on CPU such a copy loads but fails at run time,
@@ -50,6 +52,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import threading
 from typing import Any, Callable
 
@@ -127,6 +130,9 @@ class ExecutableStore:
     """
 
     ARRAYS = ("params",)         # entry names that hold arrays (`save_arrays`), not programs
+    # at most this many bytes of array entries in the folder (a 32-seed run at the release's
+    # size stores 1.7 GB); the least recently used go first
+    ARRAY_BUDGET_BYTES = 2 * 1024 ** 3
 
     def __init__(self, folder: str, identity: Any):
         _listen_for_cache_hits()
@@ -224,6 +230,10 @@ class ExecutableStore:
                     return None                          # more data than the index names
         except Exception:  # noqa: BLE001 - a damaged entry is a miss
             return None
+        try:
+            os.utime(self._path(name, key))              # recently used: evicted last
+        except OSError:
+            pass
         return tree
 
     def save_arrays(self, name: str, key: Any, tree: Any) -> None:
@@ -243,6 +253,30 @@ class ExecutableStore:
         for _, x in leaves:
             np.save(buffer, np.asarray(x), allow_pickle=False)
         self._write(name, key, buffer.getvalue())
+        self._evict_arrays(keep=self._path(name, key))
+
+    def _evict_arrays(self, keep: str) -> None:
+        """Delete the least recently used array entries (this store's own files, named
+        `<name>-<digest>.npy`) while they exceed `ARRAY_BUDGET_BYTES`; never `keep`."""
+        pattern = re.compile(r"(%s)-[0-9a-f]{40}\.npy" % "|".join(map(re.escape, self.ARRAYS)))
+        try:
+            entries = [e for e in os.scandir(self.folder)
+                       if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+            stats = sorted(((e.stat(follow_symlinks=False), e.path) for e in entries),
+                           key=lambda item: item[0].st_mtime_ns)
+        except OSError:
+            return
+        total = sum(st.st_size for st, _ in stats)
+        for st, path in stats:
+            if total <= self.ARRAY_BUDGET_BYTES:
+                break
+            if path == keep:
+                continue
+            try:
+                os.unlink(path)
+                total -= st.st_size
+            except OSError:
+                pass
 
 
 def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:
