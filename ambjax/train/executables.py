@@ -111,7 +111,8 @@ def _build_identity() -> str:
 
 
 class ExecutableStore:
-    """Compiled programs on disk, keyed by `identity`, program name and batch shape.
+    """Compiled programs on disk, keyed by `identity`, program name and batch shape; and
+    trees of arrays (entry names in `ARRAYS`, e.g. a seed's initial parameters), keyed alike.
 
     Args:
       folder: where the entries live (created on the first save).
@@ -127,6 +128,9 @@ class ExecutableStore:
       >>> store.save("double", x.shape, jax.jit(lambda v: 2 * v).lower(x).compile())
       >>> store.load("double", x.shape)(x).tolist()
       [2.0, 2.0, 2.0]
+      >>> store.save_arrays("params", 0, {"w": x})
+      >>> store.load_arrays("params", 0)["w"].tolist()
+      [1.0, 1.0, 1.0]
     """
 
     ARRAYS = ("params",)         # entry names that hold arrays (`save_arrays`), not programs
