@@ -24,7 +24,10 @@ class DataConfig:
       modalities: modalities to use, in order; () = all in the data.
       window: edge window of the dialogue graphs (release: IEMOCAP 20, MELD 6).
       batch_size: dialogues per (global) batch.
-      budget_growth: ratio between padding buckets (> 1); None = one bucket (one compile).
+      budget_growth: ratio between the padding buckets of the ladder (> 1); None = one bucket
+        (one compile). A fine ladder gives `compile_node_steps`'s choice more buckets to keep
+        or merge (MELD's 640-node batches padded to 768 at 1.25: `python -m
+        benchmarks.step_time --preset meld --variant data.budget_growth=1.1`).
       compile_node_steps: what one compiled program costs, in padded node-steps (padded
         nodes x steps): a run keeps the padding buckets that minimise this times its
         programs plus the padded node-steps of its epochs, and pads the batches of the others
@@ -51,7 +54,7 @@ class DataConfig:
     modalities: tuple[str, ...] = ()
     window: int = 20
     batch_size: int = 16
-    budget_growth: float | None = 1.25
+    budget_growth: float | None = 1.1
     compile_node_steps: float = 8192.0
     standardize: bool = False
     drop_constant: bool = False
