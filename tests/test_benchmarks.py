@@ -90,3 +90,21 @@ def test_compile_profile_reads_the_train_programs_own_xla_times():
     assert times["codegen_s"] == pytest.approx(4.61)
     assert times["kernels"] == 2 and times["kernels_llvm_s"] == pytest.approx(0.0405)
     assert xla_times(log.replace("jit_mapped", "jit_other")) == {}
+
+
+@pytest.mark.parametrize("preset", ["iemocap", "meld"])
+def test_versus_release_trains_ambjax_on_the_releases_train_dialogues(tmp_path, preset):
+    """The release trains on every train dialogue of its pickle (`valid=0.0`); ambjax must
+    too, or its epoch does less work than the release's."""
+    import pickle
+    from ambjax.data import make_synthetic, write_pickle
+    from benchmarks.versus_release import ambjax_run
+    path = str(tmp_path / "features.pkl")
+    write_pickle(make_synthetic(preset, seed=0, scale=0.1, dims={"text": 4, "audio": 4,
+                                                                 "visual": 4}),
+                 path, layout=f"sdt_{preset}")
+    with open(path, "rb") as f:
+        fields = pickle.load(f)
+    release_train = fields[-3] if preset == "meld" else fields[-2]     # trainVid's position
+    _, data = ambjax_run(preset, path)
+    assert sorted(d.id for d in data.split("train")) == sorted(release_train)
