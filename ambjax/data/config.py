@@ -27,7 +27,7 @@ class DataConfig:
       budget_growth: ratio between the padding buckets of the ladder (> 1); None = one bucket
         (one compile). A fine ladder gives `compile_node_steps`'s choice more buckets to keep
         or merge (at 1.25 MELD's 640-node batches were padded to 768: `python -m
-        benchmarks.step_time --preset meld --variant data.budget_growth=1.05`).
+        benchmarks.step_time --preset meld --variant data.budget_growth=1.1`).
       compile_node_steps: what one compiled program costs, in padded node-steps (padded
         nodes x steps): a run keeps the padding buckets that minimise this times its
         programs plus the padded node-steps of its epochs, and pads the batches of the others
@@ -54,7 +54,7 @@ class DataConfig:
     modalities: tuple[str, ...] = ()
     window: int = 20
     batch_size: int = 16
-    budget_growth: float | None = 1.05
+    budget_growth: float | None = 1.1
     compile_node_steps: float = 8192.0
     standardize: bool = False
     drop_constant: bool = False

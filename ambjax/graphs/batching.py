@@ -38,7 +38,7 @@ def _round_up(x: int, multiple: int) -> int:
 
 
 def plan_budgets(lengths: Sequence[int], edges_per_node: dict[str, float], graphs_per_batch: int,
-                 *, growth: float | None = 1.05, band: int | None = None) -> tuple[Budget, ...]:
+                 *, growth: float | None = 1.1, band: int | None = None) -> tuple[Budget, ...]:
     """A small ladder of budgets that fits any batch of `graphs_per_batch` dialogues.
 
     Node budgets grow geometrically (factor `growth`, rounded up to multiples of 16, or 64 above
@@ -262,7 +262,7 @@ class GraphBatcher:
 
     def __init__(self, dataset: DialogueDataset, *, window: int, batch_size: int,
                  n_devices: int = 1, modalities: Sequence[str] | None = None,
-                 growth: float | None = 1.05, local_devices: tuple[int, int] | None = None):
+                 growth: float | None = 1.1, local_devices: tuple[int, int] | None = None):
         if batch_size < n_devices:
             raise ConfigError(f"batch_size {batch_size} is smaller than the {n_devices} devices")
         self.dataset = dataset
