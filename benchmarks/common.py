@@ -1,4 +1,5 @@
-"""Shared helpers: device/version record and result files (JSON + Markdown table)."""
+"""Shared helpers: device/version record, result files (JSON + Markdown table), an epoch's
+train batches by shape."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import jax
 import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def train_batches_by_shape(trainer, epoch: int) -> dict[tuple, list]:
+    """The train batches of `trainer`'s `epoch` (seed axis included), grouped by their node
+    shape ([S, N]): which program each runs on, and how often."""
+    groups: dict[tuple, list] = {}
+    for batch in trainer.batcher.seed_batches("train", trainer.seeds, epoch=epoch):
+        groups.setdefault(batch.nodes.mask.shape, []).append(batch)
+    return groups
 
 
 def cpu_description() -> dict:

@@ -16,7 +16,6 @@ Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
@@ -27,7 +26,7 @@ import sys
 import time
 
 from ambjax.cli import ArgumentParser, run_main
-from benchmarks.common import environment, write_results
+from benchmarks.common import environment, train_batches_by_shape, write_results
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _TIME = r"time: ([\d.]+) (s|ms|us) "
@@ -62,9 +61,7 @@ def child(preset: str, variant: str) -> dict:
     from experiments.configs import make_config
     config = make_config(preset, [x for x in variant.split(",") if x])
     trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
-    by_shape = collections.defaultdict(list)
-    for b in trainer.batcher.seed_batches("train", trainer.seeds, epoch=0):
-        by_shape[b.nodes.mask.shape].append(b)
+    by_shape = train_batches_by_shape(trainer, 0)
     batch = by_shape[max(by_shape)][0]
     active = jnp.asarray(True)
     cpu = resource.getrusage(resource.RUSAGE_SELF)

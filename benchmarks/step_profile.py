@@ -35,7 +35,7 @@ import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.train import Trainer, load_dataset
-from benchmarks.common import environment, write_results
+from benchmarks.common import environment, train_batches_by_shape, write_results
 from experiments.configs import make_config
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
@@ -109,10 +109,8 @@ def kernel_times(trace_dir: str, instructions: dict) -> dict[str, float]:
 def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
     config = make_config(preset, {"model.hidden_dim": str(hidden), "model.dtype": dtype})
     trainer = Trainer.from_config(config, load_dataset(config.data))
-    by_shape = collections.defaultdict(list)
-    for b in trainer.batcher.seed_batches("train", trainer.seeds, epoch=1):  # [1, ...]: 1 seed
-        by_shape[b.nodes.mask.shape].append(b)
-    batch = max(by_shape.values(), key=len)[0]
+    # the most frequent shape of epoch 1 ([1, ...]: one seed)
+    batch = max(train_batches_by_shape(trainer, 1).values(), key=len)[0]
     state, active = trainer.state, jnp.asarray(True)
     compiled = trainer.train_step.lower(state, batch, active).compile()
     instructions = parse_hlo(compiled.as_text())
