@@ -26,6 +26,7 @@ import sys
 import time
 
 from ambjax.cli import ArgumentParser, run_main
+from ambjax.errors import AmbjaxError
 from benchmarks.common import environment, train_batches_by_shape, write_results
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -98,7 +99,7 @@ def profile(preset: str, variant: str) -> dict:
     rows = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not rows:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"variant {variant or 'as is'!r} failed: {tail}")
+        raise AmbjaxError(f"variant {variant or 'as is'!r} failed: {tail}")
     return {**json.loads(rows[-1][len("RESULT "):]), **xla_times(done.stderr)}
 
 
@@ -129,6 +130,9 @@ def main(argv: list[str]) -> int:
                    help="comma-separated KEY=VALUE overrides (repeatable; '' = as is)")
     p.add_argument("--name", default="compile_profile")
     args = p.parse_args(argv)
+    from experiments.configs import make_config
+    for v in args.variant or [""]:               # a bad preset or key: one line, before any run
+        make_config(args.preset, [x for x in v.split(",") if x])
     rows = []
     for v in args.variant or [""]:
         rows.append(profile(args.preset, v))
