@@ -14,6 +14,7 @@ from ambjax.nn import create_model
 from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train_state,
                           evaluate_checkpoint, load_dataset, make_train_step, replicate,
                           train_and_evaluate, unreplicate)
+from ambjax.train.steps import compile_steps
 from experiments.configs import make_config
 from experiments.train import main as train_main
 
@@ -54,6 +55,31 @@ def test_pmap_step_equals_single_device_step(iemocap_small):
                                                          jax.tree.leaves(state.params)))
     assert moved > 0
 
+
+
+def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemocap_small):
+    # on CPU the step does not donate the state (donation makes XLA copy every parameter at
+    # the start of each step); what it computes is the donating step's, bit for bit
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, graph_heads=1)
+    opt = optax.adam(1e-2)
+    batcher = GraphBatcher(iemocap_small, window=3, batch_size=4, growth=None)
+    state = create_train_state(model, batcher.build(iemocap_small.split("train")[:1]), opt, 0)
+    stacked = jax.tree.map(lambda x: x[None], state)
+    batch = next(batcher.seed_batches("train", [0], epoch=0))
+    kept, _ = compile_steps(model, opt, 1, seed_axis=True)
+    donating, _ = compile_steps(model, opt, 1, seed_axis=True, donate=True)
+    given = jax.tree.map(jnp.copy, stacked)
+    s_kept, m_kept = kept(given, batch, jnp.asarray(True))
+    s_kept, m_kept = kept(s_kept, batch, jnp.asarray(True))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(given))
+    given = jax.tree.map(jnp.copy, stacked)
+    s_don, m_don = donating(given, batch, jnp.asarray(True))
+    assert all(x.is_deleted() for x in jax.tree.leaves(given.params))
+    s_don, m_don = donating(s_don, batch, jnp.asarray(True))
+    for a, b in zip(jax.tree.leaves((s_kept, m_kept)), jax.tree.leaves((s_don, m_don))):
+        np.testing.assert_array_equal(a, b)
+    assert int(s_kept.step[0]) == 2 and not np.array_equal(s_kept.params["head_text"]["kernel"],
+                                                           stacked.params["head_text"]["kernel"])
 
 def _tiny(**overrides):
     return make_config("tiny", {k: str(v) for k, v in overrides.items()})
