@@ -1,13 +1,17 @@
 """Dialogue edges, relation matrices, padded batches and buckets."""
 
+import dataclasses
 import itertools
 
+import jax
 import numpy as np
 import pytest
 
 from ambjax.data import make_synthetic
+from ambjax.errors import ConfigError
 from ambjax.graphs import (Budget, GraphBatcher, dialogue_edges, edges_from_relation_matrix,
-                           merge_budgets, relation_matrix, stack_for_devices)
+                           merge_budgets, pack_rows, relation_matrix, rows_needed,
+                           stack_for_devices)
 
 SPEAKERS = [0, 1, 1, 0, 0, 1, 0]
 
@@ -169,3 +173,55 @@ def test_a_merged_ladder_keeps_every_batch_and_fewer_shapes():
         after = list(merged.batches(split, shuffle=True, seed=0, epoch=2))
         assert [b.nodes.mask.sum() for b in before] == [b.nodes.mask.sum() for b in after]
         assert all(a.nodes.mask.shape >= b.nodes.mask.shape for a, b in zip(after, before))
+
+
+def test_packed_rows_hold_whole_dialogues_side_by_side():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        row_len = int(rng.integers(5, 40))
+        lengths = rng.integers(1, row_len + 1, size=int(rng.integers(0, 30)))
+        row, offset = pack_rows(lengths, row_len)
+        slots = set()
+        for r, o, n in zip(row, offset, lengths):
+            assert 0 <= o and o + n <= row_len
+            cells = {(int(r), int(c)) for c in range(o, o + n)}
+            assert not cells & slots                    # no two dialogues share a slot
+            slots |= cells
+        rows = int(row.max(initial=-1)) + 1
+        assert set(row.tolist()) == set(range(rows))    # rows numbered without gaps
+        assert rows <= 2 * lengths.sum() / row_len + 1  # first fit: at most one row half empty
+    with pytest.raises(ConfigError, match="exceeds rows of 4"):
+        pack_rows([3, 5], 4)
+    # a packed view keeps a padding slot: full rows take one more
+    assert rows_needed([4, 4], 4) == 3 and rows_needed([4, 3], 4) == 2 and rows_needed([], 4) == 1
+
+
+def test_a_packed_batch_keeps_its_dialogues_apart(iemocap_small):
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=6)
+    dialogues = iemocap_small.split("train")[:6]
+    plain = gb.build(dialogues)
+    rows = gb.rows_of(dialogues)
+    budget = gb.budget_of(dialogues)
+    assert rows < budget.n_graph
+    packed_budget = dataclasses.replace(budget, n_row=rows)
+    packed = gb.build(dialogues, packed_budget)
+    dense, nodes = packed.layout.dense_index, packed.nodes
+    assert packed.layout.packed and not plain.layout.packed
+    assert dense.shape == (rows, budget.max_len) and packed.n_graph == plain.n_graph
+    real = dense[nodes.mask[dense]]
+    assert not nodes.mask[dense].all()                                   # a padding slot
+    assert sorted(real.tolist()) == list(range(int(nodes.mask.sum())))   # every node once
+    for r in range(rows):          # a row holds whole dialogues, each contiguous, in order
+        for g in set(nodes.graph[dense[r]][nodes.mask[dense[r]]].tolist()):
+            cols = np.flatnonzero((nodes.graph[dense[r]] == g) & nodes.mask[dense[r]])
+            assert len(cols) == len(dialogues[g]) and np.all(np.diff(cols) == 1)
+            np.testing.assert_array_equal(nodes.label[dense[r, cols]], dialogues[g].labels)
+    # everything but the dense view is the unpacked batch's
+    for a, b in zip(jax.tree.leaves(packed.replace(layout=None)),
+                    jax.tree.leaves(plain.replace(layout=None))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ConfigError, match=f"need {rows} rows"):
+        gb.build(dialogues, dataclasses.replace(budget, n_row=rows - 1))
+    # a batcher planned for other batches falls back to an unpacked budget for this one
+    few = gb.with_budgets([dataclasses.replace(b, n_row=1) for b in gb.budgets])
+    assert few.budget_of(dialogues) == budget

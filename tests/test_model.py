@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
+import optax
 import pytest
 
 from ambjax.convert import release_forward, release_q
@@ -18,6 +19,7 @@ from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix, per_class_f1, weighted_f1
 from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout,
                        count_parameters, create_model, drop_probabilities)
+from ambjax.train import create_train_state, make_train_step
 
 # Copies of the release fixtures (shared/fixtures) ship in tests/fixtures; AMBJAX_FIXTURES may
 # name another folder of files with the same key scheme.
@@ -117,6 +119,32 @@ def test_padding_does_not_change_real_outputs(small):
     np.testing.assert_allclose(_real_rows(noisy, out2["logits"]), _real_rows(padded, out["logits"]),
                                rtol=1e-5, atol=1e-5)
 
+
+def test_a_packed_dense_view_computes_what_the_unpacked_one_does(iemocap_small):
+    # several dialogues per row of the encoder's view: the same outputs, and in training the
+    # same dropout masks (drawn for the unpacked view), so the same step
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.3,
+                         graph_dropout=0.2, p_exe=0.0)
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=6, growth=None)
+    dialogues = iemocap_small.split("train")[:6]
+    plain = gb.build(dialogues)
+    packed = gb.build(dialogues, dataclasses.replace(gb.budget_of(dialogues),
+                                                     n_row=gb.rows_of(dialogues)))
+    assert packed.layout.dense_index.shape[0] < plain.layout.dense_index.shape[0]
+    opt = optax.sgd(0.5)
+    state = create_train_state(model, plain, opt, seed=0)
+    apply = jax.jit(lambda b: model.apply({"params": state.params}, b))
+    np.testing.assert_allclose(_real_rows(packed, apply(packed)["logits"]),
+                               _real_rows(plain, apply(plain)["logits"]), rtol=1e-5, atol=1e-5)
+    step = jax.jit(make_train_step(model, opt))
+    (s_plain, m_plain), (s_packed, m_packed) = (step(state, b, jnp.asarray(True))
+                                                for b in (plain, packed))
+    np.testing.assert_allclose(m_packed["loss"], m_plain["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s_packed.params), jax.tree.leaves(s_plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    # and the dropout did act: another key gives another step
+    other = step(state.replace(rng=jax.random.PRNGKey(9)), packed, jnp.asarray(True))[1]
+    assert abs(float(other["loss"]) - float(m_packed["loss"])) > 1e-6
 
 def test_shuffling_dialogues_permutes_outputs(small):
     base = small["apply"](small["params"], small["batch"])

@@ -14,6 +14,7 @@ from ambjax.nn import create_model
 from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train_state,
                           evaluate_checkpoint, load_dataset, make_train_step, replicate,
                           train_and_evaluate, unreplicate)
+from ambjax.train.config import replace_key
 from ambjax.train.steps import compile_steps
 from experiments.configs import make_config
 from experiments.train import main as train_main
@@ -80,6 +81,24 @@ def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemoca
         np.testing.assert_array_equal(a, b)
     assert int(s_kept.step[0]) == 2 and not np.array_equal(s_kept.params["head_text"]["kernel"],
                                                            stacked.params["head_text"]["kernel"])
+
+
+def test_a_run_packs_the_encoders_view_into_the_rows_its_batches_need():
+    config = make_config("tiny", ["schedule.epochs=3"])
+    dataset = load_dataset(config.data)
+    trainer = Trainer.from_config(config, dataset, n_devices=1)
+    used = trainer.batcher.budgets_used(trainer.seeds, 3)
+    assert any(b.n_row is not None and b.n_row < b.n_graph for b in used["train"])
+    for epoch in range(3):                       # every batch of the run fits its planned rows
+        for batch in trainer.batcher.seed_batches("train", trainer.seeds, epoch=epoch):
+            budget = next(b for b in used["train"]
+                          if b.n_node == batch.nodes.mask.shape[-1])
+            assert batch.layout.dense_index.shape[-2] == budget.rows
+            assert batch.layout.packed == (budget.n_row is not None)
+    plain = Trainer.from_config(replace_key(config, "data.pack_rows", False), dataset,
+                                n_devices=1)
+    assert all(b.n_row is None for b in plain.batcher.budgets)
+    assert [b.n_node for b in plain.batcher.budgets] == [b.n_node for b in trainer.batcher.budgets]
 
 def _tiny(**overrides):
     return make_config("tiny", {k: str(v) for k, v in overrides.items()})

@@ -38,6 +38,11 @@ class DataConfig:
         keeps every bucket.
         The kept buckets depend on the run's epochs and seeds: a run resumed with more
         epochs may pad some batches differently (the same values up to float rounding).
+      pack_rows: pack several whole dialogues into each row of the batches' dense
+        per-dialogue view, where the context encoder attends (`Budget.n_row`,
+        `GraphBatcher.with_packed_rows`): the same results up to float rounding (the dropout
+        masks are drawn as without packing) in fewer rows; False: one row per dialogue slot
+        (the layout of ambjax before 2026-12-05's fourth session, bit for bit).
       standardize: standardise every feature dimension with train-split statistics
         (`ambjax.data.Standardizer`; saved in the run folder and reused by evaluation).
       drop_constant: leave out modalities that are constant (e.g. all zero) over the train
@@ -56,5 +61,6 @@ class DataConfig:
     batch_size: int = 16
     budget_growth: float | None = 1.1
     compile_node_steps: float = 8192.0
+    pack_rows: bool = True
     standardize: bool = False
     drop_constant: bool = False

@@ -14,14 +14,19 @@ each graph kind, D_m = the width of modality m:
       .senders, .receivers int32 [E]        padding edges: N - 1 -> N - 1
       .types              int32 [E]         edge type 1..5; padding edges 0
       .n_edge             int32 [G]         edges per dialogue (the last graph holds the padding)
-    layout.dense_index    int32 [G, L]      node id of utterance p of dialogue g
-                                            (padding entries: N - 1, a padding node)
+    layout.dense_index    int32 [R, L]      node at slot (row, column) of the dense
+                                            per-dialogue view (padding entries: N - 1, a
+                                            padding node); R = budget.rows: one row per
+                                            dialogue slot (R = G, dialogue g's utterance p at
+                                            (g, p)), or, `packed`, whole dialogues packed
+                                            several to a row
     layout.n_node         int32 [G]         utterances per dialogue (the last graph holds the
                                             padding nodes); jraph's `n_node`
     layout.band           static int|None   every edge has |sender - receiver| <= band
+    layout.packed         static bool       rows of `dense_index` may hold several dialogues
 
-`band` is static metadata (part of the tree structure, not an array): batches with another band
-compile another program. Every array above is read by the model or by jraph's conventions
+`band` and `packed` are static metadata (part of the tree structure, not an array): batches
+with another band compile another program. Every array above is read by the model or by jraph's conventions
 (`n_node` / `n_edge`, so `batch.graph(kind)` is a complete `jraph.GraphsTuple`).
 
 Padding nodes, edges and graphs never touch a real node: every padding edge runs between padding
@@ -68,17 +73,18 @@ class DialogueLayout:
 
     Graph kernels use it to aggregate over dense per-dialogue blocks or over the band of the
     flat order (`ambjax.nn.kernels.aggregate`), and the context encoder to attend inside
-    dialogues. `band` is static.
+    dialogues. `band` and `packed` are static.
     """
 
     dense_index: Any
     n_node: Any
     band: int | None = flax.struct.field(pytree_node=False, default=None)
+    packed: bool = flax.struct.field(pytree_node=False, default=False)
 
     @property
     def n_graph(self) -> int:
         """G, the number of dialogue slots (static)."""
-        return self.dense_index.shape[-2]
+        return self.n_node.shape[-1]
 
 
 @flax.struct.dataclass

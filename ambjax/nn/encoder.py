@@ -7,8 +7,12 @@ LayerNorm(eps=1e-6) and the tanh-approximate GELU.
 
 Nodes live in the flat layout of a `DialogueBatch`. The position-wise parts (projections,
 feed-forward, norms) run on the flat [N, d] nodes; only attention scores and weighted sums use
-the dense [G, L, d] view given by the batch layout's `dense_index`, so attention never crosses
-dialogues, padding keys are masked, and the view's padding slots cost no projection work.
+the dense [R, L, d] view given by the batch layout's `dense_index` (one row per dialogue slot,
+or several whole dialogues per row when the layout is `packed`): keys of other dialogues and
+padding keys are masked, so attention never crosses dialogues, and the view's padding slots
+cost no projection work. A packed view draws the attention's dropout mask of the unpacked one
+(one row per dialogue) and reads each entry's bit from its dialogue's slot, so packing changes
+no random draw: the same batch gives the same result packed or not, up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ambjax.nn.kernels import dense_slots
 
 MASK_FILL = -1e10
 
@@ -36,9 +42,34 @@ def to_dense(x: jax.Array, dense_index: jax.Array) -> jax.Array:
     return x[dense_index]
 
 
-def from_dense(x: jax.Array, graph: jax.Array, position: jax.Array) -> jax.Array:
-    """Dense [G, L, F] -> flat nodes [N, F] (node n reads row graph[n], position[n])."""
-    return x[graph, position]
+def from_dense(x: jax.Array, row: jax.Array, column: jax.Array) -> jax.Array:
+    """Dense [R, L, F] -> flat nodes [N, F] (node n reads slot row[n], column[n])."""
+    return x[row, column]
+
+
+class SlotDropout(nn.Module):
+    """Dropout of a dense view's attention weights [R, H, L, L] with the mask of the unpacked
+    view [G, H, L, L]: entry (r, h, i, j) keeps the bit of (dialogue, h, position_i,
+    position_j) of its slots (rng stream "dropout"; `flax.linen.Dropout`'s arithmetic).
+
+    Call:
+      x: float [R, H, L, L]; dialogue, position: int32 [R, L] of each slot (any value on
+      padding slots, whose weights are zero); n_graph: G; deterministic: no dropout.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, dialogue, position, n_graph: int, *, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        r, h, l, _ = x.shape
+        keep = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob,
+                                    shape=(n_graph, h, l, l))
+        keep = keep[dialogue[:, None, :, None], jnp.arange(h)[None, :, None, None],
+                    position[:, None, :, None], position[:, None, None, :]]
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 class DialogueSelfAttention(nn.Module):
@@ -49,9 +80,8 @@ class DialogueSelfAttention(nn.Module):
 
     Call:
       x: float [N, d] flat nodes.
-      dense_index: int32 [G, L] node of each (dialogue, position) slot.
-      key_mask: bool [G, L] (True = real key).
-      graph, position: int32 [N] slot of every node (its row in the dense view).
+      nodes: the batch's `Nodes` (uses mask, graph, position).
+      layout: the batch's `DialogueLayout` (dense_index int32 [R, L]; `packed`).
       Returns [N, d] in `dtype` (the projections' computation dtype; scores and softmax are
       float32).
     """
@@ -61,25 +91,38 @@ class DialogueSelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, dense_index: jax.Array, key_mask: jax.Array,
-                 graph: jax.Array, position: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, nodes, layout, *, deterministic: bool) -> jax.Array:
+        dense_index = layout.dense_index
         chex.assert_rank([x, dense_index], 2)
-        g, l = dense_index.shape
+        r, l = dense_index.shape
         d = x.shape[-1]
         dh = d // self.num_heads
 
         def project(name):
             flat = nn.Dense(d, dtype=self.dtype, name=name)(x)
-            return to_dense(flat, dense_index).reshape(g, l, self.num_heads, dh).transpose(
+            return to_dense(flat, dense_index).reshape(r, l, self.num_heads, dh).transpose(
                 0, 2, 1, 3)
 
         k, v, q = project("key"), project("value"), project("query")
         scores = (q / jnp.sqrt(jnp.asarray(dh, q.dtype))) @ k.transpose(0, 1, 3, 2)
-        scores = jnp.where(key_mask[:, None, None, :], scores.astype(jnp.float32), MASK_FILL)
-        attn = nn.Dropout(self.dropout_rate)(jax.nn.softmax(scores, axis=-1),  # [G, heads, L, L]
-                                             deterministic=deterministic)
-        context = (attn.astype(self.dtype) @ v).transpose(0, 2, 1, 3).reshape(g, l, d)
-        return nn.Dense(d, dtype=self.dtype, name="out")(from_dense(context, graph, position))
+        key_mask = to_dense(nodes.mask, dense_index)[:, None, :]               # [R, 1, L]
+        if layout.packed:
+            dialogue = to_dense(nodes.graph, dense_index)                      # [R, L]
+            key_mask = key_mask & (dialogue[:, :, None] == dialogue[:, None, :])
+        scores = jnp.where(key_mask[:, None], scores.astype(jnp.float32), MASK_FILL)
+        attn = jax.nn.softmax(scores, axis=-1)                                 # [R, heads, L, L]
+        if layout.packed:
+            attn = SlotDropout(self.dropout_rate, name="Dropout_0")(
+                attn, dialogue, to_dense(nodes.position, dense_index), layout.n_graph,
+                deterministic=deterministic)
+        else:
+            attn = nn.Dropout(self.dropout_rate)(attn, deterministic=deterministic)
+        context = (attn.astype(self.dtype) @ v).transpose(0, 2, 1, 3).reshape(r, l, d)
+        if layout.packed:
+            row, column = dense_slots(dense_index, x.shape[0])
+        else:
+            row, column = nodes.graph, nodes.position
+        return nn.Dense(d, dtype=self.dtype, name="out")(from_dense(context, row, column))
 
 
 class ContextEncoder(nn.Module):
@@ -94,7 +137,7 @@ class ContextEncoder(nn.Module):
       x: float [N, d] projected modality features (flat nodes).
       speaker_embedding: float [N, d].
       nodes: the batch's `Nodes` (uses position, graph, mask).
-      dense_index: int32 [G, L] from the batch's layout.
+      layout: the batch's `DialogueLayout`.
       Returns [N, d] in `dtype`.
     """
 
@@ -103,18 +146,16 @@ class ContextEncoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, speaker_embedding, nodes, dense_index, *, deterministic: bool):
+    def __call__(self, x, speaker_embedding, nodes, layout, *, deterministic: bool):
         chex.assert_equal_shape([x, speaker_embedding])
         d = x.shape[-1]
         drop = nn.Dropout(self.dropout_rate)
         x = (x + sinusoid_position_encoding(nodes.position, d) + speaker_embedding
              ).astype(self.dtype)
         x = drop(x, deterministic=deterministic)
-        key_mask = to_dense(nodes.mask, dense_index)
         context = DialogueSelfAttention(self.num_heads, self.dropout_rate, self.dtype,
-                                        name="self_attn")(
-            x, dense_index, key_mask, nodes.graph, nodes.position,
-            deterministic=deterministic)
+                                        name="self_attn")(x, nodes, layout,
+                                                          deterministic=deterministic)
         out = drop(context, deterministic=deterministic) + x
         inner = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="ffn_norm")(out)
         inner = drop(nn.gelu(nn.Dense(d, dtype=self.dtype, name="ffn_in")(inner),

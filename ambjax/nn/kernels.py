@@ -50,14 +50,15 @@ def segment_softmax(scores: jax.Array, segment_ids: jax.Array, num_segments: int
 
 
 def dense_slots(dense_index: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.Array]:
-    """(dialogue, position) slot of every node, inverted from a batch's `dense_index` [G, L].
+    """(row, column) slot of every node, inverted from a batch's `dense_index` [R, L] (one
+    row per dialogue: its (dialogue, position)).
 
-    Nodes absent from the index (padding) get the last slot (G - 1, L - 1), which belongs to the
-    padding graph; the padding node that padding slots point at gets one of those slots. So no
-    padding node ever shares a slot with a real node.
+    Nodes absent from the index (padding) get the last slot (R - 1, L - 1); the padding node
+    that padding slots point at gets one of the padding slots. So no padding node ever shares
+    a slot with a real node.
 
     Returns:
-      int32 [N] slot dialogue, int32 [N] slot position.
+      int32 [N] slot row, int32 [N] slot column.
     """
     g, l = dense_index.shape
     flat = dense_index.reshape(-1)
@@ -114,11 +115,12 @@ def banded_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
 
 def dense_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
                     receivers: jax.Array, dense_index: jax.Array) -> jax.Array:
-    """sum_j A_ij values_j as a batched matmul over per-dialogue [L, L] blocks.
+    """sum_j A_ij values_j as a batched matmul over the [L, L] blocks of the dense view's rows.
 
     Args:
       weights: float [E]; values: float [N, F]; senders, receivers: int32 [E] (edges stay
-        inside one dialogue); dense_index: int32 [G, L] (see `DialogueLayout`).
+        inside one dialogue, so inside one row); dense_index: int32 [R, L] (see
+        `DialogueLayout`).
 
     Returns:
       [N, F] in the dtype of `weights`.
@@ -127,7 +129,7 @@ def dense_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
     slot_graph, slot_pos = dense_slots(dense_index, values.shape[0])
     blocks = jnp.zeros((g, l, l), weights.dtype).at[
         slot_graph[receivers], slot_pos[receivers], slot_pos[senders]].add(weights)
-    out = blocks @ values[dense_index].astype(weights.dtype)          # [G, L, F]
+    out = blocks @ values[dense_index].astype(weights.dtype)          # [R, L, F]
     return out[slot_graph, slot_pos]
 
 

@@ -196,7 +196,7 @@ class AMBDSGDN(nn.Module):
         if context:
             encoded = stacked_call(self.encoder, len(context), (0, None, None, None),
                                    jnp.stack([h[m] for m in context]), spk, nodes,
-                                   batch.layout.dense_index, deterministic=det)
+                                   batch.layout, deterministic=det)
             h.update(zip(context, encoded))
         z = jnp.stack([h[m] for m in c.modalities])                       # [M, N, d]
         for kind in c.graphs:

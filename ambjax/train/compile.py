@@ -41,7 +41,7 @@ logger = logging.getLogger("ambjax")
 def batch_key(batch: DialogueBatch) -> tuple:
     """The static shape of a batch: which compiled program runs it."""
     return (batch.nodes.mask.shape, batch.intra.senders.shape, batch.inter.senders.shape,
-            batch.layout.dense_index.shape, batch.layout.band)
+            batch.layout.dense_index.shape, batch.layout.band, batch.layout.packed)
 
 
 def available_memory_bytes(device: jax.Device | None = None) -> int | None:

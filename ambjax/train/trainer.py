@@ -131,6 +131,8 @@ class Trainer:
         steps = self.batcher.run_steps(self.seeds, config.schedule.epochs)
         kept = merge_budgets(self.batcher.budgets, steps, data.compile_node_steps)
         self.batcher = self.batcher.with_budgets(kept)
+        if data.pack_rows:
+            self.batcher = self.batcher.with_packed_rows(self.seeds, config.schedule.epochs)
         # (padding buckets the run uses, those padded into a larger one instead)
         self.bucket_counts = (sum(1 for b in steps if b in kept),
                               sum(1 for b in steps if b not in kept))
