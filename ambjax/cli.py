@@ -23,7 +23,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 import ambjax.interrupts as interrupts
 from ambjax.errors import AmbjaxError, Interrupted, UsageError
-from ambjax.host_memory import keep_freed_memory
+from ambjax.host_memory import keep_freed_memory_if_asked
 
 EXIT_ERROR = 2
 
@@ -126,7 +126,7 @@ def _command_output(debug: bool) -> Iterator[None]:
 def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
     """Run `main(argv)` under the common error path; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    keep_freed_memory()                  # before JAX's CPU backend starts (ambjax.host_memory)
+    keep_freed_memory_if_asked()         # before JAX's CPU backend starts (ambjax.host_memory)
     debug = os.environ.get("AMBJAX_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     handlers = interrupts.raise_on_signals()

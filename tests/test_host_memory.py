@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from ambjax.host_memory import keep_freed_memory
+from ambjax import host_memory
+from ambjax.cli import run_main
 
 # what XLA's CPU runtime does with a step's temporaries: allocate 64 MB, touch it, free it, again
 PROBE = """
@@ -33,7 +34,7 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 
 def _probe(mode):
-    env = {**os.environ, "AMBJAX_KEEP_FREED_MEMORY": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "AMBJAX_KEEP_FREED_MEMORY"}
     done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                           env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -48,6 +49,10 @@ def test_kept_memory_serves_the_next_calls_buffers_without_page_faults():
     assert kept["faults"][0] > 8000 and max(kept["faults"][1:]) < 100
 
 
-def test_it_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "0")
-    assert keep_freed_memory() is False
+def test_the_command_line_tools_keep_freed_memory_only_when_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY", raising=False)
+    assert run_main(lambda argv: 0, []) == 0 and not calls
+    monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "1")
+    assert run_main(lambda argv: 0, []) == 0 and calls == [1]
