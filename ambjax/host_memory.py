@@ -5,8 +5,8 @@ a release-size IEMOCAP train step) and frees them at the end. glibc's malloc ser
 that large with a fresh `mmap` and returns them to the system with `munmap` when freed, so
 every step touches its temporaries as new pages: about 100,000 page faults per IEMOCAP step,
 the kernel zeroing 400 MB. `keep_freed_memory` tells malloc (`mallopt`) to serve every
-request from one heap and to keep what is freed for the next request, so from the second step
-on the temporaries reuse the same, already mapped memory (`python -m benchmarks.step_time`:
+request from one heap and to keep what is freed for the next request, so after the first
+steps the temporaries reuse the same, already mapped memory (`python -m benchmarks.step_time`:
 see benchmarks/README.md, 2026-12-05, fourth session).
 
 It changes how the whole process allocates: memory freed is kept, not returned to the system

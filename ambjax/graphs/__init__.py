@@ -9,7 +9,8 @@ from ambjax.graphs.edges import (GRAPH_KINDS, NUM_EDGE_TYPES, DialogueEdges, dia
 
 __all__ = [
     "DialogueBatch", "DialogueLayout", "EdgeSet", "Nodes", "Budget", "GraphBatcher",
-    "build_batch", "merge_budgets", "pack_rows", "plan_budgets", "rows_needed", "shard_dialogues", "stack_for_devices",
+    "build_batch", "merge_budgets", "pack_rows", "plan_budgets", "rows_needed",
+    "shard_dialogues", "stack_for_devices",
     "GRAPH_KINDS",
     "NUM_EDGE_TYPES", "DialogueEdges", "dialogue_edges", "edges_from_relation_matrix",
     "relation_matrix",

@@ -26,8 +26,9 @@ each graph kind, D_m = the width of modality m:
     layout.packed         static bool       rows of `dense_index` may hold several dialogues
 
 `band` and `packed` are static metadata (part of the tree structure, not an array): batches
-with another band compile another program. Every array above is read by the model or by jraph's conventions
-(`n_node` / `n_edge`, so `batch.graph(kind)` is a complete `jraph.GraphsTuple`).
+with another band compile another program. Every array above is read by the model or by
+jraph's conventions (`n_node` / `n_edge`, so `batch.graph(kind)` is a complete
+`jraph.GraphsTuple`).
 
 Padding nodes, edges and graphs never touch a real node: every padding edge runs between padding
 nodes, and the last node (N - 1) is always padding (budgets keep one spare node).
