@@ -78,7 +78,11 @@ def rows_needed(lengths: Sequence[int], row_len: int) -> int:
     """Rows of `row_len` slots that `pack_rows` fills with dialogues of `lengths`, plus one
     when they are full to the last slot: a packed view keeps at least one padding slot (the
     padding node's, which padding edges use)."""
-    row, _ = pack_rows(lengths, row_len)
+    return _rows_used(pack_rows(lengths, row_len)[0], lengths, row_len)
+
+
+def _rows_used(row: np.ndarray, lengths: Sequence[int], row_len: int) -> int:
+    """`rows_needed` from a packing's `row` (`pack_rows`) of dialogues of `lengths`."""
     rows = int(row.max(initial=-1)) + 1
     return rows + 1 if int(np.sum(lengths)) == rows * row_len else rows
 
@@ -260,7 +264,7 @@ def build_batch(dialogues: Sequence[Dialogue], budget: Budget, *, modalities: Se
         row, offset = np.arange(n_real, dtype=np.int32), np.zeros(n_real, np.int32)
     else:
         row, offset = pack_rows(lengths, budget.max_len)
-        rows = rows_needed(lengths, budget.max_len)
+        rows = _rows_used(row, lengths, budget.max_len)
         if rows > budget.n_row:
             raise ConfigError(f"{n_real} dialogues need {rows} rows of {budget.max_len} "
                              f"slots; the budget has {budget.n_row}")

@@ -54,8 +54,11 @@ def dense_slots(dense_index: jax.Array, num_nodes: int) -> tuple[jax.Array, jax.
     row per dialogue: its (dialogue, position)).
 
     Nodes absent from the index (padding) get the last slot (R - 1, L - 1); the padding node
-    that padding slots point at gets one of the padding slots. So no padding node ever shares
-    a slot with a real node.
+    that padding slots point at (N - 1, the one padding edges use) gets one of the padding
+    slots, so padding edges never touch a real node's slot. In a view with one row per
+    dialogue the last slot belongs to the padding graph; in a packed view it may be a real
+    node's, so an absent padding node may read that node's row (padding rows are meaningless
+    either way, and absent padding nodes have no edges).
 
     Returns:
       int32 [N] slot row, int32 [N] slot column.

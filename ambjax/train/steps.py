@@ -229,7 +229,9 @@ def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation,
     if seed_axis:
         train = map_members(train, in_axes=(0, 0, None))
         evaluate = map_members(evaluate, in_axes=(0, None))
-    donated = (0,) if (donates_state(jax.default_backend()) if donate is None else donate) else ()
+    if donate is None:
+        donate = donates_state(jax.default_backend())
+    donated = (0,) if donate else ()
     if n_devices == 1:
         return jax.jit(train, donate_argnums=donated), jax.jit(evaluate)
     return (jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=donated),
