@@ -23,7 +23,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 import ambjax.interrupts as interrupts
 from ambjax.errors import AmbjaxError, Interrupted, UsageError
-from ambjax.host_memory import keep_freed_memory_if_asked
+from ambjax.host_memory import keep_freed_memory_if_asked, restart_with_huge_pages
 
 EXIT_ERROR = 2
 
@@ -124,7 +124,11 @@ def _command_output(debug: bool) -> Iterator[None]:
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run `main(argv)` under the common error path; returns the exit status."""
+    """Run `main(argv)` under the common error path; returns the exit status. Run as the
+    program (`argv` None: its own arguments), it first restarts itself with huge pages for
+    XLA's temporaries where that helps (`ambjax.host_memory.restart_with_huge_pages`)."""
+    if argv is None:
+        restart_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     keep_freed_memory_if_asked()         # before JAX's CPU backend starts (ambjax.host_memory)
     debug = os.environ.get("AMBJAX_DEBUG", "") not in ("", "0") or "--debug" in argv

@@ -1,4 +1,4 @@
-"""Host memory reuse for XLA's CPU backend.
+"""Host memory for XLA's CPU backend: huge pages for its temporaries, or kept freed memory.
 
 Each run of a compiled XLA program on the CPU allocates its temporary buffers (about 400 MB for
 a release-size IEMOCAP train step) and frees them at the end. glibc's malloc serves requests
@@ -19,12 +19,27 @@ command-line tools call it at start (`ambjax.cli.run_main`) when
 `AMBJAX_KEEP_FREED_MEMORY=1`. It acts on the threads created after it is called, so it has to
 run before JAX starts its CPU backend (the first computation). On a C library other than
 glibc it does nothing.
+
+Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
+`glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
+maps, so a step's 400 MB of temporaries fault in 2 MB at a time instead of 4 KB (a few
+hundred faults instead of 100,000), and compilation keeps its many arenas: the IEMOCAP train
+epoch 3.97 / 3.75 -> 3.29 / 3.2x s (`python -m benchmarks.step_time`, two processes each way;
+benchmarks/README.md, 2026-12-05, fifth session). glibc reads tunables only when a process
+starts, so the command-line tools, run as programs, re-run themselves at once with it set
+(`restart_with_huge_pages`, the same process id and arguments; imports repeated, about a
+second) where the kernel grants huge pages only on request ("madvise", a common default;
+with "always" they come anyway, with "never" not at all); `AMBJAX_HUGE_PAGES=0` turns that
+off. Processes they start inherit it. In your own script, start Python with
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its environment.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
+from typing import Mapping
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -54,3 +69,58 @@ def keep_freed_memory() -> bool:
 def keep_freed_memory_if_asked() -> bool:
     """`keep_freed_memory` when `AMBJAX_KEEP_FREED_MEMORY=1`; returns whether it acted."""
     return os.environ.get("AMBJAX_KEEP_FREED_MEMORY", "0") == "1" and keep_freed_memory()
+
+
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages_environment(environ: Mapping[str, str],
+                           thp_mode_file: str = THP_MODE_FILE) -> dict[str, str] | None:
+    """`environ` with `HUGE_PAGES_TUNABLE` added to GLIBC_TUNABLES, or None where a restart
+    with it would change nothing: it is set already (or `AMBJAX_HUGE_PAGES=0`), the C
+    library is not glibc 2.35 or newer, or the kernel's transparent huge pages (the selected
+    [mode] in `thp_mode_file`) are not granted on request only ("madvise")."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if (environ.get("AMBJAX_HUGE_PAGES", "1") == "0"
+            or "glibc.malloc.hugetlb=" in tunables or _glibc_version() < (2, 35)):
+        return None
+    try:
+        with open(thp_mode_file) as f:
+            if "[madvise]" not in f.read():
+                return None
+    except OSError:
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, HUGE_PAGES_TUNABLE)
+                                                  if t)}
+
+
+def restart_with_huge_pages() -> None:
+    """Replace this process with itself run again (`os.execve`: same process id, interpreter
+    options and arguments) with malloc using transparent huge pages (module docstring);
+    returns at once where that would change nothing (`huge_pages_environment`), where the
+    program cannot be run again (read from standard input, or interactive) or the restart
+    fails. Call it first thing in a program, before it has done anything that a second run
+    would repeat (output, files)."""
+    env = huge_pages_environment(os.environ)
+    if env is None or sys.argv[0] in ("", "-"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, sys.orig_argv, env)
+    except OSError:
+        pass
+
+
+def _glibc_version() -> tuple[int, ...]:
+    """The running glibc's version, (0,) under another C library."""
+    try:
+        get = ctypes.CDLL(None).gnu_get_libc_version
+    except (OSError, AttributeError):
+        return (0,)
+    get.restype = ctypes.c_char_p
+    try:
+        return tuple(int(x) for x in get().decode().split(".")[:2])
+    except ValueError:
+        return (0,)

@@ -23,6 +23,19 @@ def train_batches_by_shape(trainer, epoch: int) -> dict[tuple, list]:
     return groups
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (kept across an `exec`, e.g. the command-line tools'
+    restart with huge pages; 10 ms resolution); 0 where /proc is not readable."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22: start time
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
+
+
 def cpu_description() -> dict:
     """The CPU model and the vector extensions that decide matmul speed (from /proc/cpuinfo;
     empty where it is not readable)."""

@@ -1,7 +1,8 @@
 """ambjax against the authors' PyTorch release, side by side, in one run on this machine.
 
     python -m benchmarks.versus_release --release DIR [--release-python PATH]
-        [--device cpu|gpu] [--presets iemocap meld] [--epochs N] [--name NAME]
+        [--device cpu|gpu] [--presets iemocap meld] [--epochs N] [--release-huge-pages]
+        [--name NAME]
 
 DIR is a checkout of the release (github wys-ljq/AMB-DSGDN) that you supply; its PyTorch lives
 wherever `--release-python` points (a separate venv keeps torch out of ambjax's environment;
@@ -23,6 +24,13 @@ features.pkl`); then, one after the other:
    processes sharing a new compilation cache: cold (compile every program, then the epochs:
    train, valid and test passes timed apart) and warm (process start to every program
    ready).
+
+Each side runs as its users run it. ambjax's command-line tools restart themselves with
+glibc's huge-pages tunable where it helps (`ambjax.host_memory`), and so does ambjax's
+worker here, its start timed from the process's start (the restart included); the release
+runs with the environment as it was before that tunable was added (`--release-huge-pages`:
+with it too, to see what the same setting does for PyTorch). `AMBJAX_HUGE_PAGES=0` runs both
+without it.
 
 Recorded: per-epoch train + test (median over the steady-state epochs, the first
 `--first-epochs` reported apart), compile time, warm start, peak RSS of each process (the
@@ -48,7 +56,8 @@ import time
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
-from benchmarks.common import environment, write_results
+from ambjax.host_memory import HUGE_PAGES_TUNABLE
+from benchmarks.common import environment, process_age_s, write_results
 
 RELEASE_RUNS = {   # the release's run_<dataset>.sh: its flags, and its data file
     "iemocap": (["--lr=0.000068", "--dropout=0.5", "--l2=0.00005", "--batch-size=16",
@@ -144,16 +153,29 @@ def write_data(preset: str, folder: str) -> str:
     return path
 
 
-def run_release(folder: str, python: str, preset: str, epochs: int, device: str) -> dict:
+def environment_without_huge_pages(huge_pages: bool = False) -> dict:
+    """This process's environment without ambjax's huge-pages tunable (`huge_pages`: with it,
+    unless `AMBJAX_HUGE_PAGES=0`) in GLIBC_TUNABLES."""
+    env = dict(os.environ)
+    tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
+                if t and t != HUGE_PAGES_TUNABLE]
+    if huge_pages and env.get("AMBJAX_HUGE_PAGES", "1") != "0":
+        tunables.append(HUGE_PAGES_TUNABLE)
+    return {**env, "GLIBC_TUNABLES": ":".join(tunables)} if tunables else env
+
+
+def run_release(folder: str, python: str, preset: str, epochs: int, device: str,
+                huge_pages: bool = False) -> dict:
     flags, _, _ = RELEASE_RUNS[preset]
     cmd = [python, "train.py", *flags, f"--epochs={epochs}"] + (
         ["--no-cuda"] if device == "cpu" else [])
-    text, wall, rss = run_command(cmd, cwd=folder, timeout=3600)
+    env = environment_without_huge_pages(huge_pages)
+    text, wall, rss = run_command(cmd, cwd=folder, env=env, timeout=3600)
     epochs_s = [float(t) for _, t in EPOCH_LINE.findall(text)]
     if len(epochs_s) != epochs:
         raise AmbjaxError(f"the release printed {len(epochs_s)} epoch lines, expected {epochs}")
     return {"epoch_s": epochs_s, "wall_s": wall, "peak_rss_gb": rss,
-            "startup_s": wall - sum(epochs_s)}
+            "startup_s": wall - sum(epochs_s), "glibc_tunables": env.get("GLIBC_TUNABLES", "")}
 
 
 def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: bool) -> dict:
@@ -161,7 +183,7 @@ def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: b
            "--presets", preset, "--epochs", str(epochs), "--cache", cache] + (
         ["--ready-only"] if ready_only else [])
     text, wall, rss = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                                  timeout=3600)
+                                  env=environment_without_huge_pages(), timeout=3600)
     result = json.loads(text.strip().splitlines()[-1])
     return {**result, "wall_s": wall, "peak_rss_gb": rss}
 
@@ -178,8 +200,9 @@ def ambjax_run(preset: str, path: str):
 
 
 def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) -> dict:
-    """In a fresh process: ambjax on `path` with `preset`'s settings; prints one JSON line."""
-    start = time.perf_counter()
+    """In a fresh process: ambjax on `path` with `preset`'s settings; prints one JSON line.
+    Times count from the process's start (its restart with huge pages included)."""
+    start = time.perf_counter() - process_age_s()
     import jax
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -189,7 +212,8 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     compile_start = time.perf_counter()
     trainer.compile()
     out = {"compile_s": time.perf_counter() - compile_start,
-           "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count()}
+           "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count(),
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if not ready_only:
         rows = []
         for epoch in range(epochs):
@@ -237,7 +261,15 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> d
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
+        "glibc_tunables": {"release": release["glibc_tunables"],
+                           "ambjax": cold["glibc_tunables"]},
     }
+
+
+def tunables(rows: list[dict], side: str) -> str:
+    """The GLIBC_TUNABLES `side` ran with, as the table says it."""
+    found = sorted({r["glibc_tunables"][side] for r in rows})
+    return " / ".join(f"`{t}`" if t else "none" for t in found)
 
 
 def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -> str:
@@ -264,6 +296,8 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               "run is start-up plus every epoch"
               + ("" if rows[0]["release_length_run_measured_in_full"] else
                  " (the steady epochs past the measured ones extrapolated)") + ".",
+              "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
+              + tunables(rows, "ambjax") + " (`ambjax.host_memory`).",
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
     return "\n".join(lines) + "\n"
 
@@ -280,6 +314,9 @@ def main(argv: list[str]) -> int:
                    help="first epochs reported apart from the steady-state median")
     p.add_argument("--wait-idle", type=float, default=120,
                    help="seconds to wait for an idle machine before starting")
+    p.add_argument("--release-huge-pages", action="store_true",
+                   help="run the release with glibc's huge-pages tunable too (ambjax's "
+                        "command-line default)")
     p.add_argument("--name", default="versus_release")
     p.add_argument("--worker", help=argparse.SUPPRESS)      # the ambjax side, in a fresh process
     p.add_argument("--cache", help=argparse.SUPPRESS)
@@ -304,7 +341,7 @@ def main(argv: list[str]) -> int:
             path = write_data(preset, folder)
             print(f"{preset}: the release, {args.epochs} epochs ...", flush=True)
             release = run_release(folder, args.release_python, preset, args.epochs,
-                                  args.device)
+                                  args.device, huge_pages=args.release_huge_pages)
             cache = os.path.join(scratch, f"cache-{preset}")
             print(f"{preset}: ambjax, cold then warm ...", flush=True)
             cold = run_ambjax(path, preset, args.epochs, cache, ready_only=False)

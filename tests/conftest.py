@@ -5,6 +5,12 @@ XLA's backend (LLVM) optimisation is off (`--xla_backend_optimization_level=0`):
 dominated by compiling many small programs, which this makes ~40% faster, while the programs
 compute the same values (the HLO passes still run; LLVM's levels do not reassociate float
 arithmetic). Subprocesses started by tests inherit the flags.
+
+The command-line tools run as programs restart themselves with huge pages
+(`ambjax.host_memory.restart_with_huge_pages`); in the suite they do not
+(`AMBJAX_HUGE_PAGES=0`): a module run as __main__ inside a test process would replace that
+process, and a restart costs the subprocess tests a second import. The tests of the restart
+set the variable themselves.
 """
 
 import os
@@ -14,6 +20,7 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["AMBJAX_HUGE_PAGES"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -108,3 +108,27 @@ def test_versus_release_trains_ambjax_on_the_releases_train_dialogues(tmp_path, 
     release_train = fields[-3] if preset == "meld" else fields[-2]     # trainVid's position
     _, data = ambjax_run(preset, path)
     assert sorted(d.id for d in data.split("train")) == sorted(release_train)
+
+
+def test_versus_release_runs_the_release_without_ambjaxs_huge_pages_unless_asked(monkeypatch):
+    from benchmarks.versus_release import environment_without_huge_pages
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    monkeypatch.delenv("AMBJAX_HUGE_PAGES", raising=False)
+    assert environment_without_huge_pages()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    assert environment_without_huge_pages(True)["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert "GLIBC_TUNABLES" not in environment_without_huge_pages()
+    monkeypatch.setenv("AMBJAX_HUGE_PAGES", "0")
+    assert "GLIBC_TUNABLES" not in environment_without_huge_pages(True)
+
+
+def test_process_age_counts_from_the_process_start_across_an_exec():
+    import subprocess
+    import sys
+    # sleep, then replace the process with one that reports its age at once
+    code = ("import os, sys, time; time.sleep(0.6); os.execv(sys.executable, [sys.executable, "
+            "'-c', 'from benchmarks.common import process_age_s; print(process_age_s())'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert 0.6 <= float(done.stdout.strip().splitlines()[-1]) < 30

@@ -1,6 +1,7 @@
-"""Host memory reuse (`ambjax.host_memory`): with it, a large buffer freed and allocated again
-reuses memory already mapped instead of faulting in fresh pages every time (what a compiled
-XLA program's temporaries do on every step)."""
+"""Host memory (`ambjax.host_memory`): with kept memory, a large buffer freed and allocated
+again reuses memory already mapped instead of faulting in fresh pages every time (what a
+compiled XLA program's temporaries do on every step); with huge pages it faults them in 2 MB
+at a time; the command-line tools restart themselves with huge pages."""
 
 import json
 import os
@@ -33,8 +34,10 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-def _probe(mode):
-    env = {k: v for k, v in os.environ.items() if k != "AMBJAX_KEEP_FREED_MEMORY"}
+def _probe(mode, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AMBJAX_KEEP_FREED_MEMORY", "GLIBC_TUNABLES")}
+    env.update(extra)
     done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                           env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -56,3 +59,70 @@ def test_the_command_line_tools_keep_freed_memory_only_when_asked(monkeypatch):
     assert run_main(lambda argv: 0, []) == 0 and not calls
     monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "1")
     assert run_main(lambda argv: 0, []) == 0 and calls == [1]
+
+
+def _thp_mode() -> str:
+    try:
+        with open(host_memory.THP_MODE_FILE) as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "none"
+
+
+needs_madvise_thp = pytest.mark.skipif(
+    _thp_mode() != "madvise" or host_memory._glibc_version() < (2, 35),
+    reason="transparent huge pages on request (madvise) and glibc 2.35+")
+
+
+@needs_madvise_thp
+def test_huge_pages_fault_a_large_buffer_in_far_fewer_pages():
+    plain = _probe("plain")
+    huge = _probe("plain", GLIBC_TUNABLES=host_memory.HUGE_PAGES_TUNABLE)
+    # 64 MB: 16,384 pages of 4 KB on every allocation, or 32 of 2 MB (a few more at the edges
+    # of the mapping, or where the kernel has no huge page at hand)
+    assert min(plain["faults"]) > 8000
+    assert max(huge["faults"]) < 2000
+
+
+def test_the_huge_pages_environment_is_asked_for_only_where_it_changes_something(tmp_path):
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    if host_memory._glibc_version() < (2, 35):
+        assert host_memory.huge_pages_environment({}, str(mode)) is None
+        return
+    env = host_memory.huge_pages_environment({"PATH": "/bin"}, str(mode))
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    other = host_memory.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                               str(mode))
+    assert other["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    for environ in ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, {"AMBJAX_HUGE_PAGES": "0"}):
+        assert host_memory.huge_pages_environment(environ, str(mode)) is None
+    for text in ("[always] madvise never\n", "always madvise [never]\n"):
+        mode.write_text(text)
+        assert host_memory.huge_pages_environment({}, str(mode)) is None
+    assert host_memory.huge_pages_environment({}, str(tmp_path / "missing")) is None
+
+
+# a program: says when it starts, then runs its main through the command-line tools' entry
+PROGRAM = """
+import os, sys
+print("start", os.getpid(), flush=True)
+from ambjax.cli import run_main
+sys.exit(run_main(lambda argv: print("main", argv, os.environ.get("GLIBC_TUNABLES")) or 3))
+"""
+
+
+@needs_madvise_thp
+@pytest.mark.parametrize("ask", ["1", "0"])
+def test_a_command_line_tool_restarts_itself_once_with_huge_pages(ask):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", PROGRAM, "--flag"], capture_output=True,
+                          text=True, env={**env, "AMBJAX_HUGE_PAGES": ask})
+    lines = done.stdout.splitlines()
+    starts = [line for line in lines if line.startswith("start")]
+    assert done.returncode == 3
+    if ask == "1":       # run again as the same process, its arguments kept; main runs once
+        assert len(starts) == 2 and starts[0] == starts[1]
+        assert lines[-1] == "main ['--flag'] glibc.malloc.hugetlb=1"
+    else:
+        assert len(starts) == 1 and lines[-1] == "main ['--flag'] None"
