@@ -14,14 +14,21 @@ The top level holds the entry points; each subpackage documents the rest of its 
 - `ambjax.convert`: the bridge to the authors' PyTorch release.
 """
 
-from ambjax import convert
-from ambjax.data import DialogueDataset, load_features, make_synthetic
-from ambjax.errors import AmbjaxError
-from ambjax.graphs import DialogueBatch, GraphBatcher
-from ambjax.metrics import weighted_f1
-from ambjax.nn import (AMBDSGDN, DialogueModel, DifferentialGraphAttention, ModalityBalancing,
-                       ModelConfig)
-from ambjax.train import ExperimentConfig, Trainer, load_run, train_and_evaluate
+import importlib
+
+# name -> the module it comes from. Names and submodules (`ambjax.convert`) are imported when
+# first used (PEP 562), so that importing a light module of the package (`ambjax.cli`,
+# `ambjax.host_memory`) does not import JAX: the command-line tools restart themselves before
+# that (`ambjax.host_memory.restart_if_run_as_module`)
+_EXPORTS = {
+    "DialogueDataset": "ambjax.data", "load_features": "ambjax.data",
+    "make_synthetic": "ambjax.data", "AmbjaxError": "ambjax.errors",
+    "DialogueBatch": "ambjax.graphs", "GraphBatcher": "ambjax.graphs",
+    "weighted_f1": "ambjax.metrics", "AMBDSGDN": "ambjax.nn", "DialogueModel": "ambjax.nn",
+    "DifferentialGraphAttention": "ambjax.nn", "ModalityBalancing": "ambjax.nn",
+    "ModelConfig": "ambjax.nn", "ExperimentConfig": "ambjax.train", "Trainer": "ambjax.train",
+    "load_run": "ambjax.train", "train_and_evaluate": "ambjax.train",
+}
 
 __version__ = "0.1.0"
 
@@ -31,3 +38,22 @@ __all__ = [
     "DifferentialGraphAttention", "ModalityBalancing", "ModelConfig", "ExperimentConfig",
     "Trainer", "load_run", "train_and_evaluate", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """A name of `__all__`, or a submodule (`ambjax.train`), imported when first used."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

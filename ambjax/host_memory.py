@@ -23,15 +23,15 @@ glibc it does nothing.
 Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
 `glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
 maps, so a step's 400 MB of temporaries fault in 2 MB at a time instead of 4 KB (a few
-hundred faults instead of 100,000), and compilation keeps its many arenas: the IEMOCAP train
-epoch 3.97 / 3.75 -> 3.29 / 3.2x s (`python -m benchmarks.step_time`, two processes each way;
-benchmarks/README.md, 2026-12-05, fifth session). glibc reads tunables only when a process
-starts, so the command-line tools, run as programs, re-run themselves at once with it set
-(`restart_with_huge_pages`, the same process id and arguments; imports repeated, about a
-second) where the kernel grants huge pages only on request ("madvise", a common default;
-with "always" they come anyway, with "never" not at all); `AMBJAX_HUGE_PAGES=0` turns that
-off. Processes they start inherit it. In your own script, start Python with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its environment.
+hundred faults instead of 100,000), and compilation keeps its many arenas: on a 2-core Intel
+Xeon the IEMOCAP train epoch 3.60 / 3.68 -> 3.37 / 3.42 s, MELD's 6.09 -> 5.71 s (`python -m
+benchmarks.step_time`; benchmarks/README.md, 2026-12-05, fifth session). glibc reads
+tunables only when a process starts, so the command-line tools, run as programs, run
+themselves again at once with it set (`restart_with_huge_pages`: the same process id and
+arguments; `restart_if_run_as_module` before their imports) where the kernel grants huge pages only on request ("madvise",
+a common default; with "always" they come anyway, with "never" not at all);
+`AMBJAX_HUGE_PAGES=0` turns that off. Processes they start inherit it. In your own script,
+start Python with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its environment.
 """
 
 from __future__ import annotations
@@ -111,6 +111,16 @@ def restart_with_huge_pages() -> None:
         os.execve(sys.executable, sys.orig_argv, env)
     except OSError:
         pass
+
+
+def restart_if_run_as_module() -> None:
+    """`restart_with_huge_pages` while Python locates a module to run as the program (`python
+    -m package.module`: `sys.argv[0]` is "-m" then). The packages of the command-line tools
+    (`experiments`, `benchmarks`) call it in their `__init__`, so that the restart comes
+    before the tool has imported JAX (`ambjax`'s own names are imported when first used),
+    and costs an interpreter start instead of the imports."""
+    if sys.argv[:1] == ["-m"]:
+        restart_with_huge_pages()
 
 
 def _glibc_version() -> tuple[int, ...]:

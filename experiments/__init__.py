@@ -1,1 +1,5 @@
 """Entry points: `python -m experiments.train`, `experiments.evaluate`, `experiments.compose`."""
+
+from ambjax.host_memory import restart_if_run_as_module
+
+restart_if_run_as_module()     # `python -m` a tool of this package: huge pages, before JAX

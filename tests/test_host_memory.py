@@ -126,3 +126,19 @@ def test_a_command_line_tool_restarts_itself_once_with_huge_pages(ask):
         assert lines[-1] == "main ['--flag'] glibc.malloc.hugetlb=1"
     else:
         assert len(starts) == 1 and lines[-1] == "main ['--flag'] None"
+
+
+@needs_madvise_thp
+def test_a_tool_run_with_python_m_restarts_before_it_imports_jax():
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "experiments.train",
+                           "--help"], capture_output=True, text=True,
+                          env={**env, "AMBJAX_HUGE_PAGES": "1"}, check=True)
+    def imported(module):     # how often -X importtime saw `module` imported
+        return sum(1 for line in done.stderr.splitlines()
+                   if line.startswith("import time:") and line.split("|")[-1].strip() == module)
+    # two interpreter starts (the restart), JAX imported once: after the restart (a restart
+    # after the tool's imports would show it twice)
+    assert "usage" in done.stdout
+    assert imported("encodings") == 2 and imported("ambjax.host_memory") == 2
+    assert imported("jax") == 1
