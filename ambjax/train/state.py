@@ -105,9 +105,9 @@ def init_params(model: nn.Module, example_batch, seed: int):
     if needed.intersection(batch_vars):
         raise ConfigError(f"{type(model).__name__}'s parameters depend on the values of the "
                           "batch they are initialised on, not only on its shapes")
-    jaxpr = closed.jaxpr.replace(invars=[key_var], eqns=eqns)
+    pruned = closed.replace(jaxpr=closed.jaxpr.replace(invars=[key_var], eqns=eqns))
     return jax.tree.unflatten(jax.tree.structure(out),
-                              jax.core.eval_jaxpr(jaxpr, closed.consts, init_key))
+                              jax.extend.core.jaxpr_as_fun(pruned)(init_key))
 
 
 def _needed_equations(jaxpr) -> tuple[list, set]:
