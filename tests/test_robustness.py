@@ -115,6 +115,21 @@ def test_deeply_nested_pickle_is_an_error_not_a_crash(tmp_path):
         load_features(path)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+@pytest.mark.parametrize("beside, levels", [(0, 10), ([2], 11)])
+def test_the_nesting_scan_counts_the_depth_of_every_tuple_kind_exactly(width, beside, levels):
+    """Tuples of 1-3 items (their own opcodes) and of 4 (MARK ... TUPLE), nested 10 deep,
+    with an atom or a list of one level beside each: as deep as that, and no deeper."""
+    from ambjax.data.safe_pickle import check_nesting
+    value = 0
+    for _ in range(10):
+        value = (value,) + (beside, None, 7)[:width - 1]
+    data = pickle.dumps(value, protocol=4)
+    check_nesting(data, max_depth=levels if width > 1 else 10)
+    with pytest.raises(ValueError, match="nested more than"):
+        check_nesting(data, max_depth=(levels if width > 1 else 10) - 1)
+
+
 FEATURE_LIKE = {"Ses01": [np.arange(6, dtype=np.float32).reshape(2, 3), np.zeros(0, np.int64)],
                 "labels": ("neu", 1.5, None, True, -7, 10 ** 30), 3: {1, 2}, "f": frozenset([4]),
                 "raw": (b"by", bytearray(b"te")), "nested": [[[{}]], ()]}

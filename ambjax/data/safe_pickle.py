@@ -121,7 +121,10 @@ _ATOMS = {"NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", 
 _EMPTY = {"EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"}
 _FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "OBJ", "INST"}
 _INTO_TOP_FROM_MARK = {"APPENDS", "SETITEMS", "ADDITEMS"}
-_MEMO = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+_PUT = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET = {"GET", "BINGET", "LONG_BINGET"}
+_MEMO = _PUT | _GET
+_SMALL_TUPLE = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _LINE, _TWO_LINES = -1, -10        # argument sizes besides fixed byte counts (>= 0)
 _LENGTH_BYTES = {-2: (1, False), -3: (4, True), -4: (4, False), -5: (8, False)}
 
@@ -206,32 +209,38 @@ def check_nesting(data: bytes, max_depth: int = MAX_DEPTH) -> None:
         return items
 
     def deepest(items) -> int:
-        return max((c[0] for c in items), default=0)
+        return max([c[0] for c in items], default=0)
 
     def grow(cell: list[int], depth: int) -> None:
         if depth > max_depth:
             raise ValueError(f"structures nested more than {max_depth} levels deep")
         cell[0] = max(cell[0], depth)
 
+    # the branches in the order of their frequency in feature files of many arrays
     for name, arg in _opcodes(data):
-        if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        if name in _PUT:
             memo[arg] = stack[-1]
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
+        elif name in _GET:
             if arg not in memo:
                 raise ValueError(f"memo key {arg!r} read before it is written")
             stack.append(memo[arg])
         elif name in _ATOMS:
-            push(0)
-        elif name in _EMPTY:
-            push(1)
+            stack.append([0])
+        elif name in ("REDUCE", "NEWOBJ"):
+            args = stack.pop()
+            stack.pop()
+            push(args[0])
+        elif name in _SMALL_TUPLE:
+            depth = stack.pop()[0]
+            for _ in range(_SMALL_TUPLE[name] - 1):
+                depth = max(depth, stack.pop()[0])
+            push(depth + 1)
         elif name == "MARK":
             marks.append(len(stack))
         elif name in _FROM_MARK:
             push(deepest(pop_mark()) + 1)
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            k = int(name[-1])
-            items, stack[-k:] = stack[-k:], []
-            push(deepest(items) + 1)
+        elif name in _EMPTY:
+            push(1)
         elif name == "APPEND":
             value = stack.pop()
             grow(stack[-1], value[0] + 1)
