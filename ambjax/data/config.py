@@ -33,7 +33,8 @@ class DataConfig:
         programs plus the padded node-steps of its epochs, and pads the batches of the others
         into a larger kept one (`ambjax.graphs.merge_budgets`; padding changes only the
         time). The default is a 2-core CPU's at hidden 512 (a program's compile ~ 6 s of
-        wall time, a padded node ~ 0.65 ms of a train step; `python -m benchmarks.step_time`);
+        wall time, a padded node ~ 0.45-0.5 ms of a train step since the packed view and
+        huge pages; 8192 before, at ~ 0.65 ms; `python -m benchmarks.step_time`);
         smaller models and accelerators, whose steps are cheaper, gain from a larger value; 0
         keeps every bucket.
         The kept buckets depend on the run's epochs and seeds: a run resumed with more
@@ -60,7 +61,7 @@ class DataConfig:
     window: int = 20
     batch_size: int = 16
     budget_growth: float | None = 1.1
-    compile_node_steps: float = 8192.0
+    compile_node_steps: float = 12000.0
     pack_rows: bool = True
     standardize: bool = False
     drop_constant: bool = False
