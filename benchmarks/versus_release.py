@@ -153,9 +153,10 @@ def write_data(preset: str, folder: str) -> str:
     return path
 
 
-def environment_without_huge_pages(huge_pages: bool = False) -> dict:
-    """This process's environment without ambjax's huge-pages tunable (`huge_pages`: with it,
-    unless `AMBJAX_HUGE_PAGES=0`) in GLIBC_TUNABLES."""
+def side_environment(huge_pages: bool = False) -> dict:
+    """The environment a side runs in: this process's, with ambjax's huge-pages tunable in
+    GLIBC_TUNABLES only when `huge_pages` (and not `AMBJAX_HUGE_PAGES=0`); the ambjax worker
+    gets it without and adds it itself, as the command-line tools do."""
     env = dict(os.environ)
     tunables = [t for t in env.pop("GLIBC_TUNABLES", "").split(":")
                 if t and t != HUGE_PAGES_TUNABLE]
@@ -169,7 +170,7 @@ def run_release(folder: str, python: str, preset: str, epochs: int, device: str,
     flags, _, _ = RELEASE_RUNS[preset]
     cmd = [python, "train.py", *flags, f"--epochs={epochs}"] + (
         ["--no-cuda"] if device == "cpu" else [])
-    env = environment_without_huge_pages(huge_pages)
+    env = side_environment(huge_pages)
     text, wall, rss = run_command(cmd, cwd=folder, env=env, timeout=3600)
     epochs_s = [float(t) for _, t in EPOCH_LINE.findall(text)]
     if len(epochs_s) != epochs:
@@ -183,7 +184,7 @@ def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: b
            "--presets", preset, "--epochs", str(epochs), "--cache", cache] + (
         ["--ready-only"] if ready_only else [])
     text, wall, rss = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                                  env=environment_without_huge_pages(), timeout=3600)
+                                  env=side_environment(), timeout=3600)
     result = json.loads(text.strip().splitlines()[-1])
     return {**result, "wall_s": wall, "peak_rss_gb": rss}
 

@@ -111,16 +111,16 @@ def test_versus_release_trains_ambjax_on_the_releases_train_dialogues(tmp_path, 
 
 
 def test_versus_release_runs_the_release_without_ambjaxs_huge_pages_unless_asked(monkeypatch):
-    from benchmarks.versus_release import environment_without_huge_pages
+    from benchmarks.versus_release import side_environment
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
     monkeypatch.delenv("AMBJAX_HUGE_PAGES", raising=False)
-    assert environment_without_huge_pages()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
-    assert environment_without_huge_pages(True)["GLIBC_TUNABLES"] == (
+    assert side_environment()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    assert side_environment(True)["GLIBC_TUNABLES"] == (
         "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-    assert "GLIBC_TUNABLES" not in environment_without_huge_pages()
+    assert "GLIBC_TUNABLES" not in side_environment()
     monkeypatch.setenv("AMBJAX_HUGE_PAGES", "0")
-    assert "GLIBC_TUNABLES" not in environment_without_huge_pages(True)
+    assert "GLIBC_TUNABLES" not in side_environment(True)
 
 
 def test_process_age_counts_from_the_process_start_across_an_exec():

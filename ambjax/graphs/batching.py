@@ -403,20 +403,26 @@ class GraphBatcher:
                       for order in orders]
             yield groups, self._budget_of_groups(groups)
 
+    def _run(self, seeds: Sequence[int], epochs: int):
+        """The steps of a run of `epochs` epochs, as (kind, groups, budget): "train" for the
+        train steps of `seed_batches("train", seeds, epoch=e)`, e < `epochs`, then "eval" for
+        the `batches` of valid and test (once: the same every epoch)."""
+        for epoch in range(epochs):
+            for groups, budget in self._steps("train", self._orders("train", seeds, epoch)):
+                yield "train", groups, budget
+        for split in ("valid", "test"):
+            for groups, budget in self._steps(split, self._orders(split, None, 0)):
+                yield "eval", groups, budget
+
     def run_steps(self, seeds: Sequence[int], epochs: int) -> dict[Budget, dict[str, int]]:
         """Steps per budget over a run of `epochs` epochs: {budget: {"train": n, "eval": m}},
         the train steps of `seed_batches("train", seeds, epoch=e)` for e < `epochs` and the
         `batches` of valid and test once per epoch (computed from lengths alone, in
         milliseconds)."""
         counts: dict[Budget, dict[str, int]] = {}
-        for epoch in range(epochs):
-            for _, budget in self._steps("train", self._orders("train", seeds, epoch)):
-                kinds = counts.setdefault(budget, {})
-                kinds["train"] = kinds.get("train", 0) + 1
-        for split in ("valid", "test"):
-            for _, budget in self._steps(split, self._orders(split, None, 0)):
-                kinds = counts.setdefault(budget, {})
-                kinds["eval"] = kinds.get("eval", 0) + max(1, epochs)
+        for kind, _, budget in self._run(seeds, epochs):
+            kinds = counts.setdefault(budget, {})
+            kinds[kind] = kinds.get(kind, 0) + (1 if kind == "train" else max(1, epochs))
         return counts
 
     def budgets_used(self, seeds: Sequence[int], epochs: int) -> dict[str, list[Budget]]:
@@ -435,15 +441,8 @@ class GraphBatcher:
         of 64 in 6-23 instead of 65). A batch that needs more rows than its budget has (one
         the run did not plan) gets the smallest unpacked budget that holds it."""
         need: dict[Budget, int] = {}
-
-        def note(steps):
-            for groups, budget in steps:
-                need[budget] = max(need.get(budget, 0), max(self.rows_of(g) for g in groups))
-
-        for epoch in range(epochs):
-            note(self._steps("train", self._orders("train", seeds, epoch)))
-        for split in ("valid", "test"):
-            note(self._steps(split, self._orders(split, None, 0)))
+        for _, groups, budget in self._run(seeds, epochs):
+            need[budget] = max(need.get(budget, 0), max(self.rows_of(g) for g in groups))
         return self.with_budgets([dataclasses.replace(b, n_row=need[b])
                                   if b in need and need[b] < b.n_graph else b
                                   for b in self.budgets])
