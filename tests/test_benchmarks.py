@@ -93,9 +93,11 @@ def test_compile_profile_reads_the_train_programs_own_xla_times():
 
 
 @pytest.mark.parametrize("preset", ["iemocap", "meld"])
-def test_versus_release_trains_ambjax_on_the_releases_train_dialogues(tmp_path, preset):
-    """The release trains on every train dialogue of its pickle (`valid=0.0`); ambjax must
-    too, or its epoch does less work than the release's."""
+def test_versus_release_gives_ambjax_the_releases_train_and_test_dialogues_only(tmp_path,
+                                                                              preset):
+    """The release trains on every train dialogue of its pickle (`valid=0.0`) and tests on its
+    test dialogues; it never reads MELD's dev split. ambjax must do the same work: no fewer
+    train dialogues, no dev split to evaluate."""
     import pickle
     from ambjax.data import make_synthetic, write_pickle
     from benchmarks.versus_release import ambjax_run
@@ -105,9 +107,12 @@ def test_versus_release_trains_ambjax_on_the_releases_train_dialogues(tmp_path, 
                  path, layout=f"sdt_{preset}")
     with open(path, "rb") as f:
         fields = pickle.load(f)
-    release_train = fields[-3] if preset == "meld" else fields[-2]     # trainVid's position
+    # trainVid, testVid: the release's loaders read these two and nothing after them
+    release_train, release_test = fields[-3:-1] if preset == "meld" else fields[-2:]
     _, data = ambjax_run(preset, path)
     assert sorted(d.id for d in data.split("train")) == sorted(release_train)
+    assert sorted(d.id for d in data.split("test")) == sorted(release_test)
+    assert data.split("valid") == []
 
 
 def test_versus_release_runs_the_release_without_ambjaxs_huge_pages_unless_asked(monkeypatch):
