@@ -38,7 +38,12 @@ release's and ambjax's, from `wait4`), a release-length run end to end (61 IEMOC
 epochs: start-up plus first epochs plus the steady epochs; measured in full with `--epochs
 61`), the ratios, the CPU model and its AVX-512 / AMX flags, thread counts, versions, and the
 machine's load before and after (the command waits up to `--wait-idle` seconds for a 1-minute
-load under 0.5). Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
+load under 0.5). Load from outside a virtual machine does not show in its load average, so a
+row whose steady epochs on either side spread more than `UNSTEADY_SPREAD`, whose first epochs
+on either side are slower than `SLOW_FIRST_EPOCHS` times its steady median, or whose release
+epochs add up to more than the release's whole process is marked DOUBTFUL in the table, with
+a warning line, and its "doubts" listed in the JSON: run it again.
+Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 """
 
 from __future__ import annotations
@@ -235,8 +240,45 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     return out
 
 
+UNSTEADY_SPREAD = 1.15
+"""A side's steady epochs further apart than this (slowest / fastest) mark a doubtful row: on
+a shared machine another tenant can slow one side for part of its run (on this project's
+2-core VMs a release epoch once grew from 12.8 to 33.6 s within one run, the load average
+inside the machine unchanged)."""
+
+
+def _steady_values(values: list[float], first: int) -> list[float]:
+    return values[first:] if len(values) > first else values
+
+
 def _steady(values: list[float], first: int) -> float:
-    return statistics.median(values[first:] if len(values) > first else values)
+    return statistics.median(_steady_values(values, first))
+
+
+SLOW_FIRST_EPOCHS = 1.8
+"""A side's first epochs slower than this times its steady median mark a doubtful row too (in
+the undisturbed runs so far: the release's up to 1.38x, ambjax's, which touch their memory
+for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
+
+
+def doubts(release: dict, ours_epochs: list[float], first: int) -> list[str]:
+    """What makes a row's measurement doubtful, one phrase each (empty: nothing): a side's
+    steady epochs spread more than `UNSTEADY_SPREAD`, its first epochs slower than
+    `SLOW_FIRST_EPOCHS` times its steady median, or the release's printed epochs adding up to
+    more than its process's whole run."""
+    found = []
+    for side, values in (("the release's", release["epoch_s"]), ("ambjax's", ours_epochs)):
+        steady = _steady_values(values, first)
+        if min(steady) > 0 and max(steady) / min(steady) > UNSTEADY_SPREAD:
+            found.append(f"{side} steady epochs spread {max(steady) / min(steady):.2f}x "
+                         f"({min(steady):.2f}-{max(steady):.2f} s)")
+        slowest_first = max(values[:first], default=0.0) / statistics.median(steady)
+        if len(values) > first and slowest_first > SLOW_FIRST_EPOCHS:
+            found.append(f"{side} first epochs up to {slowest_first:.2f}x its steady median")
+    if release["startup_s"] < 0:
+        found.append(f"the release's printed epochs add up to {-release['startup_s']:.1f} s "
+                      "more than its process ran")
+    return found
 
 
 def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> dict:
@@ -267,6 +309,7 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> d
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
+        "doubts": doubts(release, ours_epoch, first),
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
     }
@@ -305,6 +348,10 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
               + tunables(rows, "ambjax") + " (`ambjax.host_memory`).",
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
+    doubtful = [f"{r['preset']}: {'; '.join(r['doubts'])}" for r in rows if r["doubts"]]
+    if doubtful:
+        lines.append("DOUBTFUL (the machine was likely disturbed during the run; run it again): "
+                     + " / ".join(doubtful))
     return "\n".join(lines) + "\n"
 
 
@@ -357,6 +404,9 @@ def main(argv: list[str]) -> int:
             print(f"{preset}: release epoch {row['release_steady_epoch_s']:.2f} s, ambjax "
                   f"{row['ambjax_steady_train_test_s']:.2f} s ({row['epoch_speedup']:.2f}x); "
                   f"end to end {row['end_to_end_speedup']:.2f}x", flush=True)
+            for doubt in row["doubts"]:
+                print(f"warning: {preset}: {doubt}; the machine was likely disturbed",
+                      file=sys.stderr, flush=True)
     env["load"]["load_at_end"] = load_average()
     text = table(env, rows, patches, release_info)
     print(text)

@@ -137,3 +137,36 @@ def test_process_age_counts_from_the_process_start_across_an_exec():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)
     assert 0.6 <= float(done.stdout.strip().splitlines()[-1]) < 30
+
+
+def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_run():
+    """A shared machine can slow one side for part of its run without its load average
+    showing it; the row then says so instead of quoting a ratio as if nothing happened."""
+    from benchmarks.versus_release import compare, table
+
+    def run(release_epochs, ours_train, release_wall=200.0):
+        release = {"epoch_s": release_epochs, "wall_s": release_wall,
+                   "startup_s": release_wall - sum(release_epochs), "peak_rss_gb": 4.0,
+                   "glibc_tunables": ""}
+        cold = {"epochs": [{"train_s": t, "valid_s": 0.0, "test_s": 0.25} for t in ours_train],
+                "start_to_ready_s": 30.0, "compile_s": 25.0, "peak_rss_gb": 3.0,
+                "glibc_tunables": ""}
+        return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2)
+
+    calm = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9])
+    assert calm["doubts"] == []
+    slowed = run([12.8, 13.4, 18.9, 25.0, 33.6], [6.0, 4.0, 4.0, 4.1, 4.0], release_wall=98.5)
+    assert len(slowed["doubts"]) == 2
+    assert "the release's steady epochs spread 1.78x (18.90-33.60 s)" in slowed["doubts"][0]
+    assert "more than its process ran" in slowed["doubts"][1]
+    ours_slowed = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.0, 4.0, 5.0, 4.0])
+    assert [d.startswith("ambjax's steady epochs spread") for d in ours_slowed["doubts"]] == [True]
+    first_slowed = run([25.0, 12.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9])
+    assert first_slowed["doubts"] == ["the release's first epochs up to 2.48x its steady median"]
+    ours_first_slowed = run([12.0, 11.0, 10.0, 10.3, 10.1], [9.0, 4.1, 4.0, 4.1, 3.9])
+    assert ours_first_slowed["doubts"] == ["ambjax's first epochs up to 2.18x its steady median"]
+    env = {"cpu_model": "cpu", "avx512": True, "amx": True, "cpu_count": 2, "device": "cpu:cpu",
+           "jax": "0", "date": "today"}
+    info = {"torch": "2", "threads": 2}
+    assert "DOUBTFUL" not in table(env, [calm], [], info)
+    assert "DOUBTFUL" in table(env, [calm, slowed], [], info).splitlines()[-1]
