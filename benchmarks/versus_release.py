@@ -246,6 +246,11 @@ a shared machine another tenant can slow one side for part of its run (on this p
 2-core VMs a release epoch once grew from 12.8 to 33.6 s within one run, the load average
 inside the machine unchanged; undisturbed runs so far spread up to 1.145x)."""
 
+SLOW_FIRST_EPOCHS = 1.8
+"""A side's first epochs slower than this times its steady median mark a doubtful row too (in
+the undisturbed runs so far: the release's up to 1.38x, ambjax's, which touch their memory
+for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
+
 
 def _steady_values(values: list[float], first: int) -> list[float]:
     return values[first:] if len(values) > first else values
@@ -253,12 +258,6 @@ def _steady_values(values: list[float], first: int) -> list[float]:
 
 def _steady(values: list[float], first: int) -> float:
     return statistics.median(_steady_values(values, first))
-
-
-SLOW_FIRST_EPOCHS = 1.8
-"""A side's first epochs slower than this times its steady median mark a doubtful row too (in
-the undisturbed runs so far: the release's up to 1.38x, ambjax's, which touch their memory
-for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
 
 
 def doubts(release: dict, ours_epochs: list[float], first: int) -> list[str]:
@@ -272,9 +271,10 @@ def doubts(release: dict, ours_epochs: list[float], first: int) -> list[str]:
         if min(steady) > 0 and max(steady) / min(steady) > UNSTEADY_SPREAD:
             found.append(f"{side} steady epochs spread {max(steady) / min(steady):.2f}x "
                          f"({min(steady):.2f}-{max(steady):.2f} s)")
-        slowest_first = max(values[:first], default=0.0) / statistics.median(steady)
-        if len(values) > first and slowest_first > SLOW_FIRST_EPOCHS:
-            found.append(f"{side} first epochs up to {slowest_first:.2f}x its steady median")
+        if len(values) > first > 0:
+            slowest_first = max(values[:first]) / statistics.median(steady)
+            if slowest_first > SLOW_FIRST_EPOCHS:
+                found.append(f"{side} first epochs up to {slowest_first:.2f}x its steady median")
     if release["startup_s"] < 0:
         found.append(f"the release's printed epochs add up to {-release['startup_s']:.1f} s "
                       "more than its process ran")
