@@ -250,10 +250,6 @@ def check_nesting(data: bytes, max_depth: int = MAX_DEPTH) -> None:
         elif name in _INTO_TOP_FROM_MARK:
             items = pop_mark()
             grow(stack[-1], deepest(items) + 1)
-        elif name in ("REDUCE", "NEWOBJ"):
-            args = stack.pop()
-            stack.pop()
-            push(args[0])
         elif name == "NEWOBJ_EX":
             kwargs, args = stack.pop(), stack.pop()
             stack.pop()
