@@ -32,12 +32,7 @@ _EXPORTS = {
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "convert", "DialogueDataset", "load_features", "make_synthetic", "AmbjaxError",
-    "DialogueBatch", "GraphBatcher", "weighted_f1", "AMBDSGDN", "DialogueModel",
-    "DifferentialGraphAttention", "ModalityBalancing", "ModelConfig", "ExperimentConfig",
-    "Trainer", "load_run", "train_and_evaluate", "__version__",
-]
+__all__ = ["convert", *_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
