@@ -1,0 +1,83 @@
+"""Ahead-of-time compilation (`ambjax.train.compile.compile_programs`): how its work is laid
+out over threads, seen through steps that record when they are traced."""
+
+import gc
+import threading
+import time
+import types
+
+import jax.numpy as jnp
+import pytest
+
+from ambjax.train import Trainer, load_dataset
+from ambjax.train.compile import compile_programs
+from experiments.configs import make_config
+
+
+class RecordingStep:
+    """Stands in for a jitted step: `lower` records its interval (and whether the collector's
+    heap was frozen then) and sleeps like a trace; `compile` gives a program without a memory
+    count."""
+
+    def __init__(self, kind: str, log: list):
+        self.kind, self.log = kind, log
+
+    def lower(self, state, batch, *rest):
+        start = time.perf_counter()
+        frozen = gc.get_freeze_count() > 0
+        time.sleep(0.05)
+        self.log.append((self.kind, batch.nodes.mask.shape[-1], start, time.perf_counter(),
+                         frozen, threading.current_thread() is threading.main_thread()))
+        return types.SimpleNamespace(compile=lambda: object())
+
+
+@pytest.fixture(scope="module")
+def buckets():
+    config = make_config("tiny", {"data.budget_growth": "1.25", "data.compile_node_steps": "0",
+                                  "data.synthetic_scale": "0.1"})
+    trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
+    used = trainer.batcher.budgets_used(trainer.seeds, 1)
+    train = [trainer.batcher.build([], b) for b in used["train"]]
+    evals = [trainer.batcher.build([], b) for b in used["eval"]]
+    assert len(train) >= 2 and evals
+    return trainer.abstract_seed_state, train, evals
+
+
+def _compile(buckets, log, while_compiling=None):
+    state, train, evals = buckets
+    return compile_programs(RecordingStep("train", log), RecordingStep("eval", log), state,
+                            train, evals, jnp.asarray(True), describe=str,
+                            memory_limit=10 ** 12, workers=3, while_compiling=while_compiling)
+
+
+def test_programs_are_traced_one_at_a_time_the_largest_train_program_first(buckets):
+    log = []
+    programs = _compile(buckets, log)
+    _, train, evals = buckets
+    assert len(log) == len(train) + len(evals)
+    assert len(programs.train) == len(train) and len(programs.eval) == len(evals)
+    first = min(log, key=lambda row: row[2])
+    assert first[:2] == ("train", max(b.nodes.mask.shape[-1] for b in train))
+    intervals = sorted(row[2:4] for row in log)
+    for (_, end), (start, _) in zip(intervals, intervals[1:]):
+        assert start >= end                      # no two traces overlap
+    assert not any(row[5] for row in log)        # all in the worker threads
+
+
+def test_the_heap_is_frozen_while_compiling_and_a_callers_freeze_is_left_alone(buckets):
+    log, seen = [], []
+    before = gc.get_freeze_count()
+    _compile(buckets, log, while_compiling=lambda: seen.append(gc.get_freeze_count()))
+    assert all(row[4] for row in log) and seen[0] > 0
+    assert gc.get_freeze_count() == before == 0
+    marker = [[]]                                 # a tracked object the caller freezes
+    gc.freeze()
+    try:
+        log.clear()
+        _compile(buckets, log)
+        assert gc.get_freeze_count() > 0
+        # unfrozen, it would be back in the oldest generation
+        assert not any(o is marker for o in gc.get_objects(generation=2))
+    finally:
+        gc.unfreeze()
+    assert any(o is marker for o in gc.get_objects(generation=2))
