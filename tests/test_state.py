@@ -1,4 +1,5 @@
-"""Parameter initialisation: only the initialisers run, with `model.init`'s values."""
+"""Parameter and optimiser-state initialisation: only the initialisers run, with
+`model.init`'s and `optimizer.init`'s values, exact steps on the host."""
 
 from typing import Callable
 
@@ -11,7 +12,8 @@ import pytest
 from ambjax.errors import ConfigError
 from ambjax.graphs import GraphBatcher
 from ambjax.nn import create_model
-from ambjax.train.state import init_params
+from ambjax.train.config import OptimConfig
+from ambjax.train.state import create_optimizer, create_train_state, init_params
 
 
 def test_init_params_are_model_inits_values_bit_for_bit(iemocap_small):
@@ -52,3 +54,59 @@ def test_init_params_runs_no_forward_pass_and_refuses_batch_dependent_parameters
     assert len(record) == 1          # where Flax's lazy_init runs the parameter-only part
     with pytest.raises(ConfigError, match="depend on the values of the batch"):
         init_params(_Probe(record.append, from_batch=True), x, 0)
+
+
+def _compiles(fn):
+    """(fn's result, how many XLA programs it compiled)."""
+    events = []
+
+    def listen(name, *_, **__):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        return fn(), len(events)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+class _Exact(nn.Module):
+    """Parameters made by exact steps only: scaled and broadcast constants, a reshape."""
+
+    @nn.compact
+    def __call__(self, x):
+        scale = jnp.sqrt(jnp.float32(2.0)) / 3.0
+        a = self.param("a", lambda key, shape: -(jnp.ones(shape) * scale + 1.0) - 0.5, (7, 13))
+        b = self.param("b", lambda key, shape: jnp.broadcast_to(
+            jnp.arange(13.0).reshape(1, 13), shape), (5, 13))
+        return x @ a.T + b.sum()
+
+
+def test_exact_initialisation_steps_compile_nothing_and_give_the_eager_values():
+    x = jnp.ones((2, 13))
+    params, compiles = _compiles(lambda: init_params(_Exact(), x, 0))
+    expected = _Exact().init(jax.random.split(jax.random.PRNGKey(0))[0], x)["params"]
+    for name in ("a", "b"):
+        assert isinstance(params[name], jax.Array)
+        np.testing.assert_array_equal(params[name], expected[name])
+    assert compiles <= 2          # the seed's keys (threefry), nothing per parameter shape
+    assert jax.eval_shape(lambda: init_params(_Exact(), x, 0))["a"].shape == (7, 13)
+
+
+@pytest.mark.parametrize("optim", [OptimConfig(), OptimConfig(optimizer="adamw", clip_norm=1.0,
+                                                                lr_schedule="warmup_cosine"),
+                                   OptimConfig(optimizer="sgd")])
+def test_the_optimiser_state_is_optimizer_inits_bit_for_bit(iemocap_small, optim):
+    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, graph_heads=2)
+    batch = GraphBatcher(iemocap_small, window=3, batch_size=4, growth=None).build(
+        iemocap_small.split("train")[:4])
+    optimizer = create_optimizer(optim, total_steps=10)
+    state = create_train_state(model, batch, optimizer, 5)
+    expected = optimizer.init(state.params)
+    assert jax.tree.structure(state.opt_state) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(expected)):
+        assert isinstance(a, jax.Array) and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    shapes = jax.eval_shape(lambda: create_train_state(model, batch, optimizer, 5))
+    assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(jnp.shape, state)
