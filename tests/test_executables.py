@@ -108,8 +108,8 @@ def test_initial_parameters_are_stored_and_read_back_unchanged(cache_dir, monkey
     def refuse(*_):
         raise AssertionError("initialised again")
 
-    monkeypatch.setattr("ambjax.train.trainer.init_params", refuse)
-    monkeypatch.setattr("ambjax.train.state.init_params", refuse)
+    monkeypatch.setattr("ambjax.train.trainer.parameter_initialiser", refuse)
+    monkeypatch.setattr("ambjax.train.state.parameter_initialiser", refuse)
     warm = Trainer.from_config(config, data, n_devices=1, seeds=(3, 4))
     # the state's shapes come from the stored parameters, without tracing the model
     assert (jax.tree.structure(warm.abstract_state) == jax.tree.structure(cold.abstract_state))

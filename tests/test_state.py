@@ -11,8 +11,10 @@ import pytest
 
 from ambjax.errors import ConfigError
 from ambjax.graphs import GraphBatcher
-from ambjax.nn import create_model
+from ambjax.nn import AMBDSGDN, create_model
+from ambjax.train import Trainer, load_dataset
 from ambjax.train.config import OptimConfig
+from ambjax.train.trainer import model_for
 from ambjax.train.state import create_optimizer, create_train_state, init_params
 
 
@@ -110,3 +112,30 @@ def test_the_optimiser_state_is_optimizer_inits_bit_for_bit(iemocap_small, optim
         np.testing.assert_array_equal(a, b)
     shapes = jax.eval_shape(lambda: create_train_state(model, batch, optimizer, 5))
     assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(jnp.shape, state)
+
+
+_TRACES = []
+
+
+class _Counted(AMBDSGDN):
+    """AMB-DSGDN that notes every trace of its forward pass in `_TRACES`."""
+
+    def __call__(self, *args, **kwargs):
+        _TRACES.append(1)
+        return super().__call__(*args, **kwargs)
+
+
+def test_a_cold_trainer_traces_the_models_initialisation_once_for_every_seed():
+    from experiments.configs import make_config
+    config = make_config("tiny", {"data.synthetic_scale": "0.1"})
+    dataset = load_dataset(config.data)
+    _TRACES.clear()
+    trainer = Trainer(_Counted(model_for(config, dataset)), config, dataset, n_devices=1,
+                      seeds=(0, 1))
+    assert len(_TRACES) == 1                    # the shapes of the state
+    trainer.init_state()
+    assert len(_TRACES) == 1                    # both seeds' values from the same trace
+    for k, seed in enumerate((0, 1)):
+        expected = init_params(trainer.model, trainer._example, seed)
+        for a, b in zip(jax.tree.leaves(trainer.seed_state(k).params), jax.tree.leaves(expected)):
+            np.testing.assert_array_equal(a, b)

@@ -30,7 +30,7 @@ from ambjax.train.compile import compile_programs
 from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
 from ambjax.train.distributed import local_device_range
 from ambjax.train.executables import default_store
-from ambjax.train.state import create_optimizer, create_train_state, init_params
+from ambjax.train.state import create_optimizer, create_train_state, parameter_initialiser
 from ambjax.train.steps import compile_steps, replicate
 
 
@@ -152,10 +152,13 @@ class Trainer:
             (tuple(np.shape(x)), str(np.result_type(x))) for x in jax.tree.leaves(example)]},
             n_devices=1)                                  # parameters do not depend on them
         stored = self._params_store and self._params_store.load_arrays("params", self.seeds[0])
-        # a stored initialisation gives the state's shapes without tracing the model
+        # a stored initialisation gives the state's shapes without tracing the model; else
+        # the model's initialisation is traced once, for the shapes and every seed's values
         self._stored_params = {} if stored is None else {self.seeds[0]: stored}
+        self._initialise, params = (None, stored) if stored is not None else \
+            parameter_initialiser(self.model, example)
         one = jax.eval_shape(lambda p: create_train_state(self.model, example, self.optimizer, 0,
-                                                          params=p), stored or None)
+                                                          params=p), params)
         lead = ((self.n_local,) if self.n_devices > 1 else ()) + (len(self.seeds),)
         self.abstract_seed_state = one
         self.abstract_state = jax.tree.map(
@@ -205,7 +208,9 @@ class Trainer:
             params = self._params_store.load_arrays("params", seed)
         if params is not None and _same_shapes(params, self.abstract_seed_state.params):
             return params
-        params = init_params(self.model, self._example, seed)
+        if self._initialise is None:           # the first seed's were stored, this one's not
+            self._initialise = parameter_initialiser(self.model, self._example)[0]
+        params = self._initialise(seed)
         if self._params_store:
             self._params_store.save_arrays("params", seed, params)
         return params
