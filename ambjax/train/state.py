@@ -130,6 +130,7 @@ def parameter_initialiser(model: nn.Module, example_batch) -> tuple[Callable[[in
 
 
 def _broadcast_in_dim(x, shape, broadcast_dimensions):
+    """`lax.broadcast_in_dim` in numpy: `x`'s axes at `broadcast_dimensions` of `shape`."""
     kept = [1] * len(shape)
     for axis, size in zip(broadcast_dimensions, np.shape(x)):
         kept[axis] = size
