@@ -30,8 +30,9 @@ tunables only when a process starts, so the command-line tools, run as programs,
 themselves again at once with it set (`restart_with_huge_pages`: the same process id and
 arguments; `restart_if_run_as_module` before their imports) where the kernel grants huge
 pages only on request ("madvise", a common default; with "always" they come anyway, with
-"never" not at all); `AMBJAX_HUGE_PAGES=0` turns that off. Processes they start inherit it. In your own script,
-start Python with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its environment.
+"never" not at all); `AMBJAX_HUGE_PAGES=0` turns that off. Processes they start inherit
+it. In your own script, start Python with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its
+environment.
 """
 
 from __future__ import annotations
