@@ -383,6 +383,43 @@ def test_banded_and_dense_block_aggregation_equal_segment_sum(small):
                                        rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["intra", "inter"])
+def test_banded_attention_is_the_per_edge_attention_without_float_scatters(small, kind):
+    """With a band, the attention stays in banded blocks from its scores to the aggregation:
+    it computes what the per-edge softmax and segment sum compute, drops the same edges under
+    the same key, has the same gradients, and its gradient program scatters no float values."""
+    graph = small["batch"].graph(kind)
+    assert graph.globals.band == 3
+    mask = np.asarray(graph.nodes.mask)
+    rng = np.random.default_rng(0)
+    banded = graph._replace(nodes=jnp.asarray(rng.normal(size=(mask.shape[0], 6)), jnp.float32))
+    per_edge = banded._replace(globals=None)
+    layer = DifferentialGraphAttention(features=8, dropout_rate=0.4)
+    params = layer.init(jax.random.PRNGKey(0), banded)
+    probe = jnp.asarray(rng.normal(size=(mask.shape[0], 8)), jnp.float32) * mask[:, None]
+
+    def loss(p, g, deterministic):
+        out = layer.apply(p, g, deterministic=deterministic,
+                          rngs={"dropout": jax.random.PRNGKey(3)})
+        return jnp.sum(out * probe), out
+
+    outputs = {}
+    for deterministic in (True, False):
+        (_, want), want_grad = jax.value_and_grad(loss, has_aux=True)(params, per_edge,
+                                                                       deterministic)
+        (_, got), got_grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
+                                     static_argnums=2)(params, banded, deterministic)
+        np.testing.assert_allclose(np.asarray(got)[mask], np.asarray(want)[mask],
+                                   rtol=1e-5, atol=1e-5)
+        for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+        outputs[deterministic] = np.asarray(got)[mask]
+    assert not np.allclose(outputs[True], outputs[False])     # the dropout did drop edges
+    banded_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(p, banded, False)[0]))(params))
+    per_edge_jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(p, per_edge, False)[0]))(params))
+    assert "scatter-add" in per_edge_jaxpr and "scatter-add" not in banded_jaxpr
+
+
 def test_batches_refuse_edges_outside_their_band(small):
     dialogues = small["dialogues"]
     edges = {k: [dialogue_edges(d.speakers, 5, k) for d in dialogues] for k in ("intra", "inter")}

@@ -31,8 +31,10 @@ import jraph
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ambjax.errors import ConfigError
+from ambjax.graphs.batch import DialogueLayout
 from ambjax.graphs.edges import NUM_EDGE_TYPES
-from ambjax.nn.kernels import aggregate, segment_softmax
+from ambjax.nn.kernels import (aggregate, band_edge_slots, band_nodes, band_receivers,
+                               band_softmax, band_windows, segment_softmax)
 
 RELATION_DIM = 10
 NEGATIVE_SLOPE = 0.2
@@ -154,6 +156,65 @@ def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_s
     return segment_softmax(scores, graph.receivers, half.shape[0])
 
 
+def band_edge_types(graph: jraph.GraphsTuple, band: int) -> tuple[jax.Array, jax.Array]:
+    """Where `graph`'s edges (every one within `band` of its receiver) sit in the banded
+    blocks (`ambjax.nn.kernels.band_chunks`): (slots, types), both int32 [K, C, C + 2 band],
+    the edge index and the edge type of each entry, -1 where no edge. No gradient."""
+    slots = band_edge_slots(graph.senders, graph.receivers, band, graph.nodes.shape[0])
+    return slots, jnp.where(slots >= 0, jnp.asarray(graph.edges)[jnp.maximum(slots, 0)], -1)
+
+
+def banded_edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array,
+                          rel_scores: jax.Array, types: jax.Array, band: int) -> jax.Array:
+    """`edge_attention` in the banded blocks: alpha float [K, C, C + 2 band], entry (k, i, w)
+    the weight of the edge from sender k C + w - band to receiver k C + i (0 where none).
+
+    Args:
+      half: float [N, out/2]; a_left, a_right: float [out/2]; rel_scores: float
+        [NUM_EDGE_TYPES]; types: int32 [K, C, C + 2 band] from `band_edge_types`.
+
+    The same values as `edge_attention`, up to float rounding (the softmax sums in another
+    order), with no scatter of float values forward or backward: each edge type's score is a
+    one-hot product, the receivers' and senders' scores are reshapes and slices.
+    """
+    left = band_receivers(half @ a_left, band)                          # [K, C]
+    right = band_windows((half @ a_right)[:, None], band)[..., 0]      # [K, C + 2 band]
+    one_hot = (types[..., None] == jnp.arange(NUM_EDGE_TYPES)).astype(half.dtype)
+    scores = left[:, :, None] + right[:, None, :] + one_hot @ rel_scores
+    return band_softmax(jax.nn.leaky_relu(scores, NEGATIVE_SLOPE), types >= 0)
+
+
+class BandDropout(nn.Module):
+    """Dropout of banded edge weights [K, C, W] with the mask `flax.linen.Dropout` draws for
+    the edges [E] (rng stream "dropout", its arithmetic): entry (k, i, w) keeps the bit of the
+    edge at that slot, so the banded attention drops exactly the edges the per-edge one does.
+
+    Call:
+      x: float [K, C, W]; slots: int32 [K, C, W] (`band_edge_types`); num_edges: E;
+      deterministic: no dropout.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, slots, num_edges: int, *, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate == 1.0:
+            return jnp.zeros_like(x)
+        keep_prob = 1.0 - self.rate
+        keep = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=(num_edges,))
+        keep = keep[jnp.maximum(slots, 0)]
+        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
+
+
+def _edge_values(blocks: jax.Array, graph: jraph.GraphsTuple, band: int) -> jax.Array:
+    """The value of every edge [E] read from banded blocks [K, C, C + 2 band]."""
+    c = blocks.shape[1]
+    chunk = graph.receivers // c
+    return blocks[chunk, graph.receivers - chunk * c, graph.senders - chunk * c + band]
+
+
 class DifferentialGraphAttention(nn.Module):
     """One differential graph attention layer (DESIGN.md section 4).
 
@@ -209,23 +270,35 @@ class DifferentialGraphAttention(nn.Module):
         rel_table = self.param("relation_embedding", nn.initializers.normal(1.0),
                                (NUM_EDGE_TYPES, RELATION_DIM))
         vec = nn.initializers.normal(0.1)
+        layout = graph.globals
+        band = layout.band if isinstance(layout, DialogueLayout) else None
+        if band is not None:          # the weights stay in banded blocks [K, C, C + 2 band]
+            slots, types = band_edge_types(graph, band)
         maps = [("pos", wh[:, :half])] + ([("neg", wh[:, half:])] if self.differential else [])
         alphas = []
         for name, part in maps:
             a_left = self.param(f"a_left_{name}", vec, (half,))
             a_right = self.param(f"a_right_{name}", vec, (half,))
             a_rel = self.param(f"a_rel_{name}", vec, (RELATION_DIM,))
-            alphas.append(edge_attention(part.astype(jnp.float32), a_left, a_right,
-                                         rel_table @ a_rel, graph))
+            scores = (part.astype(jnp.float32), a_left, a_right, rel_table @ a_rel)
+            alphas.append(edge_attention(*scores, graph) if band is None
+                          else banded_edge_attention(*scores, types, band))
         weights = alphas[0]
         if self.differential:
             lam = differential_lambda(*(self.param(n, vec, (half,)) for n in LAMBDA_PARAMS),
                                       lambda_init=self.lambda_init)
             weights = weights - lam * alphas[1]
-        # an instrument (`attention_weights`): kept only when "intermediates" is mutable
-        self.sow("intermediates", "attention", weights)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-        out = aggregate(weights.astype(self.dtype), wh, graph)
+        if self.is_mutable_collection("intermediates"):
+            # an instrument (`attention_weights`): the weight of every edge [E]
+            self.sow("intermediates", "attention", weights if band is None
+                     else _edge_values(weights, graph, band))
+        if band is None:
+            weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+            out = aggregate(weights.astype(self.dtype), wh, graph)
+        else:
+            weights = BandDropout(self.dropout_rate, name="Dropout_0")(
+                weights, slots, graph.senders.shape[0], deterministic=deterministic)
+            out = band_nodes(weights.astype(self.dtype) @ band_windows(wh, band), h.shape[0])
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
         out = NORMS[self.norm](out, half, self.dtype)
