@@ -60,15 +60,17 @@ def test_pmap_step_equals_single_device_step(iemocap_small):
 
 def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemocap_small):
     # on CPU the step does not donate the state (donation makes XLA copy every parameter at
-    # the start of each step); what it computes is the donating step's, bit for bit
+    # the start of each step); what it computes is the donating step's, bit for bit. Both are
+    # compiled with XLA's default fusion emitters, which the suite turns off (conftest)
     model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, graph_heads=1)
     opt = optax.adam(1e-2)
     batcher = GraphBatcher(iemocap_small, window=3, batch_size=4, growth=None)
     state = create_train_state(model, batcher.build(iemocap_small.split("train")[:1]), opt, 0)
     stacked = jax.tree.map(lambda x: x[None], state)
     batch = next(batcher.seed_batches("train", [0], epoch=0))
-    kept, _ = compile_steps(model, opt, 1, seed_axis=True)
-    donating, _ = compile_steps(model, opt, 1, seed_axis=True, donate=True)
+    as_run = {"xla_cpu_use_fusion_emitters": True}
+    kept, donating = (compile_steps(model, opt, 1, seed_axis=True, donate=d)[0].lower(
+        stacked, batch, jnp.asarray(True)).compile(compiler_options=as_run) for d in (False, True))
     given = jax.tree.map(jnp.copy, stacked)
     s_kept, m_kept = kept(given, batch, jnp.asarray(True))
     s_kept, m_kept = kept(s_kept, batch, jnp.asarray(True))
