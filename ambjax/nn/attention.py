@@ -33,8 +33,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueLayout
 from ambjax.graphs.edges import NUM_EDGE_TYPES
-from ambjax.nn.kernels import (aggregate, band_edge_slots, band_nodes, band_receivers,
-                               band_softmax, band_windows, segment_softmax)
+from ambjax.nn.kernels import (aggregate, band_edge_slots, band_entries, band_nodes,
+                               band_receivers, band_softmax, band_windows, segment_softmax)
 
 RELATION_DIM = 10
 NEGATIVE_SLOPE = 0.2
@@ -210,9 +210,7 @@ class BandDropout(nn.Module):
 
 def _edge_values(blocks: jax.Array, graph: jraph.GraphsTuple, band: int) -> jax.Array:
     """The value of every edge [E] read from banded blocks [K, C, C + 2 band]."""
-    c = blocks.shape[1]
-    chunk = graph.receivers // c
-    return blocks[chunk, graph.receivers - chunk * c, graph.senders - chunk * c + band]
+    return blocks[band_entries(graph.senders, graph.receivers, band, blocks.shape[1])]
 
 
 class DifferentialGraphAttention(nn.Module):

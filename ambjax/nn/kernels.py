@@ -123,6 +123,13 @@ def band_nodes(blocks: jax.Array, num_nodes: int) -> jax.Array:
     return out if k * c == num_nodes else out[:num_nodes]
 
 
+def band_entries(senders: jax.Array, receivers: jax.Array, band: int,
+                 chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The banded-block entry (chunk, row, column) of every edge: three int32 [E]."""
+    chunk = receivers // chunk_size
+    return chunk, receivers - chunk * chunk_size, senders - chunk * chunk_size + band
+
+
 def band_edge_slots(senders: jax.Array, receivers: jax.Array, band: int,
                     num_nodes: int) -> jax.Array:
     """Which edge sits at each entry of the banded blocks: int32 [K, C, C + 2 band], the edge's
@@ -132,9 +139,8 @@ def band_edge_slots(senders: jax.Array, receivers: jax.Array, band: int,
     spare padding node), of which the entry keeps one. Integer-valued: no gradient."""
     chex.assert_rank([senders, receivers], 1)
     k, c = band_chunks(band, num_nodes)
-    chunk = receivers // c
     return jnp.full((k, c, c + 2 * band), -1, jnp.int32).at[
-        chunk, receivers - chunk * c, senders - chunk * c + band].set(
+        band_entries(senders, receivers, band, c)].set(
         jnp.arange(receivers.shape[0], dtype=jnp.int32))
 
 
@@ -143,8 +149,8 @@ def band_softmax(scores: jax.Array, present: jax.Array) -> jax.Array:
     receiver in banded blocks [K, C, W]); absent entries and receivers without any in-edge get 0.
 
     The same values as `segment_softmax` over the edges, up to float rounding; dense
-    reductions instead of scatters, which XLA compiles into fewer kernels and runs faster on
-    CPU. The gradient does not flow through the maximum (it cancels)."""
+    reductions instead of scatters, which XLA compiles into fewer kernels. The gradient does
+    not flow through the maximum (it cancels)."""
     chex.assert_equal_shape([scores, present])
     peak = jnp.max(jnp.where(present, scores, -jnp.inf), axis=-1, keepdims=True)
     peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
@@ -171,9 +177,8 @@ def banded_aggregate(weights: jax.Array, values: jax.Array, senders: jax.Array,
     """
     n = values.shape[0]
     k, c = band_chunks(band, n)
-    chunk = receivers // c
     blocks = jnp.zeros((k, c, c + 2 * band), weights.dtype).at[
-        chunk, receivers - chunk * c, senders - chunk * c + band].add(weights)
+        band_entries(senders, receivers, band, c)].add(weights)
     return band_nodes(blocks @ band_windows(values.astype(weights.dtype), band), n)
 
 
