@@ -229,6 +229,9 @@ class DifferentialGraphAttention(nn.Module):
     Call:
       graph: `jraph.GraphsTuple` with nodes float [N, D], edges int32 [E] (edge types 0..5),
         senders/receivers int32 [E] (every real node needs an in-edge, e.g. its self-loop).
+        With a `DialogueLayout` with a band in `globals` (batches of `GraphBatcher`) the
+        weights stay in banded blocks (`banded_edge_attention`, `BandDropout`); otherwise
+        they are per edge (`edge_attention`, `aggregate`). Both compute the same.
       deterministic: disables dropout.
       Returns float [N, features].
 
