@@ -62,9 +62,12 @@ def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemoca
     # on CPU the step does not donate the state (donation makes XLA copy every parameter at
     # the start of each step); what it computes is the donating step's, bit for bit. Both are
     # compiled with XLA's default fusion emitters, which the suite turns off (conftest)
-    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, graph_heads=1)
+    # one modality and one relational block: the two compiles below use the slower default
+    model = create_model({"text": iemocap_small.dims["text"]}, 6, 2, hidden_dim=8, num_heads=2,
+                         graph_heads=1, graphs=("inter",))
     opt = optax.adam(1e-2)
-    batcher = GraphBatcher(iemocap_small, window=3, batch_size=4, growth=None)
+    batcher = GraphBatcher(iemocap_small, window=3, batch_size=4, growth=None,
+                           modalities=("text",))
     state = create_train_state(model, batcher.build(iemocap_small.split("train")[:1]), opt, 0)
     stacked = jax.tree.map(lambda x: x[None], state)
     batch = next(batcher.seed_batches("train", [0], epoch=0))
