@@ -23,8 +23,7 @@ from experiments.configs import make_config
 from experiments.train import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["model.graph_heads=1", "model.graphs=inter"]        # fast compiles
-TINY = ["--preset", "tiny", "--devices", "1"] + [a for s in SMALL for a in ("--set", s)]
+TINY = ["--preset", "tiny", "--devices", "1"]
 TRAIN = [sys.executable, "-m", "experiments.train", *TINY]
 
 
@@ -117,7 +116,7 @@ def _file_size_limit(limit: int):
 def test_a_full_disk_while_saving_is_one_line_and_the_folder_resumable(tmp_path, capsys):
     out = tmp_path / "run"
     args = TINY + ["--epochs", "2", "--out", str(out)]
-    config = make_config("tiny", ["schedule.epochs=2"] + SMALL)         # programs cached
+    config = make_config("tiny", ["schedule.epochs=2"])                 # programs cached
     Trainer.from_config(config, load_dataset(config.data), n_devices=1).compile()
     capsys.readouterr()
     # config and metrics fit in 60 kB, the first checkpoint does not
