@@ -33,6 +33,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueLayout
 from ambjax.graphs.edges import NUM_EDGE_TYPES
+from ambjax.nn.dropout import RemappedDropout
 from ambjax.nn.kernels import (aggregate, band_edge_slots, band_entries, band_nodes,
                                band_receivers, band_softmax, band_windows, segment_softmax)
 
@@ -184,30 +185,6 @@ def banded_edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array
     return band_softmax(jax.nn.leaky_relu(scores, NEGATIVE_SLOPE), types >= 0)
 
 
-class BandDropout(nn.Module):
-    """Dropout of banded edge weights [K, C, W] with the mask `flax.linen.Dropout` draws for
-    the edges [E] (rng stream "dropout", its arithmetic): entry (k, i, w) keeps the bit of the
-    edge at that slot, so the banded attention drops exactly the edges the per-edge one does.
-
-    Call:
-      x: float [K, C, W]; slots: int32 [K, C, W] (`band_edge_types`); num_edges: E;
-      deterministic: no dropout.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, slots, num_edges: int, *, deterministic: bool):
-        if deterministic or self.rate == 0.0:
-            return x
-        if self.rate == 1.0:
-            return jnp.zeros_like(x)
-        keep_prob = 1.0 - self.rate
-        keep = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob, shape=(num_edges,))
-        keep = keep[jnp.maximum(slots, 0)]
-        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
-
-
 def _edge_values(blocks: jax.Array, graph: jraph.GraphsTuple, band: int) -> jax.Array:
     """The value of every edge [E] read from banded blocks [K, C, C + 2 band]."""
     return blocks[band_entries(graph.senders, graph.receivers, band, blocks.shape[1])]
@@ -230,7 +207,7 @@ class DifferentialGraphAttention(nn.Module):
       graph: `jraph.GraphsTuple` with nodes float [N, D], edges int32 [E] (edge types 0..5),
         senders/receivers int32 [E] (every real node needs an in-edge, e.g. its self-loop).
         With a `DialogueLayout` with a band in `globals` (batches of `GraphBatcher`) the
-        weights stay in banded blocks (`banded_edge_attention`, `BandDropout`); otherwise
+        weights stay in banded blocks (`banded_edge_attention`, `RemappedDropout`); otherwise
         they are per edge (`edge_attention`, `aggregate`). Both compute the same.
       deterministic: disables dropout.
       Returns float [N, features].
@@ -297,8 +274,10 @@ class DifferentialGraphAttention(nn.Module):
             weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
             out = aggregate(weights.astype(self.dtype), wh, graph)
         else:
-            weights = BandDropout(self.dropout_rate, name="Dropout_0")(
-                weights, slots, graph.senders.shape[0], deterministic=deterministic)
+            # the edges' mask [E], read per slot (padding slots hold weight 0)
+            weights = RemappedDropout(self.dropout_rate, name="Dropout_0")(
+                weights, graph.senders.shape, jnp.maximum(slots, 0),
+                deterministic=deterministic)
             out = band_nodes(weights.astype(self.dtype) @ band_windows(wh, band), h.shape[0])
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {list(NORMS)}, got {self.norm!r}")

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ambjax.nn.dropout import RemappedDropout
 from ambjax.nn.kernels import dense_slots
 
 MASK_FILL = -1e10
@@ -45,31 +46,6 @@ def to_dense(x: jax.Array, dense_index: jax.Array) -> jax.Array:
 def from_dense(x: jax.Array, row: jax.Array, column: jax.Array) -> jax.Array:
     """Dense [R, L, F] -> flat nodes [N, F] (node n reads slot row[n], column[n])."""
     return x[row, column]
-
-
-class SlotDropout(nn.Module):
-    """Dropout of a dense view's attention weights [R, H, L, L] with the mask of the unpacked
-    view [G, H, L, L]: entry (r, h, i, j) keeps the bit of (dialogue, h, position_i,
-    position_j) of its slots (rng stream "dropout"; `flax.linen.Dropout`'s arithmetic).
-
-    Call:
-      x: float [R, H, L, L]; dialogue, position: int32 [R, L] of each slot (any value on
-      padding slots, whose weights are zero); n_graph: G; deterministic: no dropout.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, dialogue, position, n_graph: int, *, deterministic: bool):
-        if deterministic or self.rate == 0.0:
-            return x
-        keep_prob = 1.0 - self.rate
-        r, h, l, _ = x.shape
-        keep = jax.random.bernoulli(self.make_rng("dropout"), p=keep_prob,
-                                    shape=(n_graph, h, l, l))
-        keep = keep[dialogue[:, None, :, None], jnp.arange(h)[None, :, None, None],
-                    position[:, None, :, None], position[:, None, None, :]]
-        return jax.lax.select(keep, x / keep_prob, jnp.zeros_like(x))
 
 
 class DialogueSelfAttention(nn.Module):
@@ -111,10 +87,13 @@ class DialogueSelfAttention(nn.Module):
             key_mask = key_mask & (dialogue[:, :, None] == dialogue[:, None, :])
         scores = jnp.where(key_mask[:, None], scores.astype(jnp.float32), MASK_FILL)
         attn = jax.nn.softmax(scores, axis=-1)                                 # [R, heads, L, L]
-        if layout.packed:
-            attn = SlotDropout(self.dropout_rate, name="Dropout_0")(
-                attn, dialogue, to_dense(nodes.position, dense_index), layout.n_graph,
-                deterministic=deterministic)
+        if layout.packed:     # the unpacked view's mask [G, heads, L, L], read per slot
+            position = to_dense(nodes.position, dense_index)                   # [R, L]
+            heads = jnp.arange(self.num_heads)[None, :, None, None]
+            attn = RemappedDropout(self.dropout_rate, name="Dropout_0")(
+                attn, (layout.n_graph, self.num_heads, l, l),
+                (dialogue[:, None, :, None], heads, position[:, None, :, None],
+                 position[:, None, None, :]), deterministic=deterministic)
         else:
             attn = nn.Dropout(self.dropout_rate)(attn, deterministic=deterministic)
         context = (attn.astype(self.dtype) @ v).transpose(0, 2, 1, 3).reshape(r, l, d)
