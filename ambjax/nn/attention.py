@@ -150,8 +150,8 @@ def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_s
       rel_scores: float [NUM_EDGE_TYPES] score of each edge type (b . RelEmb).
       graph: the graph (senders, receivers; `edges` int32 [E] edge types).
     """
-    left = half @ a_left
-    right = half @ a_right
+    left = jnp.sum(half * a_left, -1)
+    right = jnp.sum(half * a_right, -1)
     scores = left[graph.receivers] + right[graph.senders] + rel_scores[graph.edges]
     scores = jax.nn.leaky_relu(scores, NEGATIVE_SLOPE)
     return segment_softmax(scores, graph.receivers, half.shape[0])
@@ -178,8 +178,8 @@ def banded_edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array
     order), with no scatter of float values forward or backward: each edge type's score is a
     one-hot product, the receivers' and senders' scores are reshapes and slices.
     """
-    left = band_receivers(half @ a_left, band)                          # [K, C]
-    right = band_windows((half @ a_right)[:, None], band)[..., 0]      # [K, C + 2 band]
+    left = band_receivers(jnp.sum(half * a_left, -1), band)                # [K, C]
+    right = band_windows(jnp.sum(half * a_right, -1)[:, None], band)[..., 0]  # [K, C + 2 band]
     one_hot = (types[..., None] == jnp.arange(NUM_EDGE_TYPES)).astype(half.dtype)
     scores = left[:, :, None] + right[:, None, :] + one_hot @ rel_scores
     return band_softmax(jax.nn.leaky_relu(scores, NEGATIVE_SLOPE), types >= 0)
@@ -258,7 +258,7 @@ class DifferentialGraphAttention(nn.Module):
             a_left = self.param(f"a_left_{name}", vec, (half,))
             a_right = self.param(f"a_right_{name}", vec, (half,))
             a_rel = self.param(f"a_rel_{name}", vec, (RELATION_DIM,))
-            scores = (part.astype(jnp.float32), a_left, a_right, rel_table @ a_rel)
+            scores = (part.astype(jnp.float32), a_left, a_right, jnp.sum(rel_table * a_rel, -1))
             alphas.append(edge_attention(*scores, graph) if band is None
                           else banded_edge_attention(*scores, types, band))
         weights = alphas[0]
