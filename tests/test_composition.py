@@ -1,6 +1,8 @@
 """The reusable pieces are pure: jit, vmap, grad and lax.scan work; same key, same output;
 the composition example trains with the library's train-step builder."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import jraph
@@ -119,6 +121,21 @@ def test_loss_grad_and_vmap():
     g = jax.grad(loss)(logits[0], labels[0], mask[0])
     assert np.isfinite(g).all()
     assert (np.asarray(g)[~np.asarray(mask[0])] == 0).all()  # padding gets no gradient
+
+
+def test_the_loss_gradient_and_the_confusion_counts_scatter_nothing():
+    """The label's log-probability is a masked sum (its gradient a select) and the confusion
+    counts are summed one-hot products: neither program holds a scatter, which XLA's CPU
+    backend compiles as a kernel of its own per use (the old gather and segment sum did)."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
+    labels, mask = jnp.asarray(rng.integers(0, 4, 9)), jnp.asarray(rng.random(9) < 0.8)
+    grad = jax.grad(lambda l: amb_loss(l, {"text": l * 0.5}, labels, mask)[0])
+    counts = functools.partial(confusion_matrix, num_classes=4)
+    for program in (jax.make_jaxpr(grad)(logits),
+                    jax.make_jaxpr(counts)(labels, jnp.argmax(logits, -1), mask)):
+        assert "scatter" not in str(program)
+    assert int(counts(labels, jnp.argmax(logits, -1), mask).sum()) == int(mask.sum())
 
 
 def test_relational_block_jit_vmap_grad_scan():
