@@ -12,6 +12,7 @@ import pytest
 from ambjax.graphs import dialogue_edges
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix, weighted_f1
+from ambjax.nn.encoder import sinusoid_position_encoding
 from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, drop_probabilities,
                        segment_softmax)
 
@@ -123,19 +124,27 @@ def test_loss_grad_and_vmap():
     assert (np.asarray(g)[~np.asarray(mask[0])] == 0).all()  # padding gets no gradient
 
 
-def test_the_loss_gradient_and_the_confusion_counts_scatter_nothing():
-    """The label's log-probability is a masked sum (its gradient a select) and the confusion
-    counts are summed one-hot products: neither program holds a scatter, which XLA's CPU
-    backend compiles as a kernel of its own per use (the old gather and segment sum did)."""
+def test_the_loss_gradient_confusion_counts_and_position_encoding_scatter_nothing():
+    """The label's log-probability is a masked sum (its gradient a select), the confusion
+    counts are summed one-hot products, the position encoding interleaves sines and cosines
+    by a reshape: no program holds a scatter, which XLA's CPU backend compiles as a kernel of
+    its own per use (the old gather, segment sum and strided writes did)."""
     rng = np.random.default_rng(0)
     logits = jnp.asarray(rng.normal(size=(9, 4)), jnp.float32)
     labels, mask = jnp.asarray(rng.integers(0, 4, 9)), jnp.asarray(rng.random(9) < 0.8)
     grad = jax.grad(lambda l: amb_loss(l, {"text": l * 0.5}, labels, mask)[0])
     counts = functools.partial(confusion_matrix, num_classes=4)
+    positions = jnp.arange(5)
     for program in (jax.make_jaxpr(grad)(logits),
-                    jax.make_jaxpr(counts)(labels, jnp.argmax(logits, -1), mask)):
+                    jax.make_jaxpr(counts)(labels, jnp.argmax(logits, -1), mask),
+                    jax.make_jaxpr(lambda p: sinusoid_position_encoding(p, 7))(positions)):
         assert "scatter" not in str(program)
     assert int(counts(labels, jnp.argmax(logits, -1), mask).sum()) == int(mask.sum())
+    encoding = np.asarray(sinusoid_position_encoding(positions, 7))
+    rates = np.exp(np.arange(0, 7, 2) * -(np.log(10000.0) / 7))
+    np.testing.assert_allclose(encoding[:, 0::2], np.sin(np.outer(positions, rates)), atol=1e-6)
+    np.testing.assert_allclose(encoding[:, 1::2], np.cos(np.outer(positions, rates[:3])),
+                               atol=1e-6)
 
 
 def test_relational_block_jit_vmap_grad_scan():

@@ -33,9 +33,10 @@ def sinusoid_position_encoding(positions: jax.Array, features: int) -> jax.Array
     div_term = jnp.exp(jnp.arange(0, features, 2, dtype=jnp.float32)
                        * -(jnp.log(10000.0) / features))
     angles = positions.astype(jnp.float32)[:, None] * div_term[None, :]
-    out = jnp.zeros((positions.shape[0], features), jnp.float32)
-    out = out.at[:, 0::2].set(jnp.sin(angles))
-    return out.at[:, 1::2].set(jnp.cos(angles[:, : features // 2]))
+    # sines in the even columns, cosines in the odd ones, interleaved by a reshape (strided
+    # `.at[].set` writes are scatters, a kernel of their own on XLA's CPU backend)
+    both = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    return both.reshape(positions.shape[0], -1)[:, :features]
 
 
 def to_dense(x: jax.Array, dense_index: jax.Array) -> jax.Array:
