@@ -33,6 +33,22 @@ def test_init_params_are_model_inits_values_bit_for_bit(iemocap_small):
                for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(got)))
 
 
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 4, 3)])
+def test_a_draw_is_the_first_values_of_a_longer_one(shape):
+    """What the initialisation's one draw size per sampler rests on (`ambjax.train.state`,
+    `_SAMPLERS`): each of JAX's samplers draws, for a threefry key, the first values of a
+    longer draw of the same key, bit for bit, for any shape."""
+    from ambjax.train.state import _SAMPLERS
+    key = jax.random.key(3)
+    bounds = {"_normal": (), "_truncated_normal": (-2.0, 2.0), "_uniform": (-0.1, 0.1)}
+    direct = {"_normal": lambda: jax.random.normal(key, shape),
+              "_truncated_normal": lambda: jax.random.truncated_normal(key, -2.0, 2.0, shape),
+              "_uniform": lambda: jax.random.uniform(key, shape, minval=-0.1, maxval=0.1)}
+    for name, draw in _SAMPLERS.items():
+        longer = np.asarray(draw(key, *bounds[name], size=100, dtype=jnp.float32))
+        np.testing.assert_array_equal(longer[:np.prod(shape)].reshape(shape), direct[name]())
+
+
 class _Probe(nn.Module):
     """Its forward pass computes from its parameter alone, and reports when it runs."""
     report: Callable[[float], None]

@@ -8,6 +8,8 @@ cosine schedule and gradient clipping (`ambjax.train.config.OptimConfig`).
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -91,9 +93,11 @@ def init_params(model: nn.Module, example_batch, seed: int):
     the operations the parameters do not depend on are dropped (the forward pass, including
     what it computes from the parameters alone, which Flax's `lazy_init` would run eagerly),
     and the rest is evaluated: the exact steps (scales, zeros, reshapes) in numpy, the random
-    draws eagerly through XLA. On AMB-DSGDN at hidden 512 with the optimiser's state
-    (`create_train_state`) that is 22 small XLA compiles, against 57 with every step through
-    XLA and 171 through `lazy_init`. For several seeds, `parameter_initialiser` traces once.
+    draws eagerly through XLA, each sampler at one size (the first values of its largest
+    draw: the same bits). On AMB-DSGDN at hidden 512 with the optimiser's state
+    (`create_train_state`) that is 16 small XLA compiles, against 22 with a program per
+    draw's shape, 57 with every step through XLA and 171 through `lazy_init`. For several
+    seeds, `parameter_initialiser` traces once.
 
     Raises:
       ConfigError: the parameters depend on the batch's values, not only on its shapes.
@@ -173,8 +177,9 @@ def _host_arrays(eqn, values: list) -> list | None:
 
 def _evaluate(jaxpr, consts: list, args: list) -> list:
     """`jax.extend.core.jaxpr_as_fun`'s values of `jaxpr`, with the `_HOST_EXACT` equations
-    run in numpy (bit for bit the same values: `tests/test_state.py`) and the others bound
-    eagerly as there. Outputs computed on the host are numpy arrays."""
+    run in numpy, the `_SAMPLERS`' draws at one size per sampler (`_draw_sizes`; bit for bit
+    the same values: `tests/test_state.py`) and the others bound eagerly as there. Outputs
+    computed on the host are numpy arrays."""
     env: dict = {}
 
     def read(atom):
@@ -182,8 +187,22 @@ def _evaluate(jaxpr, consts: list, args: list) -> list:
 
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
+    sizes = _draw_sizes(jaxpr)
     for eqn in jaxpr.eqns:
         values = [read(v) for v in eqn.invars]
+        kind = _draw_kind(eqn)
+        if kind in sizes:
+            # the first n values of the kind's one compiled draw size, not a program per shape
+            # (keys stacked over leading axes, e.g. modality members, draw one row each)
+            out, keys = eqn.outvars[0].aval, np.ndim(values[0])
+            draw = functools.partial(_SAMPLERS[kind[0]], size=sizes[kind], dtype=out.dtype)
+            for _ in range(keys):
+                draw = jax.vmap(draw, in_axes=(0,) + (None,) * (len(values) - 1))
+            flat = draw(*values)
+            xp = jnp if isinstance(flat, jax.core.Tracer) else np     # traced under a jit
+            flat = xp.asarray(flat).reshape(math.prod(out.shape[:keys]), -1)
+            env[eqn.outvars[0]] = flat[:, :math.prod(out.shape[keys:])].reshape(out.shape)
+            continue
         arrays = _host_arrays(eqn, values)
         if arrays is not None:
             function, taken = _HOST_EXACT[eqn.primitive.name]
@@ -196,6 +215,47 @@ def _evaluate(jaxpr, consts: list, args: list) -> list:
         result = eqn.primitive.bind(*subfuns, *values, **params)
         env.update(zip(eqn.outvars, result if eqn.primitive.multiple_results else [result]))
     return [read(v) for v in jaxpr.outvars]
+
+
+# JAX's samplers (the names of their jitted functions in a jaxpr) -> the public call drawing
+# `size` values with the equation's inputs (key, then the bounds)
+_SAMPLERS: dict[str, Callable] = {
+    "_normal": lambda key, size, dtype: jax.random.normal(key, (size,), dtype),
+    "_truncated_normal": lambda key, lower, upper, size, dtype: jax.random.truncated_normal(
+        key, lower, upper, (size,), dtype),
+    "_uniform": lambda key, low, high, size, dtype: jax.random.uniform(
+        key, (size,), dtype, low, high),
+}
+
+
+def _draw_kind(eqn) -> tuple | None:
+    """(sampler, dtype) of an equation that draws from a threefry key with one of
+    `_SAMPLERS`, else None. With threefry's partitionable bits (JAX's default) a value's bits
+    depend only on the key and the value's flat index, so a draw of n values is the first n
+    of any longer draw of the same key, bit for bit."""
+    name = eqn.params.get("name") if eqn.primitive.name in ("pjit", "jit") else None
+    if (name not in _SAMPLERS or len(eqn.outvars) != 1
+            or not jax.config.jax_threefry_partitionable
+            or not str(eqn.invars[0].aval.dtype).startswith("key<fry>")):
+        return None
+    keys = eqn.invars[0].aval.shape
+    if eqn.outvars[0].aval.shape[:len(keys)] != keys or any(
+            v.aval.shape for v in eqn.invars[1:]):
+        return None
+    return name, eqn.outvars[0].aval.dtype
+
+
+def _draw_sizes(jaxpr) -> dict[tuple, int]:
+    """The largest draw per key of each (sampler, dtype) among `jaxpr`'s equations: the one
+    size `_evaluate` draws them all at (one small XLA program per sampler, not per shape)."""
+    sizes: dict[tuple, int] = {}
+    for eqn in jaxpr.eqns:
+        kind = _draw_kind(eqn)
+        if kind is not None:
+            keys = len(eqn.invars[0].aval.shape)
+            size = math.prod(eqn.outvars[0].aval.shape[keys:])
+            sizes[kind] = max(sizes.get(kind, 0), size)
+    return sizes
 
 
 def _needed_equations(jaxpr) -> tuple[list, set]:
