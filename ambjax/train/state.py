@@ -95,7 +95,7 @@ def init_params(model: nn.Module, example_batch, seed: int):
     and the rest is evaluated: the exact steps (scales, zeros, reshapes) in numpy, the random
     draws eagerly through XLA, each sampler at one size (the first values of its largest
     draw: the same bits). On AMB-DSGDN at hidden 512 with the optimiser's state
-    (`create_train_state`) that is 16 small XLA compiles, against 22 with a program per
+    (`create_train_state`) that is 13 small XLA compiles, against 22 with a program per
     draw's shape, 57 with every step through XLA and 171 through `lazy_init`. For several
     seeds, `parameter_initialiser` traces once.
 
@@ -194,14 +194,19 @@ def _evaluate(jaxpr, consts: list, args: list) -> list:
         if kind in sizes:
             # the first n values of the kind's one compiled draw size, not a program per shape
             # (keys stacked over leading axes, e.g. modality members, draw one row each)
-            out, keys = eqn.outvars[0].aval, np.ndim(values[0])
+            out, key = eqn.outvars[0].aval, values[0]
             draw = functools.partial(_SAMPLERS[kind[0]], size=sizes[kind], dtype=out.dtype)
-            for _ in range(keys):
-                draw = jax.vmap(draw, in_axes=(0,) + (None,) * (len(values) - 1))
-            flat = draw(*values)
-            xp = jnp if isinstance(flat, jax.core.Tracer) else np     # traced under a jit
-            flat = xp.asarray(flat).reshape(math.prod(out.shape[:keys]), -1)
-            env[eqn.outvars[0]] = flat[:, :math.prod(out.shape[keys:])].reshape(out.shape)
+            n = math.prod(out.shape[key.ndim:])
+            if isinstance(key, jax.core.Tracer):        # traced under a jit: one vmapped draw
+                for _ in range(key.ndim):
+                    draw = jax.vmap(draw, in_axes=(0,) + (None,) * (len(values) - 1))
+                flat = draw(*values).reshape(-1, sizes[kind])[:, :n]
+            else:      # a row per key (e.g. modality members), each by the one program
+                impl, data = jax.random.key_impl(key), np.asarray(jax.random.key_data(key))
+                flat = np.stack([np.asarray(draw(jax.random.wrap_key_data(row, impl=impl),
+                                                 *values[1:]))[:n]
+                                 for row in data.reshape(-1, data.shape[-1])])
+            env[eqn.outvars[0]] = flat.reshape(out.shape)
             continue
         arrays = _host_arrays(eqn, values)
         if arrays is not None:
