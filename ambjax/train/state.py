@@ -192,21 +192,7 @@ def _evaluate(jaxpr, consts: list, args: list) -> list:
         values = [read(v) for v in eqn.invars]
         kind = _draw_kind(eqn)
         if kind in sizes:
-            # the first n values of the kind's one compiled draw size, not a program per shape
-            # (keys stacked over leading axes, e.g. modality members, draw one row each)
-            out, key = eqn.outvars[0].aval, values[0]
-            draw = functools.partial(_SAMPLERS[kind[0]], size=sizes[kind], dtype=out.dtype)
-            n = math.prod(out.shape[key.ndim:])
-            if isinstance(key, jax.core.Tracer):        # traced under a jit: one vmapped draw
-                for _ in range(key.ndim):
-                    draw = jax.vmap(draw, in_axes=(0,) + (None,) * (len(values) - 1))
-                flat = draw(*values).reshape(-1, sizes[kind])[:, :n]
-            else:      # a row per key (e.g. modality members), each by the one program
-                impl, data = jax.random.key_impl(key), np.asarray(jax.random.key_data(key))
-                flat = np.stack([np.asarray(draw(jax.random.wrap_key_data(row, impl=impl),
-                                                 *values[1:]))[:n]
-                                 for row in data.reshape(-1, data.shape[-1])])
-            env[eqn.outvars[0]] = flat.reshape(out.shape)
+            env[eqn.outvars[0]] = _draw_at(kind, sizes[kind], eqn.outvars[0].aval, values)
             continue
         arrays = _host_arrays(eqn, values)
         if arrays is not None:
@@ -248,6 +234,23 @@ def _draw_kind(eqn) -> tuple | None:
             v.aval.shape for v in eqn.invars[1:]):
         return None
     return name, eqn.outvars[0].aval.dtype
+
+
+def _draw_at(kind: tuple, size: int, out, values: list):
+    """An equation's draw (`_draw_kind` `kind`, output aval `out`, inputs `values`: the key
+    first) as the first values of the sampler's draw of `size`, so that one compiled program
+    serves every shape; keys stacked over leading axes (modality members) draw a row each."""
+    key = values[0]
+    draw = functools.partial(_SAMPLERS[kind[0]], size=size, dtype=out.dtype)
+    n = math.prod(out.shape[key.ndim:])
+    if isinstance(key, jax.core.Tracer):                # traced under a jit: one vmapped draw
+        for _ in range(key.ndim):
+            draw = jax.vmap(draw, in_axes=(0,) + (None,) * (len(values) - 1))
+        return draw(*values).reshape(-1, size)[:, :n].reshape(out.shape)
+    impl, data = jax.random.key_impl(key), np.asarray(jax.random.key_data(key))
+    rows = [np.asarray(draw(jax.random.wrap_key_data(row, impl=impl), *values[1:]))[:n]
+            for row in data.reshape(-1, data.shape[-1])]
+    return np.stack(rows).reshape(out.shape)
 
 
 def _draw_sizes(jaxpr) -> dict[tuple, int]:
