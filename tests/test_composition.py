@@ -12,9 +12,8 @@ import pytest
 from ambjax.graphs import dialogue_edges
 from ambjax.losses import amb_loss
 from ambjax.metrics import confusion_matrix, weighted_f1
-from ambjax.nn.encoder import sinusoid_position_encoding
 from ambjax.nn import (DifferentialGraphAttention, ModalityDropout, drop_probabilities,
-                       segment_softmax)
+                       segment_softmax, sinusoid_position_encoding)
 
 
 def _graph(n=7, d=6, window=2, seed=0):
