@@ -142,12 +142,14 @@ def edge_share(weights: jax.Array, selected: jax.Array, receivers: jax.Array,
 
 @jax.custom_vjp
 def node_scores(x: jax.Array, a: jax.Array) -> jax.Array:
-    """x [N, H] . a [H] -> [N], each node's score, as a multiply-reduce over H (XLA fuses it
-    and shares the kernel between layers, where a matrix-vector dot is a kernel of its own on
-    the CPU backend). The gradient for `a` stays the dot `g . x`: a reduction over the N nodes
-    whose order does not depend on N, so that padding a batch with more nodes changes no bit
-    of it (XLA splits a reduce over N between threads at points that depend on N)."""
-    return jnp.sum(x * a, -1)
+    """x [N, H] . a [H, k] -> [N, k], each node's score under each of k vectors, as
+    multiply-reduces over H (XLA fuses them and shares the kernel between layers, where a
+    matrix-vector dot is a kernel of its own on the CPU backend). The gradient for `a` is the
+    matrix product x^T g [H, k]: with k >= 2 a library call, not a generated kernel, whose sum
+    over the N nodes runs in an order that does not depend on N, so that padding a batch with
+    more nodes changes no bit of it (XLA splits a reduce over N between threads at points
+    that depend on N)."""
+    return jnp.sum(x[:, None, :] * a.T, -1)
 
 
 def _node_scores_forward(x, a):
@@ -156,7 +158,8 @@ def _node_scores_forward(x, a):
 
 def _node_scores_backward(residuals, g):
     x, a = residuals
-    return g[:, None] * a, g @ x
+    grad_x = sum(g[:, j, None] * a[:, j] for j in range(a.shape[1]))
+    return grad_x, jnp.einsum("nh,nk->hk", x, g)
 
 
 node_scores.defvjp(_node_scores_forward, _node_scores_backward)
@@ -172,8 +175,7 @@ def edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array, rel_s
       rel_scores: float [NUM_EDGE_TYPES] score of each edge type (b . RelEmb).
       graph: the graph (senders, receivers; `edges` int32 [E] edge types).
     """
-    left = node_scores(half, a_left)
-    right = node_scores(half, a_right)
+    left, right = node_scores(half, jnp.stack([a_left, a_right], -1)).T
     scores = left[graph.receivers] + right[graph.senders] + rel_scores[graph.edges]
     scores = jax.nn.leaky_relu(scores, NEGATIVE_SLOPE)
     return segment_softmax(scores, graph.receivers, half.shape[0])
@@ -200,8 +202,9 @@ def banded_edge_attention(half: jax.Array, a_left: jax.Array, a_right: jax.Array
     order), with no scatter of float values forward or backward: each edge type's score is a
     one-hot product, the receivers' and senders' scores are reshapes and slices.
     """
-    left = band_receivers(node_scores(half, a_left), band)                  # [K, C]
-    right = band_windows(node_scores(half, a_right)[:, None], band)[..., 0]  # [K, C + 2 band]
+    left, right = node_scores(half, jnp.stack([a_left, a_right], -1)).T
+    left = band_receivers(left, band)                                       # [K, C]
+    right = band_windows(right[:, None], band)[..., 0]                      # [K, C + 2 band]
     one_hot = (types[..., None] == jnp.arange(NUM_EDGE_TYPES)).astype(half.dtype)
     scores = left[:, :, None] + right[:, None, :] + one_hot @ rel_scores
     return band_softmax(jax.nn.leaky_relu(scores, NEGATIVE_SLOPE), types >= 0)
