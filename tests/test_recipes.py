@@ -9,7 +9,7 @@ import pytest
 
 from ambjax.data import make_synthetic, write_pickle
 from ambjax.data.dataset import Dialogue
-from ambjax.data.standardize import Standardizer
+from ambjax.data.standardize import Standardizer, constant_modalities
 from ambjax.cli import flag_hints
 from ambjax.train import ConfigError, evaluate_checkpoint, train_and_evaluate
 from experiments.configs import make_config
@@ -42,6 +42,31 @@ def test_standardizer_uses_train_statistics_only():
     test = np.concatenate([d.features["text"] for d in out.split("test")])
     assert np.abs(test.mean(0)).max() > 1e-3          # test statistics were not used
     assert (np.concatenate([d.features["visual"] for d in out.split("test")]) == 0).all()
+
+
+def test_constant_modalities_decide_as_the_full_statistics_do():
+    """The first dialogue decides most modalities; the full standard deviation decides the
+    rest, with the same threshold: near-constant features (spread below CONSTANT_STD) are
+    constant, features constant in the first dialogue but not later are not."""
+    data = make_synthetic("iemocap", scale=0.1, dims={"text": 6, "audio": 5, "visual": 4})
+    rng = np.random.default_rng(0)
+    train = set(data.splits["train"])
+    first = data.splits["train"][0]
+
+    def features(d, late_spread):
+        n = len(d.labels)
+        late = d.id != first and d.id in train
+        return {**d.features,
+                "audio": (1.0 + rng.normal(0, 1e-7, (n, 5))).astype(np.float32),
+                "visual": np.full((n, 4), 0.5, np.float32)
+                + (late * rng.normal(0, late_spread, (n, 4))).astype(np.float32)}
+
+    for spread, expected in ((1e-3, ("audio",)), (1e-9, ("audio", "visual"))):
+        changed = {vid: Dialogue(id=d.id, speakers=d.speakers, labels=d.labels,
+                                 features=features(d, spread))
+                   for vid, d in data.dialogues.items()}
+        changed = dataclasses.replace(data, dialogues=changed)
+        assert constant_modalities(changed) == Standardizer.fit(changed).constant == expected
 
 
 def _scaled_tiny(path, factor):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import types
 from typing import Mapping
@@ -26,8 +27,36 @@ CONSTANT_STD = 1e-6
 
 
 def constant_modalities(dataset: DialogueDataset, split: str = "train") -> tuple[str, ...]:
-    """Modalities whose every feature dimension is constant over `split`'s utterances."""
-    return Standardizer.fit(dataset, split).constant
+    """Modalities whose every feature dimension is constant over `split`'s utterances: the
+    standard deviation below `CONSTANT_STD` (`Standardizer.constant`, the same decisions).
+
+    Most modalities are decided from the split's first dialogue alone: among n utterances,
+    two values a dimension takes that differ by d give it a standard deviation of at least
+    d / sqrt(2 n), so a difference above twice sqrt(2 n) CONSTANT_STD proves the modality not
+    constant without the split's full statistics (a start-up cost: 0.35 s for IEMOCAP's
+    train split); the others are measured in full.
+    """
+    dialogues = _split_dialogues(dataset, split)
+    bound = 2.0 * math.sqrt(2.0 * sum(len(d.labels) for d in dialogues)) * CONSTANT_STD
+    first = dialogues[0].features
+    undecided = [m for m in dataset.modalities
+                 if not float(np.max(np.ptp(first[m], axis=0), initial=0.0)) > bound]
+    return tuple(m for m in undecided
+                 if float(np.max(_moments(dialogues, m)[1], initial=0.0)) < CONSTANT_STD)
+
+
+def _split_dialogues(dataset: DialogueDataset, split: str) -> list[Dialogue]:
+    dialogues = dataset.split(split)
+    if not dialogues:
+        raise DataFormatError(f"cannot standardise: the {split} split is empty")
+    return dialogues
+
+
+def _moments(dialogues: list[Dialogue], modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation float32 [D] of `modality` over the dialogues' utterances
+    (computed in float64)."""
+    x = np.concatenate([d.features[modality] for d in dialogues]).astype(np.float64)
+    return x.mean(0).astype(np.float32), x.std(0).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,15 +73,10 @@ class Standardizer:
     @classmethod
     def fit(cls, dataset: DialogueDataset, split: str = "train") -> "Standardizer":
         """Statistics of every modality of `dataset` over the utterances of `split`."""
-        dialogues = dataset.split(split)
-        if not dialogues:
-            raise DataFormatError(f"cannot standardise: the {split} split is empty")
-        mean, std = {}, {}
-        for m in dataset.modalities:
-            x = np.concatenate([d.features[m] for d in dialogues]).astype(np.float64)
-            mean[m] = x.mean(0).astype(np.float32)
-            std[m] = x.std(0).astype(np.float32)
-        return cls(types.MappingProxyType(mean), types.MappingProxyType(std))
+        dialogues = _split_dialogues(dataset, split)
+        moments = {m: _moments(dialogues, m) for m in dataset.modalities}
+        return cls(types.MappingProxyType({m: v[0] for m, v in moments.items()}),
+                   types.MappingProxyType({m: v[1] for m, v in moments.items()}))
 
     def apply(self, dataset: DialogueDataset) -> DialogueDataset:
         """`dataset` with every modality it shares with the statistics standardised."""
