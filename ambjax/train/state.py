@@ -187,11 +187,11 @@ def _evaluate(jaxpr, consts: list, args: list) -> list:
 
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
-    sizes = _draw_sizes(jaxpr)
-    for eqn in jaxpr.eqns:
+    kinds = [_draw_kind(eqn) for eqn in jaxpr.eqns]
+    sizes = _draw_sizes(jaxpr.eqns, kinds)
+    for eqn, kind in zip(jaxpr.eqns, kinds):
         values = [read(v) for v in eqn.invars]
-        kind = _draw_kind(eqn)
-        if kind in sizes:
+        if kind is not None:
             env[eqn.outvars[0]] = _draw_at(kind, sizes[kind], eqn.outvars[0].aval, values)
             continue
         arrays = _host_arrays(eqn, values)
@@ -253,12 +253,12 @@ def _draw_at(kind: tuple, size: int, out, values: list):
     return np.stack(rows).reshape(out.shape)
 
 
-def _draw_sizes(jaxpr) -> dict[tuple, int]:
-    """The largest draw per key of each (sampler, dtype) among `jaxpr`'s equations: the one
-    size `_evaluate` draws them all at (one small XLA program per sampler, not per shape)."""
+def _draw_sizes(eqns, kinds: list) -> dict[tuple, int]:
+    """The largest draw per key of each (sampler, dtype) among `eqns` (their `_draw_kind`s
+    `kinds`): the one size `_evaluate` draws them all at (one small XLA program per sampler,
+    not per shape)."""
     sizes: dict[tuple, int] = {}
-    for eqn in jaxpr.eqns:
-        kind = _draw_kind(eqn)
+    for eqn, kind in zip(eqns, kinds):
         if kind is not None:
             keys = len(eqn.invars[0].aval.shape)
             size = math.prod(eqn.outvars[0].aval.shape[keys:])
