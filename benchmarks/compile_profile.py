@@ -5,7 +5,9 @@
 
 For each variant (comma-separated `--set` overrides; "" is the preset as it is) a new process
 with no compilation cache builds the run, takes the largest train bucket of its first epoch
-and reports: tracing and lowering to StableHLO (Python), XLA's HLO passes, XLA's code
+and compiles the train step for it (its two programs, the bucket's gradients and the update
+that every bucket shares: `ambjax.train.steps.TrainStep`; times, kernels and fusions summed
+over both), and reports: tracing and lowering to StableHLO (Python), XLA's HLO passes, XLA's code
 generation (LLVM), the number of kernels XLA generated code for and their summed LLVM time,
 the optimised program's fusions, the process's CPU seconds for the whole compile, and the step
 time of the program (median of 5 steps after one). XLA's own times are read from its log
@@ -39,17 +41,19 @@ def _seconds(match) -> float:
 
 
 def xla_times(log: str) -> dict:
-    """XLA's HLO-pass and code-generation seconds for the train program (`jit_mapped`), and
-    the kernels it generated code for (count, summed LLVM seconds), from the CPU compiler's
-    log; {} when the log has none of it."""
-    passes = re.search(r"Running HLO passes on \[jit_mapped\] for CPU " + _TIME, log)
-    codegen = re.search(r"Compiling \[jit_mapped\] for CPU using JIT " + _TIME, log)
-    if not (passes and codegen):
+    """XLA's HLO-pass and code-generation seconds for the train step's programs (`jit_mapped`,
+    compiled one after the other), and the kernels it generated code for (count, summed LLVM
+    seconds), summed over the programs, from the CPU compiler's log; {} when the log has none
+    of it."""
+    passes = list(re.finditer(r"Running HLO passes on \[jit_mapped\] for CPU " + _TIME, log))
+    codegen = list(re.finditer(r"Compiling \[jit_mapped\] for CPU using JIT " + _TIME, log))
+    if not passes or len(passes) != len(codegen):
         return {}
-    # the program's kernels are logged between its pass timing and its code-generation timing
-    window = log[passes.end():codegen.start()]
-    kernels = [_seconds(m) for m in re.finditer(r"Compiled LLVM module: \S+ " + _TIME, window)]
-    return {"hlo_passes_s": _seconds(passes), "codegen_s": _seconds(codegen),
+    # a program's kernels are logged between its pass timing and its code-generation timing
+    kernels = [_seconds(m) for p, c in zip(passes, codegen)
+               for m in re.finditer(r"Compiled LLVM module: \S+ " + _TIME, log[p.end():c.start()])]
+    return {"hlo_passes_s": sum(map(_seconds, passes)),
+            "codegen_s": sum(map(_seconds, codegen)),
             "kernels": len(kernels), "kernels_llvm_s": sum(kernels)}
 
 
@@ -59,19 +63,23 @@ def child(preset: str, variant: str) -> dict:
     import jax
     import jax.numpy as jnp
     from ambjax.train import Trainer, load_dataset
+    from ambjax.train.steps import TrainStep
     from experiments.configs import make_config
     config = make_config(preset, [x for x in variant.split(",") if x])
     trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
     by_shape = train_batches_by_shape(trainer, 0)
     batch = by_shape[max(by_shape)][0]
     active = jnp.asarray(True)
+    state = trainer.abstract_state
+    train = trainer.train_step          # its gradients (per batch shape) and its update
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    lowered = trainer.train_step.lower(trainer.abstract_state, batch, active)
+    lowered = [train.gradients.lower(state, batch, active), train.update.lower(state, state.params)]
     lowered_at = time.perf_counter()
-    compiled = lowered.compile()
+    gradients, update = (low.compile() for low in lowered)
     done = time.perf_counter()
     after = resource.getrusage(resource.RUSAGE_SELF)
+    compiled = TrainStep(gradients, update)
     state = trainer.state
     state, metrics = compiled(state, batch, active)
     jax.block_until_ready(metrics)
@@ -84,7 +92,7 @@ def child(preset: str, variant: str) -> dict:
     return {"variant": variant or "as is", "nodes": int(batch.nodes.mask.shape[-1]),
             "trace_lower_s": lowered_at - start, "compile_s": done - lowered_at,
             "compile_cpu_s": (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime),
-            "fusions": compiled.as_text().count(" fusion("),
+            "fusions": sum(c.as_text().count(" fusion(") for c in (gradients, update)),
             "step_s": statistics.median(steps)}
 
 

@@ -3,9 +3,10 @@
     python -m benchmarks.step_profile [--preset iemocap] [--hidden 512] [--steps 3]
                                       [--dtype float32] [--json PATH]
 
-Traces `--steps` train steps on the epoch's most frequent padding bucket with `jax.profiler`
-and sums the time of every XLA kernel of the step (CPU: the thunks run on XLA's thread pool,
-summed over its threads; GPU: device kernels). The kernels are grouped
+Times `--steps` train steps on the epoch's most frequent padding bucket, then traces each of
+the step's two programs (its gradients, its optimiser update: `ambjax.train.steps.TrainStep`)
+as many times with `jax.profiler` and sums the time of every XLA kernel (CPU: the thunks run on
+XLA's thread pool, summed over its threads; GPU: device kernels). The kernels are grouped
 
 - by kind: matmul (dots, including XNNPACK / cuBLAS fusions around a dot), random (threefry
   bits of the dropout masks), scatter/gather, and the rest (elementwise, reductions, copies);
@@ -112,31 +113,41 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
     # the most frequent shape of epoch 1 ([1, ...]: one seed)
     batch = max(train_batches_by_shape(trainer, 1).values(), key=len)[0]
     state, active = trainer.state, jnp.asarray(True)
-    compiled = trainer.train_step.lower(state, batch, active).compile()
-    instructions = parse_hlo(compiled.as_text())
-    state, metrics = trainer.train_step(state, batch, active)
+    train = trainer.train_step            # two programs: the gradients, then the update
+    grads, metrics = train.gradients(state, batch, active)
+    parts = {"gradients": (train.gradients, (state, batch, active)),
+             "update": (train.update, (state, grads))}
+    state, metrics = train(state, batch, active)
     jax.block_until_ready(metrics)
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, metrics = trainer.train_step(state, batch, active)
-            jax.block_until_ready(metrics)
-        wall = (time.perf_counter() - start) / steps
-        jax.profiler.stop_trace()
-        totals = kernel_times(trace_dir, instructions)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = train(state, batch, active)
+        jax.block_until_ready(metrics)
+    wall = (time.perf_counter() - start) / steps
+    totals, instructions = collections.Counter(), {}
+    for part, (fn, args) in parts.items():       # each part alone: kernel names may repeat
+        own = parse_hlo(fn.lower(*args).compile().as_text())
+        with tempfile.TemporaryDirectory() as trace_dir:
+            jax.profiler.start_trace(trace_dir)
+            for _ in range(steps):
+                jax.block_until_ready(fn(*args))
+            jax.profiler.stop_trace()
+            for name, seconds in kernel_times(trace_dir, own).items():
+                totals[(part, name)] += seconds
+        instructions.update({(part, name): info for name, info in own.items()})
     groups = {"kind": collections.Counter(), "pass": collections.Counter(),
               "component": collections.Counter()}
-    for name, seconds in totals.items():
-        kind, step_pass, component = classify(name, instructions.get(name))
+    for (part, name), seconds in totals.items():
+        kind, step_pass, component = classify(name, instructions.get((part, name)))
         groups["kind"][kind] += seconds / steps
         groups["pass"][step_pass] += seconds / steps
         groups["component"][component] += seconds / steps
     kernel_s = float(sum(groups["kind"].values()))
-    top = [{"kernel": name, "s_per_step": seconds / steps,
-            "kind": classify(name, instructions.get(name))[0],
-            "hlo": instructions.get(name, {}).get("text", "")[:110]}
-           for name, seconds in totals.most_common(TOP_KERNELS)]
+    top = [{"kernel": name if part == "gradients" else f"{part}:{name}",
+            "s_per_step": seconds / steps,
+            "kind": classify(name, instructions.get((part, name)))[0],
+            "hlo": instructions.get((part, name), {}).get("text", "")[:110]}
+           for (part, name), seconds in totals.most_common(TOP_KERNELS)]
     return {"device": environment()["device"], "preset": preset, "hidden": hidden, "dtype": dtype,
             "nodes": int(batch.nodes.mask.shape[-1]),
             "real_nodes": int(np.asarray(batch.nodes.mask).sum()),

@@ -29,12 +29,13 @@ def _lowered(preset, overrides=(), n_devices=1, seeds=None):
                          trainer.batcher.build([], used["train"][-1]))
     evaluation = trainer.batcher.build([], used["eval"][-1])
     # a pmapped step lowers for another platform inside a jit
-    train = trainer.train_step if n_devices == 1 else jax.jit(trainer.train_step)
-    evaluate = trainer.eval_step if n_devices == 1 else jax.jit(trainer.eval_step)
-    lowered = [train.trace(trainer.abstract_state, batch, jnp.asarray(True)).lower(
+    gradients, update, evaluate = (f if n_devices == 1 else jax.jit(f) for f in (
+        trainer.train_step.gradients, trainer.train_step.update, trainer.eval_step))
+    state = trainer.abstract_state
+    lowered = [gradients.trace(state, batch, jnp.asarray(True)).lower(
                    lowering_platforms=PLATFORMS),
-               evaluate.trace(trainer.abstract_state.params, evaluation).lower(
-                   lowering_platforms=PLATFORMS)]
+               update.trace(state, state.params).lower(lowering_platforms=PLATFORMS),
+               evaluate.trace(state.params, evaluation).lower(lowering_platforms=PLATFORMS)]
     assert trainer._state is None                 # nothing was allocated for the check
     return [low.as_text() for low in lowered]
 
@@ -43,12 +44,12 @@ def _lowered(preset, overrides=(), n_devices=1, seeds=None):
 @pytest.mark.parametrize("preset, dtype", [(p, "bfloat16" if p == "synthetic" else "float32")
                                            for p in sorted(PRESETS) if p != "tiny"])
 def test_every_preset_lowers_for_gpu_and_tpu(preset, dtype):
-    train, evaluate = _lowered(preset, [f"model.dtype={dtype}"])
-    assert "stablehlo.dot_general" in train and "stablehlo.dot_general" in evaluate
-    assert "tf.aliasing_output" in train             # the state's buffers are donated
-    assert ("bf16" in train) == (dtype == "bfloat16")
+    gradients, update, evaluate = _lowered(preset, [f"model.dtype={dtype}"])
+    assert "stablehlo.dot_general" in gradients and "stablehlo.dot_general" in evaluate
+    assert "tf.aliasing_output" in update        # the update reuses the state's buffers
+    assert ("bf16" in gradients) == (dtype == "bfloat16")
 
 
 def test_two_devices_and_three_seeds_lower_for_gpu_and_tpu():
-    train, evaluate = _lowered("tiny", n_devices=2, seeds=[1, 2, 3])
-    assert "all-reduce" in train or "all_reduce" in train
+    gradients, _, evaluate = _lowered("tiny", n_devices=2, seeds=[1, 2, 3])
+    assert "all-reduce" in gradients or "all_reduce" in gradients

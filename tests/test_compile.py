@@ -11,6 +11,7 @@ import pytest
 
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import compile_programs
+from ambjax.train.steps import TrainStep
 from experiments.configs import make_config
 
 
@@ -26,8 +27,9 @@ class RecordingStep:
         start = time.perf_counter()
         frozen = gc.get_freeze_count() > 0
         time.sleep(0.05)
-        self.log.append((self.kind, batch.nodes.mask.shape[-1], start, time.perf_counter(),
-                         frozen, threading.current_thread() is threading.main_thread()))
+        nodes = batch.nodes.mask.shape[-1] if hasattr(batch, "nodes") else None   # the update
+        self.log.append((self.kind, nodes, start, time.perf_counter(), frozen,
+                         threading.current_thread() is threading.main_thread()))
         return types.SimpleNamespace(compile=lambda: object())
 
 
@@ -45,7 +47,8 @@ def buckets():
 
 def _compile(buckets, log, while_compiling=None):
     state, train, evals = buckets
-    return compile_programs(RecordingStep("train", log), RecordingStep("eval", log), state,
+    train_step = TrainStep(RecordingStep("train", log), RecordingStep("update", log))
+    return compile_programs(train_step, RecordingStep("eval", log), state,
                             train, evals, jnp.asarray(True), describe=str,
                             memory_limit=10 ** 12, workers=3, while_compiling=while_compiling)
 
@@ -54,8 +57,9 @@ def test_programs_are_traced_one_at_a_time_the_largest_train_program_first(bucke
     log = []
     programs = _compile(buckets, log)
     _, train, evals = buckets
-    assert len(log) == len(train) + len(evals)
+    assert len(log) == len(train) + len(evals) + 1
     assert len(programs.train) == len(train) and len(programs.eval) == len(evals)
+    assert [row[0] for row in log].count("update") == 1 and programs.update is not None
     first = min(log, key=lambda row: row[2])
     assert first[:2] == ("train", max(b.nodes.mask.shape[-1] for b in train))
     intervals = sorted(row[2:4] for row in log)

@@ -57,7 +57,7 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     data = load_dataset(config.data)
     cold, cold_line = _ready(config, data)
     entries = sorted((cache_dir / STORE_FOLDER).glob("*.pkl"))
-    assert {p.name.split("-")[0] for p in entries} == {"train", "eval"}
+    assert {p.name.split("-")[0] for p in entries} == {"gradients", "update", "eval"}
     assert len(list((cache_dir / STORE_FOLDER).glob("params-*.npy"))) == 1
     assert "executable store" not in cold_line
     warm, warm_line = _ready(config, data)
@@ -70,8 +70,9 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     other = Trainer.from_config(replace_key(config, "optim.lr", 0.5), data, n_devices=1)
     store = ExecutableStore(str(cache_dir / STORE_FOLDER), other.program_identity())
     key = batch_key(batch)
-    assert store.load("train", key) is None
-    assert ExecutableStore(store.folder, warm.program_identity()).load("train", key) is not None
+    assert store.load("gradients", key) is None and store.load("update", ()) is None
+    stored = ExecutableStore(store.folder, warm.program_identity())
+    assert stored.load("gradients", key) is not None and stored.load("update", ()) is not None
 
 
 def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir):

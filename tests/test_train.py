@@ -15,7 +15,7 @@ from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train
                           evaluate_checkpoint, load_dataset, make_train_step, replicate,
                           train_and_evaluate, unreplicate)
 from ambjax.train.config import replace_key
-from ambjax.train.steps import compile_steps
+from ambjax.train.steps import TrainStep, compile_steps
 from experiments.configs import make_config
 from experiments.train import main as train_main
 
@@ -72,8 +72,14 @@ def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemoca
     stacked = jax.tree.map(lambda x: x[None], state)
     batch = next(batcher.seed_batches("train", [0], epoch=0))
     as_run = {"xla_cpu_use_fusion_emitters": True}
-    kept, donating = (compile_steps(model, opt, 1, seed_axis=True, donate=d)[0].lower(
-        stacked, batch, jnp.asarray(True)).compile(compiler_options=as_run) for d in (False, True))
+
+    def compiled(donate):
+        step = compile_steps(model, opt, 1, seed_axis=True, donate=donate)[0]
+        return TrainStep(
+            step.gradients.lower(stacked, batch, jnp.asarray(True)).compile(as_run),
+            step.update.lower(stacked, stacked.params).compile(as_run))
+
+    kept, donating = compiled(False), compiled(True)
     given = jax.tree.map(jnp.copy, stacked)
     s_kept, m_kept = kept(given, batch, jnp.asarray(True))
     s_kept, m_kept = kept(s_kept, batch, jnp.asarray(True))

@@ -1,8 +1,9 @@
 """Ahead-of-time compilation of a run's programs, with a memory check before the first step.
 
-Every padding bucket has its own train and eval program. `compile_programs` lowers and compiles
-them all before training starts, concurrently in a thread pool (XLA compiles outside the GIL),
-with one progress line, instead of one after another inside the first epoch. The largest
+Every padding bucket has its own train and eval program (a train step's gradients; its
+optimiser update is one program for every bucket, `ambjax.train.steps.TrainStep`).
+`compile_programs` lowers and compiles them all before training starts, concurrently in a
+thread pool (XLA compiles outside the GIL), with one progress line, instead of one after another inside the first epoch. The largest
 bucket's train program is compiled first and its memory (XLA's own count of arguments, outputs
 and temporaries) is compared with what the device has, so that a batch that cannot fit is
 refused in seconds with its size, not after a minute of allocation failures. When the train
@@ -37,6 +38,7 @@ from ambjax.errors import ResourceError  # noqa: F401 - re-exported
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.train.cache import ensure_trusted_compile_cache
 from ambjax.train.executables import ExecutableStore
+from ambjax.train.steps import TrainStep
 
 logger = logging.getLogger("ambjax")
 
@@ -81,34 +83,44 @@ def program_bytes(compiled) -> int | None:
 
 @dataclasses.dataclass
 class Programs:
-    """Compiled train and eval programs by `batch_key`; called like the jitted steps (a shape
-    that was not compiled ahead goes to the jitted step, which compiles it then)."""
+    """Compiled train (gradient) and eval programs by `batch_key`, and the one update program;
+    called like the jitted steps (a shape that was not compiled ahead goes to the jitted
+    step, which compiles it then)."""
 
     train: dict[tuple, Any]
     eval: dict[tuple, Any]
+    update: Any
     largest_train_bytes: int | None       # XLA's count for the largest bucket's train program
-    jit_train: Callable
+    jit_train: TrainStep
     jit_eval: Callable
 
     def train_step(self, state, batch, balance_active):
-        return self.train.get(batch_key(batch), self.jit_train)(state, batch, balance_active)
+        gradients = self.train.get(batch_key(batch), self.jit_train.gradients)
+        return TrainStep(gradients, self.update)(state, batch, balance_active)
 
     def eval_step(self, params, batch):
         return self.eval.get(batch_key(batch), self.jit_eval)(params, batch)
 
     def flops(self, kind: str, batch) -> float:
-        """FLOPs of one call of the compiled `kind` ("train" or "eval") program for `batch`'s
-        shape (XLA's cost analysis; 0 when it gives none).
+        """FLOPs of one call of the compiled `kind` ("train": gradients and update, or
+        "eval") program for `batch`'s shape (XLA's cost analysis; 0 when it gives none).
 
         Raises:
           KeyError: no program of that kind was compiled for that shape.
         """
-        cost = (self.train if kind == "train" else self.eval)[batch_key(batch)].cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float((cost or {}).get("flops", 0.0))
+        if kind == "train":
+            return _flops(self.train[batch_key(batch)]) + _flops(self.update)
+        return _flops(self.eval[batch_key(batch)])
 
 
-def compile_programs(train_step, eval_step, state, train_batches: Sequence[DialogueBatch],
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def compile_programs(train_step: TrainStep, eval_step, state,
+                     train_batches: Sequence[DialogueBatch],
                      eval_batches: Sequence[DialogueBatch], balance_active, *,
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
@@ -167,15 +179,19 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
             return lower()
 
     def train_program(key):
-        return stored("train", key, lambda: alone(lambda: train_step.lower(
+        return stored("gradients", key, lambda: alone(lambda: train_step.gradients.lower(
             state, train_keyed[key], balance_active)).compile())
+
+    def update_program(_):
+        return stored("update", (), lambda: alone(lambda: train_step.update.lower(
+            state, state.params)).compile())
 
     def eval_program(key):
         return stored("eval", key, lambda: alone(lambda: eval_step.lower(
             state.params, eval_keyed[key])).compile())
 
     limit = available_memory_bytes() if memory_limit is None else memory_limit
-    train_jobs = [(train_program, k) for k in order[1:]]
+    train_jobs = [(train_program, k) for k in order[1:]] + [(update_program, None)]
     eval_jobs = [(eval_program, k) for k in eval_keyed]
     jobs = train_jobs + eval_jobs
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + 1))
@@ -188,7 +204,8 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     at_once = limit is None or _nbytes(state) * ACTIVATION_FACTOR <= limit
 
     def start_the_rest() -> list:
-        """Submit the other train programs, then do the caller's work while they compile."""
+        """Submit the other train programs and the update, then do the caller's work while
+        they compile."""
         started = [pool.submit(fn, k) for fn, k in train_jobs]
         if while_compiling is not None:
             while_compiling()
@@ -225,12 +242,15 @@ def compile_programs(train_step, eval_step, state, train_batches: Sequence[Dialo
     train = {order[0]: largest}
     evals = {}
     for (fn, key), compiled in zip(jobs, results):
-        (train if fn is train_program else evals)[key] = compiled
+        if fn is update_program:
+            update = compiled
+        else:
+            (train if fn is train_program else evals)[key] = compiled
     from_store = f" ({len(loaded)} from the executable store)" if loaded else ""
-    logger.info(f"compiled {len(train) + len(evals)} programs in "
+    logger.info(f"compiled {len(jobs) + 1} programs in "
                 f"{time.perf_counter() - start:.1f}s{from_store}"
                 + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
-    return Programs(train=train, eval=evals,
+    return Programs(train=train, eval=evals, update=update,
                     largest_train_bytes=need,
                     jit_train=train_step, jit_eval=eval_step)
 
@@ -262,7 +282,7 @@ def _nbytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def _check_members(train_step, state, batch, balance_active, members: int, axis: int,
+def _check_members(train_step: TrainStep, state, batch, balance_active, members: int, axis: int,
                    limit: int, stored: Callable) -> None:
     """Refuse `members` members (on `axis`) that cannot fit `limit` bytes: from the state's
     abstract size, then, unless far below the limit (`ACTIVATION_FACTOR`), from XLA's count
@@ -280,8 +300,8 @@ def _check_members(train_step, state, batch, balance_active, members: int, axis:
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
         x.shape[:axis] + (1,) + x.shape[axis + 1:], x.dtype), (state, batch))
     logger.info(f"estimating the memory of {members} seeds from one ...")
-    compiled = stored("train-one-seed", batch_key(one[1]),
-                      lambda: train_step.lower(*one, balance_active).compile())
+    compiled = stored("gradients-one-seed", batch_key(one[1]),
+                      lambda: train_step.gradients.lower(*one, balance_active).compile())
     per_member = program_bytes(compiled)
     if per_member is None:
         return

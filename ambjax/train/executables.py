@@ -9,7 +9,8 @@ everything that decides a program without tracing it:
 
 - the caller's `identity` (a run's model and optimiser configuration, schedule, class weights,
   device and seed counts, the abstract train state: see `Trainer.program_identity`);
-- the program's name ("train" / "eval") and its batch shape (`batch_key`);
+- the program's name ("gradients" / "update" / "eval") and its batch shape (`batch_key`;
+  none for the update, which every batch shape shares);
 - the versions of jax, jaxlib, flax and optax, the backend, device kind and XLA_FLAGS;
 - every setting in `jax.config` (read from it, not from a list: a setting such as
   `jax_threefry_partitionable` changes the traced program without changing anything above),

@@ -6,6 +6,13 @@ the optax update. With `axis_name` set it is meant for `jax.pmap`: gradients are
 per-device surrogates (exactly the global-batch gradient), confusion counts and loss sums are
 reduced over the axis, so the balancing sees the global batch.
 
+It is the composition of two pure parts, `make_gradient_step` (state, batch, balance_active)
+-> (grads, metrics) and `make_update_step` (state, grads) -> state. `compile_steps` wraps them
+as two programs (`TrainStep`): the gradient program depends on the batch shape and is compiled
+per padding bucket, the optimiser's update does not and is compiled once for all of them
+(Adam alone is ~60 of a train program's ~350 kernels and ~3 s of its compile CPU on a 2-core
+CPU; benchmarks/README.md).
+
 metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
 "utterances" int32 [] (real utterances in the global batch).
 
@@ -16,6 +23,7 @@ the same steps (see `experiments/compose.py`). The number of classes is read fro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -59,10 +67,64 @@ def _hash_mask_keys(key):
 MASK_KEYS = {"threefry": _threefry_mask_keys, "rbg": _rbg_mask_keys, "hash": _hash_mask_keys}
 
 
+def make_gradient_step(model: DialogueModel, *, class_weights=None,
+                       unimodal_weight: float = 0.1, axis_name: str | None = None,
+                       mask_rng: str = "hash") -> Callable:
+    """Build the pure `gradient_step(state, batch, balance_active) -> (grads, metrics)`: the
+    train step's forward and backward pass (arguments as for `make_train_step`); grads has the
+    structure, shapes and dtypes of `state.params` (summed over `axis_name` under pmap)."""
+    if mask_rng not in MASK_KEYS:
+        raise ConfigError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
+    mask_keys = MASK_KEYS[mask_rng]
+
+    def gradient_step(state: TrainState, batch: DialogueBatch, balance_active):
+        key = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        dropout_key, balance_key = mask_keys(key)
+        nodes = batch.nodes
+
+        def loss_fn(params):
+            out = model.apply({"params": params}, batch, train=True,
+                              balance_active=balance_active, axis_name=axis_name,
+                              rngs={"dropout": dropout_key, "balance": balance_key})
+            objective, aux = amb_loss(out["logits"], out["modality_logits"], nodes.label,
+                                      nodes.mask, class_weights=class_weights,
+                                      unimodal_weight=unimodal_weight, axis_name=axis_name)
+            return objective, (aux, out)
+
+        grads, (aux, out) = jax.grad(loss_fn, has_aux=True)(state.params)
+        conf = confusion_matrix(nodes.label, jnp.argmax(out["logits"], -1), nodes.mask,
+                                out["logits"].shape[-1])
+        count = nodes.mask.sum(dtype=jnp.int32)
+        if axis_name is not None:
+            grads = jax.lax.psum(grads, axis_name)
+            conf, count = jax.lax.psum((conf, count), axis_name)
+        metrics = {"loss": aux["loss"], "confusion": conf, "modality_f1": out["modality_f1"],
+                   "q": out["q"], "utterances": count}
+        return grads, metrics
+
+    return gradient_step
+
+
+def make_update_step(optimizer: optax.GradientTransformation) -> Callable:
+    """Build the pure `update_step(state, grads) -> state`: the optimiser's update of the
+    parameters and its own state by `grads` (as `make_gradient_step` gives them), and the
+    step count advanced by one."""
+    def update_step(state: TrainState, grads) -> TrainState:
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1,
+                             params=optax.apply_updates(state.params, updates),
+                             opt_state=opt_state)
+
+    return update_step
+
+
 def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformation, *,
                     class_weights=None, unimodal_weight: float = 0.1,
                     axis_name: str | None = None, mask_rng: str = "hash") -> Callable:
-    """Build the pure train step (see module docstring).
+    """Build the pure train step (see module docstring): `make_update_step` after
+    `make_gradient_step`.
 
     Args:
       model: `AMBDSGDN` or any `DialogueModel`.
@@ -91,41 +153,25 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       >>> int(state.step), bool(jnp.isfinite(metrics["loss"]))
       (1, True)
     """
-    if mask_rng not in MASK_KEYS:
-        raise ConfigError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
-    mask_keys = MASK_KEYS[mask_rng]
+    return TrainStep(make_gradient_step(model, class_weights=class_weights,
+                                        unimodal_weight=unimodal_weight,
+                                        axis_name=axis_name, mask_rng=mask_rng),
+                     make_update_step(optimizer))
 
-    def train_step(state: TrainState, batch: DialogueBatch, balance_active):
-        key = jax.random.fold_in(state.rng, state.step)
-        if axis_name is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        dropout_key, balance_key = mask_keys(key)
-        nodes = batch.nodes
 
-        def loss_fn(params):
-            out = model.apply({"params": params}, batch, train=True,
-                              balance_active=balance_active, axis_name=axis_name,
-                              rngs={"dropout": dropout_key, "balance": balance_key})
-            objective, aux = amb_loss(out["logits"], out["modality_logits"], nodes.label,
-                                      nodes.mask, class_weights=class_weights,
-                                      unimodal_weight=unimodal_weight, axis_name=axis_name)
-            return objective, (aux, out)
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A train step in two parts, called like one: `gradients(state, batch, balance_active)
+    -> (grads, metrics)` and `update(state, grads) -> state`. Both pure (`make_train_step`) or
+    both wrapped (`compile_steps`: then each part is a program of its own, the update's one
+    for every batch shape)."""
 
-        grads, (aux, out) = jax.grad(loss_fn, has_aux=True)(state.params)
-        conf = confusion_matrix(nodes.label, jnp.argmax(out["logits"], -1), nodes.mask,
-                                out["logits"].shape[-1])
-        count = nodes.mask.sum(dtype=jnp.int32)
-        if axis_name is not None:
-            grads = jax.lax.psum(grads, axis_name)
-            conf, count = jax.lax.psum((conf, count), axis_name)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                                  opt_state=opt_state)
-        metrics = {"loss": aux["loss"], "confusion": conf, "modality_f1": out["modality_f1"],
-                   "q": out["q"], "utterances": count}
-        return new_state, metrics
+    gradients: Callable
+    update: Callable
 
-    return train_step
+    def __call__(self, state: TrainState, batch: DialogueBatch, balance_active):
+        grads, metrics = self.gradients(state, batch, balance_active)
+        return self.update(state, grads), metrics
 
 
 def make_eval_step(model: DialogueModel, *, class_weights=None, unimodal_weight: float = 0.1,
@@ -212,10 +258,12 @@ def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation,
                   class_weights=None, unimodal_weight: float = 0.1, seed_axis: bool = False,
                   mask_rng: str = "hash", donate: bool | None = None):
     """(train_step, eval_step) wrapped for `n_devices`: `jax.jit` for 1, `jax.pmap` (axis
-    "batch") for more. With pmap the state, params and step outputs carry a leading device axis
-    (use `replicate` / `unreplicate`). `donate`: whether the train step donates the state's
-    buffers (the caller's state is then consumed); default `donates_state` of the default
-    backend (accelerators yes, CPU no).
+    "batch") for more. The train step is a `TrainStep` of two wrapped programs, its gradients
+    (one compile per batch shape) and its update (one compile for all). With pmap the state,
+    params and step outputs carry a leading device axis (use `replicate` / `unreplicate`).
+    `donate`: whether the train step donates the state's buffers (the caller's state is then
+    consumed by the update program); default `donates_state` of the default backend
+    (accelerators yes, CPU no).
 
     With `seed_axis`, several independent runs (seeds) train as one program: the step is
     `jax.vmap`ped over a seed axis of the state and the batch (train) or of the params (eval;
@@ -224,15 +272,19 @@ def compile_steps(model: DialogueModel, optimizer: optax.GradientTransformation,
     """
     kwargs = dict(class_weights=class_weights, unimodal_weight=unimodal_weight)
     axis = None if n_devices == 1 else AXIS
-    train = make_train_step(model, optimizer, axis_name=axis, mask_rng=mask_rng, **kwargs)
+    gradients = make_gradient_step(model, axis_name=axis, mask_rng=mask_rng, **kwargs)
+    update = make_update_step(optimizer)
     evaluate = make_eval_step(model, axis_name=axis, **kwargs)
     if seed_axis:
-        train = map_members(train, in_axes=(0, 0, None))
+        gradients = map_members(gradients, in_axes=(0, 0, None))
+        update = map_members(update, in_axes=(0, 0))
         evaluate = map_members(evaluate, in_axes=(0, None))
     if donate is None:
         donate = donates_state(jax.default_backend())
     donated = (0,) if donate else ()
     if n_devices == 1:
-        return jax.jit(train, donate_argnums=donated), jax.jit(evaluate)
-    return (jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=donated),
+        return (TrainStep(jax.jit(gradients), jax.jit(update, donate_argnums=donated)),
+                jax.jit(evaluate))
+    return (TrainStep(jax.pmap(gradients, axis_name=AXIS, in_axes=(0, 0, None)),
+                      jax.pmap(update, axis_name=AXIS, donate_argnums=donated)),
             jax.pmap(evaluate, axis_name=AXIS))
