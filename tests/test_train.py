@@ -58,6 +58,29 @@ def test_pmap_step_equals_single_device_step(iemocap_small):
 
 
 
+def test_the_two_program_step_computes_what_one_program_does():
+    # the Trainer's step is two programs (the gradients for the batch's shape, the update for
+    # every shape); jitted as a whole, XLA compiles (and fuses) them as one: the same numbers
+    # up to rounding. SGD: Adam turns the rounding noise of gradients that are zero in exact
+    # arithmetic (the self-attention's key bias, under the softmax's shift) into ~lr steps
+    config = make_config("tiny", ["optim.optimizer=sgd"])
+    trainer = Trainer.from_config(config, load_dataset(config.data), **QUIET)
+    parts = trainer.train_step
+    assert isinstance(parts, TrainStep)
+    one = jax.jit(lambda *args: parts(*args))
+    trainer.compile()                           # the compiled programs (`Programs.train_step`)
+    fused = split = trainer.state
+    for batch in list(trainer.batcher.seed_batches("train", trainer.seeds, epoch=0))[:2]:
+        fused, fused_metrics = one(fused, batch, jnp.asarray(True))
+        split, split_metrics = trainer.train_step(split, batch, jnp.asarray(True))
+    assert int(split.step[0]) == 2
+    assert not np.allclose(split.params["head_text"]["kernel"],
+                           trainer.state.params["head_text"]["kernel"])
+    for a, b in zip(jax.tree.leaves((fused, fused_metrics)),
+                    jax.tree.leaves((split, split_metrics))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemocap_small):
     # on CPU the step does not donate the state (donation makes XLA copy every parameter at
     # the start of each step); what it computes is the donating step's, bit for bit. Both are
