@@ -175,6 +175,28 @@ def test_a_merged_ladder_keeps_every_batch_and_fewer_shapes():
         assert all(a.nodes.mask.shape >= b.nodes.mask.shape for a, b in zip(after, before))
 
 
+@pytest.mark.parametrize("n_devices", [1, 2])
+def test_evaluation_packs_into_one_bucket(n_devices):
+    ds = make_synthetic("meld", dims={"text": 4, "audio": 4, "visual": 4})
+    gb = GraphBatcher(ds, window=6, batch_size=64, n_devices=n_devices)
+    before = gb.budgets_used([0], 3)["eval"]
+    packed = gb.with_packed_eval()
+    assert len(before) > 1 and packed.eval_nodes == max(before).n_node
+    assert packed.budgets_used([0], 3)["eval"] == [max(before)]         # one eval program
+    for split in ("valid", "test"):
+        batches = list(packed.batches(split))
+        for b in batches:                        # every shard under the limit, <= batch_size
+            per_shard = np.asarray(b.nodes.mask).reshape(n_devices, -1).sum(-1)
+            assert per_shard.max() < packed.eval_nodes
+            assert (np.asarray(b.layout.n_node)[..., :-1] > 0).sum() <= 64
+        real = [int(np.asarray(b.nodes.mask).sum()) for b in batches]
+        assert sum(real) == sum(len(d) for d in ds.split(split))          # each utterance once
+        assert len(batches) >= gb.num_batches(split)
+    # shuffled (train) batches are not repacked
+    assert ([b.nodes.mask.shape for b in packed.batches("train", shuffle=True, seed=0)]
+            == [b.nodes.mask.shape for b in gb.batches("train", shuffle=True, seed=0)])
+
+
 def test_packed_rows_hold_whole_dialogues_side_by_side():
     rng = np.random.default_rng(0)
     for _ in range(200):

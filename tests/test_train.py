@@ -250,7 +250,8 @@ def test_merged_buckets_compile_fewer_programs_and_train_the_same():
         trainers.append(trainer)
     every, merged = trainers
     assert len(merged.programs.train) == 1 < len(every.programs.train)
-    assert len(merged.programs.eval) == 1 < len(every.programs.eval)
+    # evaluation is packed into one bucket either way
+    assert len(merged.programs.eval) == 1 == len(every.programs.eval)
     assert every.bucket_counts[1] == 0 < merged.bucket_counts[1]
     assert sum(merged.bucket_counts) == sum(every.bucket_counts)
     for a, b in zip(jax.tree.leaves(every.state.params), jax.tree.leaves(merged.state.params)):

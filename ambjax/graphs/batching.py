@@ -340,6 +340,7 @@ class GraphBatcher:
         ratio = {kind: max(len(self.edges[kind][vid].types) / len(d)
                            for vid, d in dataset.dialogues.items()) for kind in GRAPH_KINDS}
         lengths = [len(d) for d in dataset.dialogues.values()]
+        self.eval_nodes: int | None = None           # see `with_eval_nodes`
         self.budgets = plan_budgets(lengths, ratio, math.ceil(batch_size / n_devices),
                                     growth=growth, band=min(window, max(lengths) - 1))
 
@@ -379,10 +380,12 @@ class GraphBatcher:
         return max(rows_needed([len(d) for d in s], row_len)
                    for s in shard_dialogues(dialogues, self.n_devices))
 
-    def _budget_of_groups(self, groups: Sequence[Sequence[Dialogue]]) -> Budget:
-        """The smallest budget holding each of `groups` (one step of several seeds)."""
-        n = max(sum(len(d) for d in s) for g in groups
-                for s in shard_dialogues(g, self.n_devices))
+    def _budget_of_groups(self, groups: Sequence[Sequence[Dialogue]],
+                          at_least: int = 0) -> Budget:
+        """The smallest budget holding each of `groups` (one step of several seeds), of at
+        least `at_least` node slots."""
+        n = max([sum(len(d) for d in s) for g in groups
+                 for s in shard_dialogues(g, self.n_devices)] + [at_least - 1])
         packed = any(b.n_row is not None for b in self.budgets)
         return self.budget_for(n, max(self.rows_of(g) for g in groups) if packed else 0)
 
@@ -395,13 +398,31 @@ class GraphBatcher:
         return [np.random.default_rng([seed, epoch]).permutation(n) for seed in seeds]
 
     def _steps(self, split: str, orders: Sequence[np.ndarray]):
-        """Step by step: each order's dialogues of `split` (`batch_size` at a time) and the
-        smallest budget that holds every one of them."""
+        """Step by step: each order's dialogues of `split` and the budget of the step: the
+        smallest that holds every one of them. `batch_size` dialogues at a time, except the
+        split's own order when `eval_nodes` is set: then packed (`_packed_runs`), every step
+        in the smallest budget of at least `eval_nodes` node slots."""
         dialogues = self.dataset.split(split)
-        for start in range(0, len(dialogues), self.batch_size):
-            groups = [[dialogues[i] for i in order[start:start + self.batch_size]]
-                      for order in orders]
-            yield groups, self._budget_of_groups(groups)
+        packed = self.eval_nodes and len(orders) == 1 and np.array_equal(
+            orders[0], np.arange(len(dialogues)))
+        runs = self._packed_runs(dialogues) if packed else [
+            slice(start, start + self.batch_size)
+            for start in range(0, len(dialogues), self.batch_size)]
+        for run in runs:
+            groups = [[dialogues[i] for i in order[run]] for order in orders]
+            yield groups, self._budget_of_groups(groups, self.eval_nodes if packed else 0)
+
+    def _packed_runs(self, dialogues: Sequence[Dialogue]) -> list[slice]:
+        """Consecutive runs of `dialogues`, each at most `batch_size` dialogues whose device
+        shards hold fewer than `eval_nodes` utterances (a longer dialogue alone)."""
+        runs, start = [], 0
+        for stop in range(1, len(dialogues) + 1):
+            if stop - start > 1 and (stop - start > self.batch_size or max(
+                    sum(len(d) for d in s) for s in shard_dialogues(
+                        dialogues[start:stop], self.n_devices)) >= self.eval_nodes):
+                runs.append(slice(start, stop - 1))
+                start = stop - 1
+        return runs + [slice(start, len(dialogues))] if dialogues else runs
 
     def _run(self, seeds: Sequence[int], epochs: int):
         """The steps of a run of `epochs` epochs, as (kind, groups, budget): "train" for the
@@ -447,6 +468,27 @@ class GraphBatcher:
                                   if b in need and need[b] < b.n_graph else b
                                   for b in self.budgets])
 
+    def with_eval_nodes(self, n_node: int | None) -> "GraphBatcher":
+        """This batcher with the unshuffled batches of a split (`batches(split)`, evaluation)
+        packed up to `n_node` node slots per device shard (one spare padding node included;
+        at most `batch_size` dialogues still) and all of them in the smallest budget of at
+        least `n_node` slots: one padding bucket, so one program to compile for evaluation,
+        instead of every bucket that `batch_size` consecutive dialogues happen to need. None:
+        `batch_size` at a time, each in the smallest budget that holds it."""
+        other = copy.copy(self)
+        other.eval_nodes = n_node
+        return other
+
+    def with_packed_eval(self) -> "GraphBatcher":
+        """`with_eval_nodes` of the largest budget of this batcher's ladder (e.g. the buckets
+        a run's train steps keep, `merge_budgets`) that valid's and test's batches need at
+        `batch_size` dialogues at a time (so no evaluation step needs more memory than one of
+        those would)."""
+        budgets = [budget for split in ("valid", "test")
+                   for _, budget in self.with_eval_nodes(None)._steps(
+                       split, self._orders(split, None, 0))]
+        return self.with_eval_nodes(max(budgets).n_node if budgets else None)
+
     def with_budgets(self, budgets: Sequence[Budget]) -> "GraphBatcher":
         """This batcher with another budget ladder (sorted by size; e.g. `merge_budgets`)."""
         other = copy.copy(self)
@@ -469,10 +511,13 @@ class GraphBatcher:
     def batches(self, split: str, *, shuffle: bool = False, seed: int = 0,
                 epoch: int = 0) -> Iterator[DialogueBatch]:
         """Batches of one split; shuffled by (seed, epoch) when `shuffle`. The last batch may
-        hold fewer dialogues (padding graphs fill it); no dialogue is dropped."""
+        hold fewer dialogues (padding graphs fill it); no dialogue is dropped. Unshuffled
+        batches are packed by node count when `with_eval_nodes` set a limit."""
         for (group,), budget in self._steps(split, self._orders(split, [seed] if shuffle
                                                                  else None, epoch)):
             yield self.build(group, budget)
 
     def num_batches(self, split: str) -> int:
+        """Batches of `split` at `batch_size` dialogues each (the shuffled batches of an
+        epoch; unshuffled ones packed by `with_eval_nodes` may be more)."""
         return math.ceil(len(self.dataset.splits[split]) / self.batch_size)

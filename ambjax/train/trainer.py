@@ -4,8 +4,9 @@ The train state carries a leading seed axis [S, ...] (S = number of seeds; [n_de
 under pmap): one jitted step is `jax.vmap`ped over it. Each seed keeps its own initialisation,
 dropout and balancing keys (its `TrainState.rng`) and its own data order (the batch order of a
 run of that seed alone); at each step the seeds' batches are padded to one budget, the largest
-they need. The state lives on the device(s) between epochs; checkpoints copy one seed's slice to
-the host.
+they need. Evaluation batches are packed into one padding bucket
+(`GraphBatcher.with_packed_eval`), so that a run compiles one eval program. The state
+lives on the device(s) between epochs; checkpoints copy one seed's slice to the host.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ class Trainer:
                                     if jax.process_count() > 1 else None)
         steps = self.batcher.run_steps(self.seeds, config.schedule.epochs)
         kept = merge_budgets(self.batcher.budgets, steps, data.compile_node_steps)
-        self.batcher = self.batcher.with_budgets(kept)
+        # evaluation then packed into one of the kept buckets: one eval program, not one for
+        # every bucket that batch_size consecutive dialogues of valid or test happen to need
+        self.batcher = self.batcher.with_budgets(kept).with_packed_eval()
         if data.pack_rows:
             self.batcher = self.batcher.with_packed_rows(self.seeds, config.schedule.epochs)
         # (padding buckets the run uses, those padded into a larger one instead)
