@@ -480,14 +480,22 @@ class GraphBatcher:
         return other
 
     def with_packed_eval(self) -> "GraphBatcher":
-        """`with_eval_nodes` of the largest budget of this batcher's ladder (e.g. the buckets
-        a run's train steps keep, `merge_budgets`) that valid's and test's batches need at
-        `batch_size` dialogues at a time (so no evaluation step needs more memory than one of
-        those would)."""
-        budgets = [budget for split in ("valid", "test")
-                   for _, budget in self.with_eval_nodes(None)._steps(
-                       split, self._orders(split, None, 0))]
-        return self.with_eval_nodes(max(budgets).n_node if budgets else None)
+        """`with_eval_nodes` of the budget of this batcher's ladder (e.g. the buckets a run's
+        train steps keep, `merge_budgets`) in which valid's and test's packed batches have
+        the fewest node slots in all, among those that hold every such dialogue and are no
+        larger than what their batches need at `batch_size` dialogues at a time (so no
+        evaluation step needs more memory than one of those would)."""
+        unpacked = self.with_eval_nodes(None)
+        splits = [self.dataset.split(split) for split in ("valid", "test")]
+        needed = [budget for split in ("valid", "test")
+                  for _, budget in unpacked._steps(split, self._orders(split, None, 0))]
+        if not needed:
+            return unpacked
+        longest = max(len(d) for dialogues in splits for d in dialogues)
+        slots = {b.n_node: sum(len(self.with_eval_nodes(b.n_node)._packed_runs(dialogues))
+                               for dialogues in splits) * b.n_node
+                 for b in self.budgets if longest < b.n_node <= max(needed).n_node}
+        return self.with_eval_nodes(min(slots, key=lambda n: (slots[n], n)))
 
     def with_budgets(self, budgets: Sequence[Budget]) -> "GraphBatcher":
         """This batcher with another budget ladder (sorted by size; e.g. `merge_budgets`)."""

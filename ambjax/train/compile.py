@@ -90,7 +90,7 @@ class Programs:
     train: dict[tuple, Any]
     eval: dict[tuple, Any]
     update: Any
-    largest_train_bytes: int | None       # XLA's count for the largest bucket's train program
+    largest_train_bytes: int | None       # XLA's count for the largest bucket's gradients
     jit_train: TrainStep
     jit_eval: Callable
 
