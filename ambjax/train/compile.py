@@ -3,10 +3,11 @@
 Every padding bucket has its own train and eval program (a train step's gradients; its
 optimiser update is one program for every bucket, `ambjax.train.steps.TrainStep`).
 `compile_programs` lowers and compiles them all before training starts, concurrently in a
-thread pool (XLA compiles outside the GIL), with one progress line, instead of one after another inside the first epoch. The largest
-bucket's train program is compiled first and its memory (XLA's own count of arguments, outputs
-and temporaries) is compared with what the device has, so that a batch that cannot fit is
-refused in seconds with its size, not after a minute of allocation failures. When the train
+thread pool (XLA compiles outside the GIL), with one progress line, instead of one after
+another inside the first epoch. The largest bucket's train program is compiled first and its
+memory (XLA's own count of arguments, outputs and temporaries) is compared with what the
+device has, so that a batch that cannot fit is refused in seconds with its size, not after a
+minute of allocation failures. When the train
 state is far below the limit (`ACTIVATION_FACTOR`), a refusal is unlikely and the other programs
 compile beside the largest one, and the state initialises, from the start, so that both cores of
 a small machine stay busy (a refusal then abandons them); near the limit nothing else starts
