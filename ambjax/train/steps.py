@@ -10,8 +10,8 @@ It is the composition of two pure parts, `make_gradient_step` (state, batch, bal
 -> (grads, metrics) and `make_update_step` (state, grads) -> state. `compile_steps` wraps them
 as two programs (`TrainStep`): the gradient program depends on the batch shape and is compiled
 per padding bucket, the optimiser's update does not and is compiled once for all of them
-(Adam alone is ~60 of a train program's ~350 kernels and ~3 s of its compile CPU on a 2-core
-CPU; benchmarks/README.md).
+(the update was ~3.5 s of the IEMOCAP train program's ~14 s of compile CPU on a 2-core AMD
+EPYC; benchmarks/README.md, eleventh session).
 
 metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
 "utterances" int32 [] (real utterances in the global batch).
