@@ -135,7 +135,8 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       mask_rng: a key of `MASK_KEYS`, the generator of the dropout and balancing masks.
 
     Returns:
-      `train_step(state, batch, balance_active) -> (state, metrics)`, pure.
+      `train_step(state, batch, balance_active) -> (state, metrics)`, pure (a `TrainStep`
+      of the two parts; `jax.jit` of it compiles them as one program).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
