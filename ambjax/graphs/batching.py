@@ -397,14 +397,13 @@ class GraphBatcher:
             return [np.arange(n)]
         return [np.random.default_rng([seed, epoch]).permutation(n) for seed in seeds]
 
-    def _steps(self, split: str, orders: Sequence[np.ndarray]):
+    def _steps(self, split: str, orders: Sequence[np.ndarray], *, evaluation: bool = False):
         """Step by step: each order's dialogues of `split` and the budget of the step: the
-        smallest that holds every one of them. `batch_size` dialogues at a time, except the
-        split's own order when `eval_nodes` is set: then packed (`_packed_runs`), every step
-        in the smallest budget of at least `eval_nodes` node slots."""
+        smallest that holds every one of them. `batch_size` dialogues at a time, except for
+        `evaluation` (the split's own order) when `eval_nodes` is set: then packed
+        (`_packed_runs`), every step in the smallest budget of at least `eval_nodes` slots."""
         dialogues = self.dataset.split(split)
-        packed = self.eval_nodes and len(orders) == 1 and np.array_equal(
-            orders[0], np.arange(len(dialogues)))
+        packed = bool(evaluation and self.eval_nodes)
         runs = self._packed_runs(dialogues) if packed else [
             slice(start, start + self.batch_size)
             for start in range(0, len(dialogues), self.batch_size)]
@@ -432,7 +431,8 @@ class GraphBatcher:
             for groups, budget in self._steps("train", self._orders("train", seeds, epoch)):
                 yield "train", groups, budget
         for split in ("valid", "test"):
-            for groups, budget in self._steps(split, self._orders(split, None, 0)):
+            for groups, budget in self._steps(split, self._orders(split, None, 0),
+                                              evaluation=True):
                 yield "eval", groups, budget
 
     def run_steps(self, seeds: Sequence[int], epochs: int) -> dict[Budget, dict[str, int]]:
@@ -488,7 +488,8 @@ class GraphBatcher:
         unpacked = self.with_eval_nodes(None)
         splits = [self.dataset.split(split) for split in ("valid", "test")]
         needed = [budget for split in ("valid", "test")
-                  for _, budget in unpacked._steps(split, self._orders(split, None, 0))]
+                  for _, budget in unpacked._steps(split, self._orders(split, None, 0),
+                                                   evaluation=True)]
         if not needed:
             return unpacked
         longest = max(len(d) for dialogues in splits for d in dialogues)
@@ -522,7 +523,8 @@ class GraphBatcher:
         hold fewer dialogues (padding graphs fill it); no dialogue is dropped. Unshuffled
         batches are packed by node count when `with_eval_nodes` set a limit."""
         for (group,), budget in self._steps(split, self._orders(split, [seed] if shuffle
-                                                                 else None, epoch)):
+                                                                 else None, epoch),
+                                            evaluation=not shuffle):
             yield self.build(group, budget)
 
     def num_batches(self, split: str) -> int:
