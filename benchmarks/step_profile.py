@@ -114,9 +114,6 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
     batch = max(train_batches_by_shape(trainer, 1).values(), key=len)[0]
     state, active = trainer.state, jnp.asarray(True)
     train = trainer.train_step            # two programs: the gradients, then the update
-    grads, metrics = train.gradients(state, batch, active)
-    parts = {"gradients": (train.gradients, (state, batch, active)),
-             "update": (train.update, (state, grads))}
     state, metrics = train(state, batch, active)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -124,13 +121,23 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
         state, metrics = train(state, batch, active)
         jax.block_until_ready(metrics)
     wall = (time.perf_counter() - start) / steps
+    grads, _ = train.gradients(state, batch, active)
+
+    def update():                       # the update may donate the state (accelerators)
+        nonlocal state
+        state = train.update(state, grads)
+        return state
+
+    parts = {"gradients": (train.gradients.lower(state, batch, active),
+                           lambda: train.gradients(state, batch, active)),
+             "update": (train.update.lower(state, grads), update)}
     totals, instructions = collections.Counter(), {}
-    for part, (fn, args) in parts.items():       # each part alone: kernel names may repeat
-        own = parse_hlo(fn.lower(*args).compile().as_text())
+    for part, (lowered, run) in parts.items():   # each part alone: kernel names may repeat
+        own = parse_hlo(lowered.compile().as_text())
         with tempfile.TemporaryDirectory() as trace_dir:
             jax.profiler.start_trace(trace_dir)
             for _ in range(steps):
-                jax.block_until_ready(fn(*args))
+                jax.block_until_ready(run())
             jax.profiler.stop_trace()
             for name, seconds in kernel_times(trace_dir, own).items():
                 totals[(part, name)] += seconds
