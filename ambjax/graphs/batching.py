@@ -404,21 +404,21 @@ class GraphBatcher:
         (`_packed_runs`), every step in the smallest budget of at least `eval_nodes` slots."""
         dialogues = self.dataset.split(split)
         packed = bool(evaluation and self.eval_nodes)
-        runs = self._packed_runs(dialogues) if packed else [
+        runs = self._packed_runs(dialogues, self.eval_nodes) if packed else [
             slice(start, start + self.batch_size)
             for start in range(0, len(dialogues), self.batch_size)]
         for run in runs:
             groups = [[dialogues[i] for i in order[run]] for order in orders]
             yield groups, self._budget_of_groups(groups, self.eval_nodes if packed else 0)
 
-    def _packed_runs(self, dialogues: Sequence[Dialogue]) -> list[slice]:
+    def _packed_runs(self, dialogues: Sequence[Dialogue], n_node: int) -> list[slice]:
         """Consecutive runs of `dialogues`, each at most `batch_size` dialogues whose device
-        shards hold fewer than `eval_nodes` utterances (a longer dialogue alone)."""
+        shards hold fewer than `n_node` utterances (a longer dialogue alone)."""
         runs, start = [], 0
         for stop in range(1, len(dialogues) + 1):
             if stop - start > 1 and (stop - start > self.batch_size or max(
                     sum(len(d) for d in s) for s in shard_dialogues(
-                        dialogues[start:stop], self.n_devices)) >= self.eval_nodes):
+                        dialogues[start:stop], self.n_devices)) >= n_node):
                 runs.append(slice(start, stop - 1))
                 start = stop - 1
         return runs + [slice(start, len(dialogues))] if dialogues else runs
@@ -493,7 +493,7 @@ class GraphBatcher:
         if not needed:
             return unpacked
         longest = max(len(d) for dialogues in splits for d in dialogues)
-        slots = {b.n_node: sum(len(self.with_eval_nodes(b.n_node)._packed_runs(dialogues))
+        slots = {b.n_node: sum(len(self._packed_runs(dialogues, b.n_node))
                                for dialogues in splits) * b.n_node
                  for b in self.budgets if longest < b.n_node <= max(needed).n_node}
         return self.with_eval_nodes(min(slots, key=lambda n: (slots[n], n)))
