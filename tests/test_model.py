@@ -123,8 +123,9 @@ def test_padding_does_not_change_real_outputs(small):
 def test_a_packed_dense_view_computes_what_the_unpacked_one_does(iemocap_small):
     # several dialogues per row of the encoder's view: the same outputs, and in training the
     # same dropout masks (drawn for the unpacked view), so the same step
+    # packing changes only the encoder's view: one graph head and one block (fast compiles)
     model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.3,
-                         graph_dropout=0.2, p_exe=0.0)
+                         graph_dropout=0.2, p_exe=0.0, graph_heads=1, graphs=("inter",))
     gb = GraphBatcher(iemocap_small, window=3, batch_size=6, growth=None)
     dialogues = iemocap_small.split("train")[:6]
     plain = gb.build(dialogues)
