@@ -272,7 +272,8 @@ class Trainer:
         if jax.process_count() > 1:
             # an ahead-of-time pmap executable expects global shapes when called in a
             # multi-process run, and lowering one costs a second compile: the pmapped steps
-            # compile when first called (through the persistent cache), without the memory check
+            # compile when first called, without the memory check (and at every start: JAX
+            # 0.10.2 does not look multi-process programs up in its persistent cache)
             logger.info("multi-process run: programs compile at their first step")
             return
         store = self._store(self.program_identity(), self.n_devices)
