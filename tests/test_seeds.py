@@ -33,7 +33,7 @@ def test_seeds_vmapped_equal_seeds_alone(tmp_path):
     config = make_config("tiny", ["model.dropout=0", "model.graph_dropout=0",
                                   "schedule.epochs=2", "optim.optimizer=sgd", "optim.lr=0.1",
                                   "model.hidden_dim=8", "model.graph_heads=1",
-                                  "data.modalities=text,audio"])
+                                  "model.graphs=inter", "data.modalities=text,audio"])
     together = train_and_evaluate(config, str(tmp_path / "together"), seeds=[1, 2], **QUIET)
     assert sorted(together["reports"]) == [1, 2]
     assert (tmp_path / "together" / "seeds_report.md").is_file()
