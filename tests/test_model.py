@@ -20,6 +20,7 @@ from ambjax.metrics import confusion_matrix, per_class_f1, weighted_f1
 from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout,
                        count_parameters, create_model, drop_probabilities)
 from ambjax.train import create_train_state, make_train_step
+from ambjax.train.state import init_params
 
 # Copies of the release fixtures (shared/fixtures) ship in tests/fixtures; AMBJAX_FIXTURES may
 # name another folder of files with the same key scheme.
@@ -81,7 +82,8 @@ def small(iemocap_small):
     dialogues = iemocap_small.split("train")[:4]
     budget = gb.budget_for(sum(len(d) for d in dialogues))
     batch = gb.build(dialogues)
-    params = model.init(jax.random.PRNGKey(0), batch)["params"]
+    # `model.init`'s values for seed 0 without running its forward pass op by op (~5 s)
+    params = init_params(model, batch, 0)
     apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
     return dict(model=model, gb=gb, dialogues=dialogues, budget=budget, batch=batch,
                 params=params, apply=apply, dataset=iemocap_small)
@@ -343,24 +345,26 @@ def test_stacked_modalities_equal_separate_modules(small, members):
     batch = small["batch"]
     x = jax.random.normal(jax.random.PRNGKey(3), (members, batch.nodes.mask.shape[0], 8))
     graph = batch.graph("inter", nodes=x)
-    params = Stack().init(jax.random.PRNGKey(0), graph, True)["params"]
+    # everything jitted: op by op, the many small programs cost more to compile
+    params = jax.jit(Stack().init, static_argnums=2)(jax.random.PRNGKey(0), graph,
+                                                     True)["params"]
     assert params["block"]["fc"]["kernel"].shape == (members, 8, 8)
-    out = Stack().apply({"params": params}, graph, True)
+    out = jax.jit(Stack().apply, static_argnums=2)({"params": params}, graph, True)
     assert out.shape == x.shape
+    block = jax.jit(DifferentialRelationalBlock(8).apply)
     for i in range(members):
         member = jax.tree.map(lambda p: p[i], params["block"])
-        alone = DifferentialRelationalBlock(8).apply({"params": member},
-                                                     batch.graph("inter", nodes=x[i]))
+        alone = block({"params": member}, batch.graph("inter", nodes=x[i]))
         np.testing.assert_allclose(out[i], alone, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda p: Stack().apply({"params": p}, graph, True).sum())(params)
+    grads = jax.jit(jax.grad(lambda p: Stack().apply({"params": p}, graph, True).sum()))(params)
     assert jax.tree.map(jnp.shape, grads) == jax.tree.map(jnp.shape, params)
     if members == 1:
         return
     kernels = params["block"]["fc"]["kernel"]
     assert not np.allclose(kernels[0], kernels[1])
     tied = {"block": jax.tree.map(lambda p: jnp.stack([p[0]] * 3), params["block"])}
-    dropped = Stack().apply({"params": tied}, graph._replace(nodes=jnp.stack([x[0]] * 3)),
-                            False, rngs={"dropout": jax.random.PRNGKey(1)})
+    dropped = jax.jit(lambda p, g, key: Stack().apply(p, g, False, rngs={"dropout": key}))(
+        {"params": tied}, graph._replace(nodes=jnp.stack([x[0]] * 3)), jax.random.PRNGKey(1))
     assert not np.allclose(dropped[0], dropped[1])  # same weights and inputs, own dropout masks
 
 
@@ -484,7 +488,7 @@ def test_attention_weights_sum_to_one_minus_lambda_per_receiver(iemocap_small, m
     real = np.asarray(batch.nodes.mask)
     for differential in (True, False):
         model = create_model(dims, 6, 2, hidden_dim=16, num_heads=2, differential=differential)
-        params = model.init(jax.random.PRNGKey(1), batch)["params"]
+        params = init_params(model, batch, 1)
         weights = attention_weights(model, params, batch)
         assert sorted(weights) == sorted(f"{g}/{a}" for g in ("inter", "intra")
                                          for a in ("attention_0", "attention_1", "out_att"))
