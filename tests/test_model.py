@@ -82,7 +82,8 @@ def small(iemocap_small):
     dialogues = iemocap_small.split("train")[:4]
     budget = gb.budget_for(sum(len(d) for d in dialogues))
     batch = gb.build(dialogues)
-    # `model.init`'s values for seed 0 without running its forward pass op by op (~5 s)
+    # the parameters `create_train_state` draws for seed 0 (`model.init`'s initialisers
+    # without its forward pass op by op, ~5 s faster)
     params = init_params(model, batch, 0)
     apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
     return dict(model=model, gb=gb, dialogues=dialogues, budget=budget, batch=batch,
