@@ -51,6 +51,11 @@ class DistributedError(AmbjaxError):
     """The processes of a multi-process run could not be set up or lost each other."""
 
 
+class DivergedError(AmbjaxError):
+    """Training produced a loss that is not a finite number (nan or inf): the parameters are
+    lost from that step on, so the run stops instead of training on."""
+
+
 class Interrupted(BaseException):
     """The run was stopped by a signal (SIGINT or SIGTERM).
 

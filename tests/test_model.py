@@ -426,6 +426,43 @@ def test_banded_attention_is_the_per_edge_attention_without_float_scatters(small
     assert "scatter-add" in per_edge_jaxpr and "scatter-add" not in banded_jaxpr
 
 
+def test_band_softmax_ignores_absent_entries_in_values_and_gradients():
+    # absent entries (pairs in the band without an edge) hold scores too; one far above the
+    # present ones once overflowed the exponential, and the masked gradient was 0 * inf = nan
+    from ambjax.nn.kernels import band_softmax
+    rng = np.random.default_rng(0)
+    scores = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+    present = jnp.asarray(rng.random((2, 4, 7)) < 0.5).at[1, 2].set(False)   # a lone receiver
+    probe = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+
+    def f(s):
+        return jnp.sum(band_softmax(s, present) * probe)
+
+    results = []
+    for absent in (0.0, 1e4, -1e4):
+        s = jnp.where(present, scores, absent)
+        results.append((jax.jit(band_softmax)(s, present), jax.jit(jax.grad(f))(s)))
+    for values, grad in results:
+        assert np.isfinite(np.asarray(grad)).all()
+        np.testing.assert_array_equal(values, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+    assert float(jnp.abs(results[0][1]).max()) > 0
+
+
+def test_banded_attention_gradient_is_finite_for_large_scores(small):
+    # the IEMOCAP preset at hidden 512 reached scores this large from its first step
+    graph = small["batch"].graph("intra")
+    mask = np.asarray(graph.nodes.mask)
+    nodes = np.random.default_rng(1).normal(size=(mask.shape[0], 6)) * 300.0
+    banded = graph._replace(nodes=jnp.asarray(nodes, jnp.float32))
+    layer = DifferentialGraphAttention(features=8, dropout_rate=0.4)
+    params = layer.init(jax.random.PRNGKey(0), banded)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply(
+        p, banded, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)}) ** 2)))(params)
+    for g in jax.tree.leaves(grads):
+        assert np.isfinite(np.asarray(g)).all()
+
+
 def test_batches_refuse_edges_outside_their_band(small):
     dialogues = small["dialogues"]
     edges = {k: [dialogue_edges(d.speakers, 5, k) for d in dialogues] for k in ("intra", "inter")}

@@ -16,6 +16,7 @@ import pytest
 from ambjax.cli import run_main
 from ambjax.data import DataFormatError, load_features, make_synthetic, read_pickle, write_pickle
 from ambjax.data.synthetic import to_layout_fields
+from ambjax.errors import DivergedError
 from ambjax.train import Trainer, load_dataset, train_and_evaluate
 from ambjax.train.compile import ACTIVATION_FACTOR, ResourceError
 from ambjax.train.run_folder import RunLock
@@ -309,6 +310,25 @@ def test_entry_points_answer_bad_input_with_one_line(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), \
             (argv, result.stderr[-400:])
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train_main(TINY + ["--set", "optim.lr=1e30", "--epochs", "3",
+                              "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "training diverged: the train loss of epoch 1 is nan" in line
+    assert "optim.lr" in line and f"nothing is kept in {out}" in line
+    assert not os.listdir(out / "checkpoints")
+
+
+def test_divergence_names_the_seeds_whose_loss_is_not_finite():
+    from ambjax.train.loop import check_finite_loss
+    check_finite_loss([{"loss": 1.5}, {"loss": 0.2}], (1, 2), 4)
+    with pytest.raises(DivergedError, match=r"epoch 4 is inf \(seed 2, 3\)"):
+        check_finite_loss([{"loss": 1.5}, {"loss": float("inf")}, {"loss": float("nan")}],
+                          (1, 2, 3), 4)
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_the_first_step():

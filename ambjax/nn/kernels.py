@@ -150,11 +150,14 @@ def band_softmax(scores: jax.Array, present: jax.Array) -> jax.Array:
 
     The same values as `segment_softmax` over the edges, up to float rounding; dense
     reductions instead of scatters, which XLA compiles into fewer kernels. The gradient does
-    not flow through the maximum (it cancels)."""
+    not flow through the maximum (it cancels). Absent entries change nothing, neither the
+    values nor the gradient: they are masked before the exponential, so an absent score far
+    above the present ones (the banded blocks hold scores for every pair in the band) cannot
+    overflow it to inf, whose masked gradient would be 0 * inf = nan."""
     chex.assert_equal_shape([scores, present])
     peak = jnp.max(jnp.where(present, scores, -jnp.inf), axis=-1, keepdims=True)
     peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    exp = jnp.where(present, jnp.exp(scores - peak), 0.0)
+    exp = jnp.exp(jnp.where(present, scores - peak, -jnp.inf))
     total = jnp.sum(exp, axis=-1, keepdims=True)
     return exp / jnp.where(total > 0, total, 1.0)
 

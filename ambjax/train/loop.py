@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 
@@ -19,7 +20,7 @@ import ambjax.train.run_folder as run_folder
 from ambjax.data.assemble import load_dataset, standardized
 from ambjax.data.dataset import DialogueDataset
 from ambjax.data.standardize import Standardizer
-from ambjax.errors import ConfigError, Interrupted, RunFolderError
+from ambjax.errors import ConfigError, DivergedError, Interrupted, RunFolderError
 from ambjax.nn.attention import lambda_parameters, layer_lambdas
 from ambjax.nn.model import AMBDSGDN
 from ambjax.nn.protocol import DialogueModel
@@ -222,11 +223,9 @@ def _train(run: RunContext, hooks: list[Hook]) -> list[dict]:
         for epoch in range(run.start_epoch, trainer.config.schedule.epochs):
             _epoch(run, epoch, hooks)
     except (KeyboardInterrupt, Interrupted) as e:
-        completed = run.progress[0].epoch              # recorded whole (signals are held then)
-        kept = (f"the checkpoint of epoch {completed} is kept in {run.out_dir} (continue with "
-                "`resume`)" if completed else f"no epoch had completed; nothing is kept in "
-                f"{run.out_dir}")
-        raise Interrupted(getattr(e, "signum", signal.SIGINT), kept) from None
+        raise Interrupted(getattr(e, "signum", signal.SIGINT), _kept(run)) from None
+    except DivergedError as e:
+        raise DivergedError(f"{e}; {_kept(run, resumable=False)}") from None
     reports = [final_report(run, k) for k in range(len(run.folders))]
     for hook in hooks:
         hook.on_end(run, reports)
@@ -236,6 +235,28 @@ def _train(run: RunContext, hooks: list[Hook]) -> list[dict]:
                     f"test acc {100 * report['test']['accuracy']:5.2f} wF1 "
                     f"{100 * report['test']['weighted_f1']:5.2f}; report in {folder}")
     return reports
+
+
+def _kept(run: RunContext, *, resumable: bool = True) -> str:
+    """What a stopped run leaves behind: the checkpoint of its last recorded epoch (epochs are
+    recorded whole: signals are held then), or nothing."""
+    completed = run.progress[0].epoch
+    if not completed:
+        return f"no epoch had completed; nothing is kept in {run.out_dir}"
+    return (f"the checkpoint of epoch {completed} is kept in {run.out_dir}"
+            + (" (continue with `resume`)" if resumable else ""))
+
+
+def check_finite_loss(trains: Sequence[Mapping], seeds: Sequence[int], epoch: int) -> None:
+    """Raise `DivergedError` when a seed's train loss of epoch `epoch` (1-based) is not a
+    finite number, naming the seeds and the usual causes."""
+    bad = [(seed, t["loss"]) for seed, t in zip(seeds, trains) if not math.isfinite(t["loss"])]
+    if bad:
+        who = "" if len(seeds) == 1 else " (seed " + ", ".join(str(s) for s, _ in bad) + ")"
+        raise DivergedError(
+            f"training diverged: the train loss of epoch {epoch} is {bad[0][1]}{who}; likely "
+            "causes: a learning rate too large (`set` optim.lr=...), features of an unusual "
+            "scale (try `recipe` robust) or non-finite values in the features")
 
 
 METRIC_KEYS = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
@@ -248,6 +269,7 @@ def _epoch(run: RunContext, epoch: int, hooks: list[Hook]) -> None:
     trainer = run.trainer
     selection = trainer.config.run.selection
     trains = trainer.train_epoch(epoch)
+    check_finite_loss(trains, trainer.seeds, epoch + 1)
     valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
     lambda_params = lambda_parameters(trainer.state.params)     # a few numbers per layer
     with interrupts.deferred():
