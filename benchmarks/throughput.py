@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import math
 import multiprocessing
 import resource
 import sys
@@ -102,19 +103,20 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         return {**base, "compile_s": compile_s, "start_to_ready_s": start_to_ready_s}
     active = jnp.asarray(True)
 
-    def train_epoch(epoch: int) -> tuple[float, int]:
-        """Seconds and steps of one full training epoch (host batching included)."""
+    def train_epoch(epoch: int) -> tuple[float, int, float]:
+        """Seconds and steps of one full training epoch (host batching included), and the
+        largest train loss of its last step over the seeds."""
         start, n_steps = time.perf_counter(), 0
         for b in gb.seed_batches("train", seed_list, epoch=epoch):
             trainer.state, metrics = trainer.train_step(trainer.state, b, active)
             n_steps += 1
         jax.block_until_ready(metrics)
-        return time.perf_counter() - start, n_steps
+        return time.perf_counter() - start, n_steps, float(np.max(metrics["loss"]))
 
     # the first epoch runs every program for the first time (buffers, threads); reported
     # apart, the throughput is the second's
-    first_epoch_s, _ = train_epoch(0)
-    train_epoch_s, n_steps = train_epoch(1)
+    first_epoch_s, _, _ = train_epoch(0)
+    train_epoch_s, n_steps, last_loss = train_epoch(1)
     passes = {}
     for split in ("valid", "test"):
         start = time.perf_counter()
@@ -138,6 +140,7 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
         **base, "compile_s": compile_s, "start_to_ready_s": start_to_ready_s,
         "distinct_shapes_per_epoch": len(flops),
         "first_epoch_s": first_epoch_s, "train_epoch_s": train_epoch_s,
+        "last_step_train_loss": last_loss,
         "eval_pass_s": passes["test"],
         "valid_pass_s": passes["valid"],
         "train_steps_per_s": n_steps / train_epoch_s,
@@ -180,6 +183,15 @@ def roofline(row: dict, peak: float) -> dict:
             "fraction_of_peak": row["achieved_flops_per_s_real"] / peak,
             "roofline_train_epoch_s": row["train_flops_per_epoch"] / peak,
             "roofline_eval_pass_s": row["eval_flops_per_pass"] / peak}
+
+
+def diverged_note(rows: list[dict]) -> list[str]:
+    """Table lines naming the rows whose model diverged (a train loss that is not finite):
+    a model computing nan is timed doing nothing useful. Empty when none did."""
+    diverged = [r["preset"] for r in rows
+                if not math.isfinite(r.get("last_step_train_loss", 0.0))]
+    return ["", "NOT A RESULT: the train loss is not finite (a diverged model) in the rows of "
+            + ", ".join(diverged)] if diverged else []
 
 
 def main(argv=None) -> dict:
@@ -242,6 +254,7 @@ def main(argv=None) -> dict:
                      f"{r['node_padding_efficiency']:.2f} | "
                      f"{r['peak_rss_gb']:.2f} | {100 * r['fraction_of_peak']:.1f} | "
                      f"{r['roofline_train_epoch_s'] + r['roofline_eval_pass_s']:.2f} |")
+    lines += diverged_note(rows)
     table = "\n".join(lines) + "\n"
     print(table)
     result = {"benchmark": "throughput", "environment": env, "matmul_peak_flops_per_s": peak,

@@ -42,7 +42,9 @@ load under 0.5). Load from outside a virtual machine does not show in its load a
 row whose steady epochs on either side spread more than `UNSTEADY_SPREAD`, whose first epochs
 on either side are slower than `SLOW_FIRST_EPOCHS` times its steady median, or whose release
 epochs add up to more than the release's whole process is marked DOUBTFUL in the table, with
-a warning line, and its "doubts" listed in the JSON: run it again.
+a warning line, and its "doubts" listed in the JSON: run it again. So is a row where ambjax's
+train loss was not finite in some epoch (each epoch's loss is in the JSON): a diverged model's
+timing is no result.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 """
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -59,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
@@ -228,7 +232,8 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     if not ready_only:
         rows = []
         for epoch in range(epochs):
-            row = {"train_s": trainer.train_epoch(epoch)[0]["seconds"]}
+            train = trainer.train_epoch(epoch)[0]
+            row = {"train_s": train["seconds"], "train_loss": train["loss"]}
             t = time.perf_counter()
             trainer.evaluate("test")                     # no valid split: the release's work
             row["test_s"] = time.perf_counter() - t
@@ -258,12 +263,17 @@ def _steady(values: list[float], first: int) -> float:
     return statistics.median(_steady_values(values, first))
 
 
-def doubts(release: dict, ours_epochs: list[float], first: int) -> list[str]:
+def doubts(release: dict, ours_epochs: list[float], first: int,
+           ours_losses: Sequence[float] = ()) -> list[str]:
     """What makes a row's measurement doubtful, one phrase each (empty: nothing): a side's
     steady epochs spread more than `UNSTEADY_SPREAD`, its first epochs slower than
-    `SLOW_FIRST_EPOCHS` times its steady median, or the release's printed epochs adding up to
-    more than its process's whole run."""
+    `SLOW_FIRST_EPOCHS` times its steady median, the release's printed epochs adding up to
+    more than its process's whole run, or an ambjax train loss that is not finite (timing a
+    diverged model)."""
     found = []
+    bad = [i + 1 for i, loss in enumerate(ours_losses) if not math.isfinite(loss)]
+    if bad:
+        found.append(f"ambjax's train loss is not finite in epoch(s) {bad} (a diverged model)")
     for side, values in (("the release's", release["epoch_s"]), ("ambjax's", ours_epochs)):
         steady = _steady_values(values, first)
         if min(steady) > 0 and max(steady) / min(steady) > UNSTEADY_SPREAD:
@@ -306,7 +316,8 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> d
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
-        "doubts": doubts(release, ours_epoch, first),
+        "doubts": doubts(release, ours_epoch, first,
+                         [e["train_loss"] for e in cold["epochs"] if "train_loss" in e]),
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
     }
@@ -347,7 +358,8 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
     doubtful = [f"{r['preset']}: {'; '.join(r['doubts'])}" for r in rows if r["doubts"]]
     if doubtful:
-        lines.append("DOUBTFUL (the machine was likely disturbed during the run; run it again): "
+        lines.append("DOUBTFUL (the machine was likely disturbed during the run, or the model "
+                     "diverged; run it again): "
                      + " / ".join(doubtful))
     return "\n".join(lines) + "\n"
 

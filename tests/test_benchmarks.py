@@ -39,6 +39,15 @@ def test_throughput_row_counts_the_real_work(tiny_row):
     assert 0 < row["edge_padding_efficiency"] < 1
     assert row["parameters"] > 0 and row["train_flops_per_epoch"] > row["eval_flops_per_pass"]
     assert row["compile_s"] > 0 and row["preset"] == "tiny" and row["seeds"] == 2
+    assert math.isfinite(row["last_step_train_loss"]) and row["last_step_train_loss"] > 0
+
+
+def test_throughput_says_a_diverged_row_is_not_a_result():
+    from benchmarks.throughput import diverged_note
+    assert diverged_note([{"preset": "iemocap", "last_step_train_loss": 1.7}]) == []
+    note = diverged_note([{"preset": "iemocap", "last_step_train_loss": float("nan")},
+                          {"preset": "meld", "last_step_train_loss": 1.2}])
+    assert note[-1].startswith("NOT A RESULT") and note[-1].endswith("rows of iemocap")
 
 
 def test_roofline_divides_by_the_measured_peak_and_names_no_release_figure():
@@ -144,11 +153,12 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     showing it; the row then says so instead of quoting a ratio as if nothing happened."""
     from benchmarks.versus_release import compare, table
 
-    def run(release_epochs, ours_train, release_wall=200.0):
+    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0):
         release = {"epoch_s": release_epochs, "wall_s": release_wall,
                    "startup_s": release_wall - sum(release_epochs), "peak_rss_gb": 4.0,
                    "glibc_tunables": ""}
-        cold = {"epochs": [{"train_s": t, "test_s": 0.25} for t in ours_train],
+        cold = {"epochs": [{"train_s": t, "test_s": 0.25, "train_loss": loss}
+                           for t in ours_train],
                 "start_to_ready_s": 30.0, "compile_s": 25.0, "peak_rss_gb": 3.0,
                 "glibc_tunables": ""}
         return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2)
@@ -165,6 +175,10 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     assert first_slowed["doubts"] == ["the release's first epochs up to 2.48x its steady median"]
     ours_first_slowed = run([12.0, 11.0, 10.0, 10.3, 10.1], [9.0, 4.1, 4.0, 4.1, 3.9])
     assert ours_first_slowed["doubts"] == ["ambjax's first epochs up to 2.18x its steady median"]
+    # a model whose loss is nan is timed doing nothing useful: the row says so
+    diverged = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9], loss=float("nan"))
+    assert diverged["doubts"] == [
+        "ambjax's train loss is not finite in epoch(s) [1, 2, 3, 4, 5] (a diverged model)"]
     env = {"cpu_model": "cpu", "avx512": True, "amx": True, "cpu_count": 2, "device": "cpu:cpu",
            "jax": "0", "date": "today"}
     info = {"torch": "2", "threads": 2}
