@@ -23,10 +23,15 @@ SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
 
 @pytest.fixture
 def cache_dir(tmp_path):
-    before = jax.config.jax_compilation_cache_dir
+    # every program into JAX's cache, as the command-line tools have it (the suite's own
+    # threshold, 0.5 s, would leave out a program that happened to compile faster)
+    before = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     yield tmp_path
-    jax.config.update("jax_compilation_cache_dir", before)
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
 def _ready(config, data):
@@ -66,12 +71,22 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     (s1, m1), (s2, m2) = _step(cold, batch), _step(warm, batch)
     for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2))):
         np.testing.assert_array_equal(a, b)
-    # another learning rate is another program: none of these entries is its
-    other = Trainer.from_config(replace_key(config, "optim.lr", 0.5), data, n_devices=1)
-    store = ExecutableStore(str(cache_dir / STORE_FOLDER), other.program_identity())
-    key = batch_key(batch)
-    assert store.load("gradients", key) is None and store.load("update", ()) is None
-    stored = ExecutableStore(store.folder, warm.program_identity())
+    # another learning rate or run length is another update program, but the same gradients
+    # and eval programs (shared); another loss weighting is another gradients program
+    key, eval_key = batch_key(batch), batch_key(next(cold.batcher.batches("test")))
+
+    def store_of(trainer):
+        return ExecutableStore(str(cache_dir / STORE_FOLDER), trainer.program_identity(),
+                               {"update": trainer.optimiser_identity()})
+
+    for change in (("optim.lr", 0.5), ("schedule.epochs", 7)):
+        store = store_of(Trainer.from_config(replace_key(config, *change), data, n_devices=1))
+        assert store.load("update", ()) is None
+        assert store.load("gradients", key) is not None and store.load("eval", eval_key)
+    store = store_of(Trainer.from_config(replace_key(config, "optim.unimodal_weight", 0.3),
+                                         data, n_devices=1))
+    assert store.load("gradients", key) is None and store.load("eval", eval_key) is None
+    stored = store_of(warm)
     assert stored.load("gradients", key) is not None and stored.load("update", ()) is not None
 
 

@@ -7,8 +7,10 @@ that is ~2 s per program on a 2-core CPU, most of a warm start. This store keeps
 executables themselves (`jax.experimental.serialize_executable`) under a key made of
 everything that decides a program without tracing it:
 
-- the caller's `identity` (a run's model and optimiser configuration, schedule, class weights,
-  device and seed counts, the abstract train state: see `Trainer.program_identity`);
+- the caller's `identity` (a run's model, class weights and loss weights, device and seed
+  counts, the abstract train state: see `Trainer.program_identity`), and what one program
+  computes besides (`per_program`: the update's optimiser and schedule, which the gradients
+  and eval programs do not depend on, so that runs that differ only there share those);
 - the program's name ("gradients" / "update" / "eval") and its batch shape (`batch_key`;
   none for the update, which every batch shape shares);
 - the versions of jax, jaxlib, flax and optax, the backend, device kind and XLA_FLAGS;
@@ -119,6 +121,8 @@ class ExecutableStore:
       folder: where the entries live (created on the first save).
       identity: JSON-serialisable description of what the programs compute (beyond their
         batch shapes); two stores with equal identities share entries.
+      per_program: {program name: JSON-serialisable description of what that program
+        computes besides `identity`}; a name not in it depends on `identity` alone.
 
     Example:
       >>> import jax, jax.numpy as jnp, tempfile
@@ -139,13 +143,15 @@ class ExecutableStore:
     # size stores 1.7 GB); the least recently used go first
     ARRAY_BUDGET_BYTES = 2 * 1024 ** 3
 
-    def __init__(self, folder: str, identity: Any):
+    def __init__(self, folder: str, identity: Any, per_program: dict[str, Any] | None = None):
         _listen_for_cache_hits()
         self.folder = folder
         self.identity = json.dumps(identity, sort_keys=True, default=str) + _build_identity()
+        self.per_program = {name: json.dumps(extra, sort_keys=True, default=str)
+                            for name, extra in (per_program or {}).items()}
 
     def _key(self, name: str, key: Any) -> bytes:
-        return f"{self.identity}|{name}|{key!r}".encode()
+        return f"{self.identity}|{name}|{self.per_program.get(name, '')}|{key!r}".encode()
 
     def _path(self, name: str, key: Any) -> str:
         digest = hashlib.sha256(self._key(name, key)).hexdigest()
@@ -284,10 +290,12 @@ class ExecutableStore:
                 pass
 
 
-def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:
-    """The store in JAX's persistent compilation cache folder for programs over `n_devices`
-    devices, or None when that cache is off, the programs are not single-device,
-    single-process ones, or the store's folder is not trusted (then with one warning)."""
+def default_store(identity: Any, n_devices: int,
+                  per_program: dict[str, Any] | None = None) -> ExecutableStore | None:
+    """The store (`ExecutableStore(folder, identity, per_program)`) in JAX's persistent
+    compilation cache folder for programs over `n_devices` devices, or None when that cache
+    is off, the programs are not single-device, single-process ones, or the store's folder
+    is not trusted (then with one warning)."""
     cache = jax.config.jax_compilation_cache_dir
     if not cache or n_devices != 1 or jax.process_count() > 1:
         return None
@@ -300,4 +308,4 @@ def default_store(identity: Any, n_devices: int) -> ExecutableStore | None:
         log.warning("warning: executable store not used: %s (anyone who can write it could "
                     "run code as you)", why)
         return None
-    return ExecutableStore(folder, identity)
+    return ExecutableStore(folder, identity, per_program)

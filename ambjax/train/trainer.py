@@ -218,14 +218,14 @@ class Trainer:
             self._params_store.save_arrays("params", seed, params)
         return params
 
-    def _store(self, identity: dict, n_devices: int):
+    def _store(self, identity: dict, n_devices: int, per_program: dict | None = None):
         """The store of compiled programs and initial parameters for `identity`
         (`default_store`), for ambjax's own models only: a store entry is trusted to match
         the code it was made by through the hash of ambjax's source, which does not cover a
         model defined elsewhere."""
         if not type(self.model).__module__.startswith("ambjax."):
             return None
-        return default_store(identity, n_devices)
+        return default_store(identity, n_devices, per_program)
 
     def to_device(self, states: Sequence):
         """Per-seed host states -> the stacked device state (replicated for pmap)."""
@@ -276,7 +276,8 @@ class Trainer:
             # 0.10.2 does not look multi-process programs up in its persistent cache)
             logger.info("multi-process run: programs compile at their first step")
             return
-        store = self._store(self.program_identity(), self.n_devices)
+        store = self._store(self.program_identity(), self.n_devices,
+                            {"update": self.optimiser_identity()})
         programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
                                     evals, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store,
@@ -296,15 +297,23 @@ class Trainer:
         return self.programs.largest_train_bytes
 
     def program_identity(self) -> dict:
-        """What the compiled steps compute besides their batch shapes: the key of their
-        entries in the executable store (`ambjax.train.executables`)."""
+        """What the compiled steps compute besides their batch shapes and the optimiser: the
+        key of their entries in the executable store (`ambjax.train.executables`). The
+        gradients and eval programs depend on nothing else; the update program on
+        `optimiser_identity()` too, so runs that differ only in their optimiser, learning
+        rate or length share the other two."""
         return {"model": repr(self.model), "mask_rng": self.config.model.mask_rng,
-                "optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps,
+                "unimodal_weight": self.config.optim.unimodal_weight,
                 "class_weights": None if self.class_weights is None
                 else np.asarray(self.class_weights).tolist(),
                 "devices": self.n_devices, "seeds": len(self.seeds),
                 "state": [str(jax.tree_util.tree_structure(self.abstract_state))]
                 + [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(self.abstract_state)]}
+
+    def optimiser_identity(self) -> dict:
+        """What the update program computes besides `program_identity()`: the optimiser's
+        settings and the schedule's length."""
+        return {"optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps}
 
     def _describe_largest(self, batch) -> str:
         longest = max(self.dataset.dialogues.values(), key=len)
