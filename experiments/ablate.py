@@ -176,8 +176,11 @@ def ablate(argv: list[str]) -> int:
         results = {}
         for variant, config in configs.items():
             print(f"== {variant} ==", flush=True)
-            out = train_and_evaluate(config, os.path.join(args.out, variant),
-                                     n_devices=args.devices, **options)
+            try:
+                out = train_and_evaluate(config, os.path.join(args.out, variant),
+                                         n_devices=args.devices, **options)
+            except AmbjaxError as e:             # e.g. a variant that diverged: name it
+                raise type(e)(f"variant {variant}: {e}") from None
             results[variant] = out["summary"]
     except BaseException:
         lock.release(cleanup=True)

@@ -25,6 +25,12 @@ def test_ablation_table_end_to_end(tmp_path, capsys):
     assert set(blob["rows"][1]["modality_f1"]) == {"text"}
     assert ablate_main(["--preset", "tiny", "--ablations", "no_such", "--out", str(out)]) == 2
     assert "no_such" in capsys.readouterr().err
+    # a variant that fails while training is named in the one line
+    assert ablate_main(["--preset", "tiny", "--seeds", "1,2", "--ablations", "text_only",
+                        "--epochs", "1", "--devices", "1", "--set", "optim.lr=1e30",
+                        "--out", str(tmp_path / "diverged")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: variant full: training diverged"), err
 
 
 def _summary(values):
