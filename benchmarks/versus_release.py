@@ -264,7 +264,7 @@ def _steady(values: list[float], first: int) -> float:
 
 
 def doubts(release: dict, ours_epochs: list[float], first: int,
-           ours_losses: Sequence[float] = ()) -> list[str]:
+           ours_losses: Sequence[float]) -> list[str]:
     """What makes a row's measurement doubtful, one phrase each (empty: nothing): a side's
     steady epochs spread more than `UNSTEADY_SPREAD`, its first epochs slower than
     `SLOW_FIRST_EPOCHS` times its steady median, the release's printed epochs adding up to
@@ -316,8 +316,7 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> d
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
-        "doubts": doubts(release, ours_epoch, first,
-                         [e["train_loss"] for e in cold["epochs"] if "train_loss" in e]),
+        "doubts": doubts(release, ours_epoch, first, [e["train_loss"] for e in cold["epochs"]]),
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
     }

@@ -18,6 +18,7 @@ exit 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -132,6 +133,15 @@ def check_folder(out: str) -> None:
                           f"({', '.join(foreign[:5])}); choose another --out")
 
 
+@contextlib.contextmanager
+def naming(variant: str):
+    """An `AmbjaxError` raised inside names `variant` at the start of its one line."""
+    try:
+        yield
+    except AmbjaxError as e:
+        raise type(e)(f"variant {variant}: {e}") from None
+
+
 def ablate(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m experiments.ablate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,20 +177,16 @@ def ablate(argv: list[str]) -> int:
                    allow_changes=args.allow_changes)
     check_folder(args.out)
     for variant, config in configs.items():      # every variant checked before one trains
-        try:
+        with naming(variant):
             prepare_run(config, os.path.join(args.out, variant), **options)
-        except AmbjaxError as e:
-            raise type(e)(f"variant {variant}: {e}") from None
     lock = RunLock(args.out)                     # one ablation command per folder at a time
     try:
         results = {}
         for variant, config in configs.items():
             print(f"== {variant} ==", flush=True)
-            try:
+            with naming(variant):                # e.g. a variant that diverged
                 out = train_and_evaluate(config, os.path.join(args.out, variant),
                                          n_devices=args.devices, **options)
-            except AmbjaxError as e:             # e.g. a variant that diverged: name it
-                raise type(e)(f"variant {variant}: {e}") from None
             results[variant] = out["summary"]
     except BaseException:
         lock.release(cleanup=True)
