@@ -1,5 +1,5 @@
 """Shared helpers: device/version record, result files (JSON + Markdown table), an epoch's
-train batches by shape."""
+train batches by shape, the machine's matmul speed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -36,6 +39,20 @@ def process_age_s() -> float:
     return max(0.0, uptime - started / os.sysconf("SC_CLK_TCK"))
 
 
+def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 FLOP/s of an [n, n] @ [n, n] matmul on the default device (the median
+    of `repeats` after one warm-up)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times)
+
+
 def cpu_description() -> dict:
     """The CPU model and the vector extensions that decide matmul speed (from /proc/cpuinfo;
     empty where it is not readable)."""
@@ -56,12 +73,16 @@ def cpu_description() -> dict:
             "amx": bool({"amx_tile", "amx_bf16"} & flags)}
 
 
+def device_name(device) -> str:
+    """"platform:kind" of a JAX device, as the result files name it (e.g. "cpu:cpu")."""
+    return f"{device.platform}:{getattr(device, 'device_kind', '')}"
+
+
 def environment() -> dict:
     """Device, CPU, backend and software versions to store with every number."""
     import flax
     import optax
-    dev = jax.devices()[0]
-    return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+    return {"device": device_name(jax.devices()[0]),
             **cpu_description(),
             "device_count": jax.device_count(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "python": platform.python_version(),

@@ -42,20 +42,8 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
-from benchmarks.common import environment, write_results
+from benchmarks.common import environment, matmul_flops, write_results
 from experiments.configs import load as load_preset, make_config
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matmul FLOP/s of the default device."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / float(np.median(times))
 
 
 def _peak_rss_gb() -> float:
@@ -221,7 +209,7 @@ def main(argv=None) -> dict:
         return multiprocess.main(["--processes", str(args.processes), "--preset",
                                   args.preset[0]])
     env = environment()
-    peak = matmul_peak_flops()
+    peak = matmul_flops()
     rows = []
     for preset in args.preset:
         for bs in args.batch_sizes:

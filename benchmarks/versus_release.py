@@ -42,9 +42,12 @@ load under 0.5). Load from outside a virtual machine does not show in its load a
 row whose steady epochs on either side spread more than `UNSTEADY_SPREAD`, whose first epochs
 on either side are slower than `SLOW_FIRST_EPOCHS` times its steady median, or whose release
 epochs add up to more than the release's whole process is marked DOUBTFUL in the table, with
-a warning line, and its "doubts" listed in the JSON: run it again. So is a row where ambjax's
-train loss was not finite in some epoch (each epoch's loss is in the JSON): a diverged model's
-timing is no result.
+a warning line, and its "doubts" listed in the JSON: run it again. A slow phase can also cover
+one side's whole run and leave its epochs steady, so the machine's speed is probed before the
+release, between the sides and after ambjax (a float32 matmul, `PROBE_REPEATS` times): probes
+further apart than `PROBE_SPREAD` mark the row DOUBTFUL too. So
+is a row where ambjax's train loss was not finite in some epoch (each epoch's loss is in the
+JSON): a diverged model's timing is no result.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 """
 
@@ -67,7 +70,8 @@ from typing import Sequence
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
 from ambjax.host_memory import HUGE_PAGES_TUNABLE
-from benchmarks.common import environment, process_age_s, write_results
+from benchmarks.common import (device_name, environment, matmul_flops, process_age_s,
+                               write_results)
 
 RELEASE_RUNS = {   # the release's run_<dataset>.sh: its flags, and its data file
     "iemocap": (["--lr=0.000068", "--dropout=0.5", "--l2=0.00005", "--batch-size=16",
@@ -189,12 +193,16 @@ def run_release(folder: str, python: str, preset: str, epochs: int, device: str,
             "startup_s": wall - sum(epochs_s), "glibc_tunables": env.get("GLIBC_TUNABLES", "")}
 
 
-def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: bool) -> dict:
+def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: bool,
+               device: str = "cpu") -> dict:
     cmd = [sys.executable, "-m", "benchmarks.versus_release", "--worker", path,
            "--presets", preset, "--epochs", str(epochs), "--cache", cache] + (
         ["--ready-only"] if ready_only else [])
+    env = side_environment()
+    if device == "cpu":              # as the release runs with --no-cuda, even on a GPU machine
+        env["JAX_PLATFORMS"] = "cpu"
     text, wall, rss = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                                  env=side_environment(), timeout=3600)
+                                  env=env, timeout=3600)
     result = json.loads(text.strip().splitlines()[-1])
     return {**result, "wall_s": wall, "peak_rss_gb": rss}
 
@@ -228,6 +236,7 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     trainer.compile()
     out = {"compile_s": time.perf_counter() - compile_start,
            "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count(),
+           "device": device_name(jax.devices()[0]),
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
     if not ready_only:
         rows = []
@@ -255,6 +264,24 @@ the undisturbed runs so far: the release's up to 1.38x, ambjax's, which touch th
 for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
 
 
+PROBE_SPREAD = 1.25
+"""The machine's matmul speed at its probes before, between and after the sides further apart
+than this (fastest / slowest) marks a doubtful row. A slow phase can cover one side's whole
+run: run A14 on the 2-core AMD EPYC found ambjax's IEMOCAP epochs steady at 7.7-7.9 s and its
+cold compile 32.1 s, where `throughput` measured 5.45 s and 20.2 s on the same code ten
+minutes later. That machine's matmul speed moves within seconds (single 2048 x 2048 products
+at 79-181 GFLOP/s in one minute, its hypervisor's steal counter unchanged), so a probe is the
+median of `PROBE_REPEATS` products (~5 s): six such probes in a row read 148-164 GFLOP/s."""
+
+PROBE_REPEATS = 40
+
+
+def probe_machine() -> float:
+    """The machine's speed now: a float32 matmul's GFLOP/s (`matmul_flops`, the median of
+    `PROBE_REPEATS` products)."""
+    return matmul_flops(repeats=PROBE_REPEATS) / 1e9
+
+
 def _steady_values(values: list[float], first: int) -> list[float]:
     return values[first:] if len(values) > first else values
 
@@ -264,13 +291,18 @@ def _steady(values: list[float], first: int) -> float:
 
 
 def doubts(release: dict, ours_epochs: list[float], first: int,
-           ours_losses: Sequence[float]) -> list[str]:
+           ours_losses: Sequence[float], probes: Sequence[float] = ()) -> list[str]:
     """What makes a row's measurement doubtful, one phrase each (empty: nothing): a side's
     steady epochs spread more than `UNSTEADY_SPREAD`, its first epochs slower than
     `SLOW_FIRST_EPOCHS` times its steady median, the release's printed epochs adding up to
-    more than its process's whole run, or an ambjax train loss that is not finite (timing a
-    diverged model)."""
+    more than its process's whole run, an ambjax train loss that is not finite (timing a
+    diverged model), or the machine's matmul speed at the `probes` (GFLOP/s, `probe_machine`)
+    further apart than `PROBE_SPREAD`."""
     found = []
+    if probes and max(probes) > PROBE_SPREAD * min(probes):
+        found.append("the machine's matmul speed moved between the sides: "
+                     + " / ".join(f"{v:.0f}" for v in probes) + " GFLOP/s "
+                     f"({max(probes) / min(probes):.2f}x) before, between and after them")
     bad = [i + 1 for i, loss in enumerate(ours_losses) if not math.isfinite(loss)]
     if bad:
         found.append(f"ambjax's train loss is not finite in epoch(s) {bad} (a diverged model)")
@@ -289,8 +321,10 @@ def doubts(release: dict, ours_epochs: list[float], first: int,
     return found
 
 
-def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> dict:
-    """Per-epoch medians, a release-length run end to end, and the ratios."""
+def compare(preset: str, release: dict, cold: dict, warm: dict, first: int,
+            probes: Sequence[float] = ()) -> dict:
+    """Per-epoch medians, a release-length run end to end, and the ratios; `probes` are the
+    machine's matmul speed (GFLOP/s, `probe_machine`) before, between and after the sides."""
     length = RELEASE_RUNS[preset][2]
     ours_epoch = [e["train_s"] + e["test_s"] for e in cold["epochs"]]
     rel_steady, ours_steady = _steady(release["epoch_s"], first), _steady(ours_epoch, first)
@@ -316,7 +350,9 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int) -> d
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
-        "doubts": doubts(release, ours_epoch, first, [e["train_loss"] for e in cold["epochs"]]),
+        "matmul_gflops_probes": list(probes),
+        "doubts": doubts(release, ours_epoch, first, [e["train_loss"] for e in cold["epochs"]],
+                         probes),
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
     }
@@ -352,6 +388,10 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               "run is start-up plus every epoch"
               + ("" if rows[0]["release_length_run_measured_in_full"] else
                  " (the steady epochs past the measured ones extrapolated)") + ".",
+              "The machine's float32 matmul speed (GFLOP/s) before the release / between the "
+              "sides / after ambjax: " + "; ".join(
+                  f"{r['preset']} " + " / ".join(f"{v:.0f}" for v in r["matmul_gflops_probes"])
+                  for r in rows) + ".",
               "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
               + tunables(rows, "ambjax") + " (`ambjax.host_memory`).",
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
@@ -386,6 +426,11 @@ def main(argv: list[str]) -> int:
     if args.worker:
         worker(args.worker, args.presets[0], args.epochs, args.cache, args.ready_only)
         return 0
+    # this process writes the data and probes the host's speed; on a GPU machine it must not
+    # hold the GPU memory that JAX's GPU backend reserves when it starts (most of it) while
+    # the two sides run
+    import jax
+    jax.config.update("jax_platforms", "cpu")
     if not args.release:
         raise UsageError("--release DIR is required (a checkout of github wys-ljq/AMB-DSGDN)")
     if args.epochs < 1 or args.first_epochs < 0:
@@ -400,14 +445,20 @@ def main(argv: list[str]) -> int:
         folder, patches = release_copy(args.release, scratch, args.device)
         for preset in args.presets:
             path = write_data(preset, folder)
+            probes = [probe_machine()]
             print(f"{preset}: the release, {args.epochs} epochs ...", flush=True)
             release = run_release(folder, args.release_python, preset, args.epochs,
                                   args.device, huge_pages=args.release_huge_pages)
+            probes.append(probe_machine())
             cache = os.path.join(scratch, f"cache-{preset}")
             print(f"{preset}: ambjax, cold then warm ...", flush=True)
-            cold = run_ambjax(path, preset, args.epochs, cache, ready_only=False)
-            warm = run_ambjax(path, preset, args.epochs, cache, ready_only=True)
-            row = compare(preset, release, cold, warm, args.first_epochs)
+            cold = run_ambjax(path, preset, args.epochs, cache, ready_only=False,
+                              device=args.device)
+            warm = run_ambjax(path, preset, args.epochs, cache, ready_only=True,
+                              device=args.device)
+            probes.append(probe_machine())
+            env["device"] = cold["device"]            # this process's own is the CPU
+            row = compare(preset, release, cold, warm, args.first_epochs, probes)
             rows.append(row)
             print(f"{preset}: release epoch {row['release_steady_epoch_s']:.2f} s, ambjax "
                   f"{row['ambjax_steady_train_test_s']:.2f} s ({row['epoch_speedup']:.2f}x); "

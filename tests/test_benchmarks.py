@@ -137,6 +137,24 @@ def test_versus_release_runs_the_release_without_ambjaxs_huge_pages_unless_asked
     assert "GLIBC_TUNABLES" not in side_environment(True)
 
 
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_versus_release_runs_ambjax_on_the_device_the_release_runs_on(monkeypatch, device):
+    """On a GPU machine `--device cpu` runs the release with --no-cuda: ambjax must not take
+    the GPU then; with `--device gpu` it is left to JAX's default device."""
+    import json
+    import benchmarks.versus_release as vr
+    seen = {}
+
+    def fake_run(cmd, *, cwd, env, timeout):
+        seen.update(env)
+        return json.dumps({"compile_s": 1.0}), 2.0, 0.5
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    monkeypatch.setattr(vr, "run_command", fake_run)
+    vr.run_ambjax("data.pkl", "iemocap", 1, "cache", ready_only=True, device=device)
+    assert seen["JAX_PLATFORMS"] == ("cpu" if device == "cpu" else "cuda,cpu")
+
+
 def test_process_age_counts_from_the_process_start_across_an_exec():
     import subprocess
     import sys
@@ -153,7 +171,7 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     showing it; the row then says so instead of quoting a ratio as if nothing happened."""
     from benchmarks.versus_release import compare, table
 
-    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0):
+    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0, probes=()):
         release = {"epoch_s": release_epochs, "wall_s": release_wall,
                    "startup_s": release_wall - sum(release_epochs), "peak_rss_gb": 4.0,
                    "glibc_tunables": ""}
@@ -161,7 +179,8 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
                            for t in ours_train],
                 "start_to_ready_s": 30.0, "compile_s": 25.0, "peak_rss_gb": 3.0,
                 "glibc_tunables": ""}
-        return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2)
+        return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2,
+                       probes=probes)
 
     calm = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9])
     assert calm["doubts"] == []
@@ -179,8 +198,21 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     diverged = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9], loss=float("nan"))
     assert diverged["doubts"] == [
         "ambjax's train loss is not finite in epoch(s) [1, 2, 3, 4, 5] (a diverged model)"]
+    # a slow phase over one side's whole run leaves its epochs steady: the machine's matmul
+    # speed, probed before, between and after the sides, shows it
+    steady_probes = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9],
+                        probes=[160.0, 140.0, 152.0])
+    assert steady_probes["doubts"] == [] and steady_probes["matmul_gflops_probes"] == [
+        160.0, 140.0, 152.0]
+    slowed_between = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9],
+                         probes=[160.0, 104.0, 152.0])
+    assert slowed_between["doubts"] == [
+        "the machine's matmul speed moved between the sides: 160 / 104 / 152 GFLOP/s (1.54x) "
+        "before, between and after them"]
     env = {"cpu_model": "cpu", "avx512": True, "amx": True, "cpu_count": 2, "device": "cpu:cpu",
            "jax": "0", "date": "today"}
     info = {"torch": "2", "threads": 2}
     assert "DOUBTFUL" not in table(env, [calm], [], info)
     assert "DOUBTFUL" in table(env, [calm, slowed], [], info).splitlines()[-1]
+    assert ("before the release / between the sides / after ambjax: iemocap 160 / 104 / 152."
+            in table(env, [slowed_between], [], info))
