@@ -44,8 +44,8 @@ on either side are slower than `SLOW_FIRST_EPOCHS` times its steady median, or w
 epochs add up to more than the release's whole process is marked DOUBTFUL in the table, with
 a warning line, and its "doubts" listed in the JSON: run it again. A slow phase can also cover
 one side's whole run and leave its epochs steady, so the machine's speed is probed before the
-release, between the sides and after ambjax (a float32 matmul, `PROBE_REPEATS` times): probes
-further apart than `PROBE_SPREAD` mark the row DOUBTFUL too. So
+release, between the sides and after ambjax (a float32 matmul's speed and a fresh-memory fill's
+rate): probes further apart than `PROBE_SPREAD` mark the row DOUBTFUL too. So
 is a row where ambjax's train loss was not finite in some epoch (each epoch's loss is in the
 JSON): a diverged model's timing is no result.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
@@ -66,6 +66,8 @@ import sys
 import tempfile
 import time
 from typing import Sequence
+
+import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
@@ -265,21 +267,41 @@ for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
 
 
 PROBE_SPREAD = 1.25
-"""The machine's matmul speed at its probes before, between and after the sides further apart
-than this (fastest / slowest) marks a doubtful row. A slow phase can cover one side's whole
-run: run A14 on the 2-core AMD EPYC found ambjax's IEMOCAP epochs steady at 7.7-7.9 s and its
-cold compile 32.1 s, where `throughput` measured 5.45 s and 20.2 s on the same code ten
-minutes later. That machine's matmul speed moves within seconds (single 2048 x 2048 products
-at 79-181 GFLOP/s in one minute, its hypervisor's steal counter unchanged), so a probe is the
-median of `PROBE_REPEATS` products (~5 s): six such probes in a row read 148-164 GFLOP/s."""
+"""The machine's speed at its probes before, between and after the sides further apart than
+this (fastest / slowest, in either measure of `probe_machine`) marks a doubtful row. A slow
+phase can cover one side's whole run: run A14 on the 2-core AMD EPYC found ambjax's IEMOCAP
+epochs steady at 7.7-7.9 s and its cold compile 32.1 s, where `throughput` measured 5.45 s
+and 20.2 s on the same code ten minutes later. That machine's matmul speed moves within
+seconds (single 2048 x 2048 products at 79-181 GFLOP/s in one minute, its hypervisor's steal
+counter unchanged), so a probe takes the median of `PROBE_REPEATS` products (~5 s): six such
+probes in a row read 148-164 GFLOP/s, and eight of the fresh-memory fill 7.9-8.7 GB/s."""
 
 PROBE_REPEATS = 40
+PROBE_FILL_MB = 256
 
 
-def probe_machine() -> float:
-    """The machine's speed now: a float32 matmul's GFLOP/s (`matmul_flops`, the median of
-    `PROBE_REPEATS` products)."""
-    return matmul_flops(repeats=PROBE_REPEATS) / 1e9
+def fresh_memory_fill_gbps(mb: int = PROBE_FILL_MB, repeats: int = 9) -> float:
+    """GB/s of filling `mb` MB of newly allocated memory (the median of `repeats`): page faults
+    and writes, what a step that maps its temporaries afresh pays (benchmarks/README.md,
+    sixth session), which a matmul's speed does not show."""
+    n, times = mb * 2 ** 20 // 4, []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        block = np.ones(n, np.float32)
+        times.append(time.perf_counter() - start)
+        del block
+    return mb / 1024 / statistics.median(times)
+
+
+def probe_machine() -> dict:
+    """The machine's speed now: "matmul_gflops" (`matmul_flops`, the median of `PROBE_REPEATS`
+    float32 products) and "fresh_memory_gbps" (`fresh_memory_fill_gbps`)."""
+    return {"matmul_gflops": matmul_flops(repeats=PROBE_REPEATS) / 1e9,
+            "fresh_memory_gbps": fresh_memory_fill_gbps()}
+
+
+_PROBE_UNITS = {"matmul_gflops": ("matmul speed", "GFLOP/s"),
+                "fresh_memory_gbps": ("fresh-memory fill", "GB/s")}
 
 
 def _steady_values(values: list[float], first: int) -> list[float]:
@@ -291,18 +313,21 @@ def _steady(values: list[float], first: int) -> float:
 
 
 def doubts(release: dict, ours_epochs: list[float], first: int,
-           ours_losses: Sequence[float], probes: Sequence[float] = ()) -> list[str]:
+           ours_losses: Sequence[float], probes: Sequence[dict] = ()) -> list[str]:
     """What makes a row's measurement doubtful, one phrase each (empty: nothing): a side's
     steady epochs spread more than `UNSTEADY_SPREAD`, its first epochs slower than
     `SLOW_FIRST_EPOCHS` times its steady median, the release's printed epochs adding up to
     more than its process's whole run, an ambjax train loss that is not finite (timing a
-    diverged model), or the machine's matmul speed at the `probes` (GFLOP/s, `probe_machine`)
-    further apart than `PROBE_SPREAD`."""
+    diverged model), or the machine's speed at the `probes` (`probe_machine`, before, between
+    and after the sides) further apart than `PROBE_SPREAD` in either measure."""
     found = []
-    if probes and max(probes) > PROBE_SPREAD * min(probes):
-        found.append("the machine's matmul speed moved between the sides: "
-                     + " / ".join(f"{v:.0f}" for v in probes) + " GFLOP/s "
-                     f"({max(probes) / min(probes):.2f}x) before, between and after them")
+    for key, (what, unit) in _PROBE_UNITS.items():
+        values = [p[key] for p in probes]
+        if values and max(values) > PROBE_SPREAD * min(values):
+            found.append(f"the machine's {what} moved between the sides: "
+                         + " / ".join(f"{v:.{0 if v >= 100 else 1}f}" for v in values)
+                         + f" {unit} ({max(values) / min(values):.2f}x) before, between and "
+                         "after them")
     bad = [i + 1 for i, loss in enumerate(ours_losses) if not math.isfinite(loss)]
     if bad:
         found.append(f"ambjax's train loss is not finite in epoch(s) {bad} (a diverged model)")
@@ -322,9 +347,9 @@ def doubts(release: dict, ours_epochs: list[float], first: int,
 
 
 def compare(preset: str, release: dict, cold: dict, warm: dict, first: int,
-            probes: Sequence[float] = ()) -> dict:
+            probes: Sequence[dict] = ()) -> dict:
     """Per-epoch medians, a release-length run end to end, and the ratios; `probes` are the
-    machine's matmul speed (GFLOP/s, `probe_machine`) before, between and after the sides."""
+    machine's speed (`probe_machine`) before, between and after the sides."""
     length = RELEASE_RUNS[preset][2]
     ours_epoch = [e["train_s"] + e["test_s"] for e in cold["epochs"]]
     rel_steady, ours_steady = _steady(release["epoch_s"], first), _steady(ours_epoch, first)
@@ -350,7 +375,7 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int,
         "release_length_run_ambjax_s": ours_run,
         "epoch_speedup": rel_steady / ours_steady, "end_to_end_speedup": rel_run / ours_run,
         "release_length_run_measured_in_full": n >= length,
-        "matmul_gflops_probes": list(probes),
+        "machine_probes": list(probes),
         "doubts": doubts(release, ours_epoch, first, [e["train_loss"] for e in cold["epochs"]],
                          probes),
         "glibc_tunables": {"release": release["glibc_tunables"],
@@ -388,10 +413,12 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               "run is start-up plus every epoch"
               + ("" if rows[0]["release_length_run_measured_in_full"] else
                  " (the steady epochs past the measured ones extrapolated)") + ".",
-              "The machine's float32 matmul speed (GFLOP/s) before the release / between the "
-              "sides / after ambjax: " + "; ".join(
-                  f"{r['preset']} " + " / ".join(f"{v:.0f}" for v in r["matmul_gflops_probes"])
-                  for r in rows) + ".",
+              "The machine's float32 matmul speed (GFLOP/s) and fresh-memory fill (GB/s) before "
+              "the release / between the sides / after ambjax: " + "; ".join(
+                  f"{r['preset']} " + " / ".join(f"{p['matmul_gflops']:.0f}" for p in
+                                                 r["machine_probes"]) + " GFLOP/s, "
+                  + " / ".join(f"{p['fresh_memory_gbps']:.1f}" for p in r["machine_probes"])
+                  + " GB/s" for r in rows if r["machine_probes"]) + ".",
               "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
               + tunables(rows, "ambjax") + " (`ambjax.host_memory`).",
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]

@@ -198,21 +198,29 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     diverged = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9], loss=float("nan"))
     assert diverged["doubts"] == [
         "ambjax's train loss is not finite in epoch(s) [1, 2, 3, 4, 5] (a diverged model)"]
-    # a slow phase over one side's whole run leaves its epochs steady: the machine's matmul
-    # speed, probed before, between and after the sides, shows it
+    # a slow phase over one side's whole run leaves its epochs steady: the machine's speed,
+    # probed before, between and after the sides, shows it (a matmul's, or filling memory)
+    def probes(gflops, gbps):
+        return [{"matmul_gflops": a, "fresh_memory_gbps": b} for a, b in zip(gflops, gbps)]
+
+    steady = probes([160.0, 140.0, 152.0], [8.6, 7.9, 8.4])
     steady_probes = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9],
-                        probes=[160.0, 140.0, 152.0])
-    assert steady_probes["doubts"] == [] and steady_probes["matmul_gflops_probes"] == [
-        160.0, 140.0, 152.0]
+                        probes=steady)
+    assert steady_probes["doubts"] == [] and steady_probes["machine_probes"] == steady
     slowed_between = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9],
-                         probes=[160.0, 104.0, 152.0])
+                         probes=probes([160.0, 104.0, 152.0], [8.6, 8.5, 8.4]))
     assert slowed_between["doubts"] == [
         "the machine's matmul speed moved between the sides: 160 / 104 / 152 GFLOP/s (1.54x) "
+        "before, between and after them"]
+    memory_slowed = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9],
+                        probes=probes([160.0, 150.0, 152.0], [8.6, 8.5, 4.2]))
+    assert memory_slowed["doubts"] == [
+        "the machine's fresh-memory fill moved between the sides: 8.6 / 8.5 / 4.2 GB/s (2.05x) "
         "before, between and after them"]
     env = {"cpu_model": "cpu", "avx512": True, "amx": True, "cpu_count": 2, "device": "cpu:cpu",
            "jax": "0", "date": "today"}
     info = {"torch": "2", "threads": 2}
     assert "DOUBTFUL" not in table(env, [calm], [], info)
     assert "DOUBTFUL" in table(env, [calm, slowed], [], info).splitlines()[-1]
-    assert ("before the release / between the sides / after ambjax: iemocap 160 / 104 / 152."
+    assert ("after ambjax: iemocap 160 / 104 / 152 GFLOP/s, 8.6 / 8.5 / 8.4 GB/s."
             in table(env, [slowed_between], [], info))
