@@ -57,6 +57,7 @@ import argparse
 import dataclasses
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -269,27 +270,34 @@ for the first time, up to 1.65x; in disturbed ones 1.95-2.36x)."""
 PROBE_SPREAD = 1.25
 """The machine's speed at its probes before, between and after the sides further apart than
 this (fastest / slowest, in either measure of `probe_machine`) marks a doubtful row. A slow
-phase can cover one side's whole run: run A14 on the 2-core AMD EPYC found ambjax's IEMOCAP
-epochs steady at 7.7-7.9 s and its cold compile 32.1 s, where `throughput` measured 5.45 s
-and 20.2 s on the same code ten minutes later. That machine's matmul speed moves within
-seconds (single 2048 x 2048 products at 79-181 GFLOP/s in one minute, its hypervisor's steal
-counter unchanged), so a probe takes the median of `PROBE_REPEATS` products (~5 s): six such
-probes in a row read 148-164 GFLOP/s, and eight of the fresh-memory fill 7.9-8.7 GB/s."""
+phase can cover one side's whole run: runs A14 and A15 on the 2-core AMD EPYC found ambjax's
+IEMOCAP epochs steady but at 7.2-7.7 s and its cold compile at 31.5-32.1 s, where the same
+worker on the same file alone minutes later took 5.3-6.1 s and 25.5-29.0 s (and run A16 6.4 s
+and 26.6 s). That machine's matmul speed moves within seconds (single 2048 x 2048 products at
+79-181 GFLOP/s in one minute, its hypervisor's steal counter unchanged), so a probe takes the
+median of `PROBE_REPEATS` products (~5 s): six such probes in a row read 148-164 GFLOP/s.
+A15's matmul probes stayed at 161-176 GFLOP/s through its slow ambjax side, so the probes
+time filling fresh memory too (sixteen fills in a row: 1.1-1.2 GB/s); whether that one moves
+in such a phase is not yet seen."""
 
 PROBE_REPEATS = 40
 PROBE_FILL_MB = 256
 
 
 def fresh_memory_fill_gbps(mb: int = PROBE_FILL_MB, repeats: int = 9) -> float:
-    """GB/s of filling `mb` MB of newly allocated memory (the median of `repeats`): page faults
-    and writes, what a step that maps its temporaries afresh pays (benchmarks/README.md,
-    sixth session), which a matmul's speed does not show."""
-    n, times = mb * 2 ** 20 // 4, []
+    """GB/s of filling `mb` MB of newly mapped memory (the median of `repeats`): the kernel's
+    page faults and the writes, what a step that maps its temporaries afresh pays
+    (benchmarks/README.md, sixth session) and a matmul's speed does not show. The memory is
+    mapped for each fill (`mmap`), so an allocator's reuse of freed memory cannot hide them."""
+    size, times = mb * 2 ** 20, []
     for _ in range(repeats):
+        region = mmap.mmap(-1, size)
         start = time.perf_counter()
-        block = np.ones(n, np.float32)
+        words = np.frombuffer(region, np.float32)
+        words.fill(1.0)
         times.append(time.perf_counter() - start)
-        del block
+        del words
+        region.close()
     return mb / 1024 / statistics.median(times)
 
 
