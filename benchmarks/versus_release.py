@@ -45,9 +45,9 @@ epochs add up to more than the release's whole process is marked DOUBTFUL in the
 a warning line, and its "doubts" listed in the JSON: run it again. A slow phase can also cover
 one side's whole run and leave its epochs steady, so the machine's speed is probed before the
 release, between the sides and after ambjax (a float32 matmul's speed and a fresh-memory fill's
-rate): probes further apart than `PROBE_SPREAD` mark the row DOUBTFUL too. So
-is a row where ambjax's train loss was not finite in some epoch (each epoch's loss is in the
-JSON): a diverged model's timing is no result.
+rate): probes further apart than `PROBE_SPREAD` mark the row DOUBTFUL too. So is a row where
+ambjax's train loss was not finite in some epoch (each epoch's loss is in the JSON): a
+diverged model's timing is no result.
 Results: benchmarks/results/<name>-<device>-<date>.{json,md}.
 """
 
