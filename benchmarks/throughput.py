@@ -145,10 +145,15 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
 
 
 def bench_preset_in_child(**kwargs) -> dict:
-    """`bench_preset` in a fresh process, so that its peak RSS is this row's alone."""
+    """`bench_preset` in a fresh process, so that its peak RSS is this row's alone; a measured
+    row also gets "matmul_peak_flops_per_s", the matmul peak of that process's device
+    (`matmul_flops`), measured there right after it."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(bench_preset, **kwargs).result()
+        row = pool.submit(bench_preset, **kwargs).result()
+        if not kwargs.get("ready_only") and "refused" not in row:
+            row["matmul_peak_flops_per_s"] = pool.submit(matmul_flops).result()
+        return row
 
 
 def bench_row(**kwargs) -> dict:
@@ -208,8 +213,10 @@ def main(argv=None) -> dict:
         from benchmarks import multiprocess
         return multiprocess.main(["--processes", str(args.processes), "--preset",
                                   args.preset[0]])
+    # the rows run in child processes (`bench_row`); on a GPU machine this one must not hold
+    # the GPU memory that JAX's GPU backend reserves when it starts (most of it) meanwhile
+    jax.config.update("jax_platforms", "cpu")
     env = environment()
-    peak = matmul_flops()
     rows = []
     for preset in args.preset:
         for bs in args.batch_sizes:
@@ -218,9 +225,10 @@ def main(argv=None) -> dict:
                 row = bench_row(preset=preset, hidden=args.hidden, batch_size=bs or None,
                                 devices=dev, length=length or None, dtype=dtype, seeds=seeds)
                 if "refused" not in row:
-                    row.update(roofline(row, peak))
+                    row.update(roofline(row, row["matmul_peak_flops_per_s"]))
                 rows.append(row)
                 print({k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
+    env["device"] = rows[0]["device"]                # the rows' own (this process's is the CPU)
     fake = (" (several devices here are fake CPU devices sharing the same cores)"
             if env["device"].startswith("cpu") and max(args.devices) > 1 else "")
     lines = [f"Device: {env['device']} ({env['cpu_model']}), {env['cpu_count']} CPUs, "
@@ -245,8 +253,7 @@ def main(argv=None) -> dict:
     lines += diverged_note(rows)
     table = "\n".join(lines) + "\n"
     print(table)
-    result = {"benchmark": "throughput", "environment": env, "matmul_peak_flops_per_s": peak,
-              "results": rows}
+    result = {"benchmark": "throughput", "environment": env, "results": rows}
     print("wrote", write_results(args.name, result, table, args.json))
     return result
 
