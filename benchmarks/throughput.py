@@ -15,8 +15,9 @@ of all its seeds and one valid and one test pass, host-side batching included;
 the second measures a warm start (process start to every program ready, from the cache).
 Reported: utterance-seeds/s, steps/s, padding efficiency (real / padded nodes and edges),
 distinct compiled shapes, peak host RSS (the first process's), device memory where the backend
-reports it, and the achieved FLOP/s on real utterances against a measured matmul peak. The
-roofline column is the counted FLOPs of one train epoch plus one test pass (XLA's cost
+reports it, and the achieved FLOP/s on real utterances against a matmul peak measured in the
+row's first process (on its device; this process stays on the CPU, holding no GPU memory
+while the rows run). The roofline column is the counted FLOPs of one train epoch plus one test pass (XLA's cost
 analysis, padding included) divided by that peak. Nothing here is compared with the PyTorch
 release: that takes both measured in one run on one machine, `benchmarks.versus_release`. A
 row whose largest batch cannot fit in memory is reported as refused. On CPU, `--devices N` > 1 needs
