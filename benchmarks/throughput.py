@@ -16,12 +16,13 @@ the second measures a warm start (process start to every program ready, from the
 Reported: utterance-seeds/s, steps/s, padding efficiency (real / padded nodes and edges),
 distinct compiled shapes, peak host RSS (the first process's), device memory where the backend
 reports it, and the achieved FLOP/s on real utterances against a matmul peak measured in the
-row's first process (on its device; this process stays on the CPU, holding no GPU memory
-while the rows run). The roofline column is the counted FLOPs of one train epoch plus one test pass (XLA's cost
-analysis, padding included) divided by that peak. Nothing here is compared with the PyTorch
-release: that takes both measured in one run on one machine, `benchmarks.versus_release`. A
-row whose largest batch cannot fit in memory is reported as refused. On CPU, `--devices N` > 1 needs
-XLA_FLAGS=--xla_force_host_platform_device_count=N (fake devices sharing the same cores).
+row's first process (on its device; this process stays on the CPU, holding no GPU memory while
+the rows run). The roofline column is the counted FLOPs of one train epoch plus one test pass
+(XLA's cost analysis, padding included) divided by that peak. Nothing here is compared with the
+PyTorch release: that takes both measured in one run on one machine,
+`benchmarks.versus_release`. A row whose largest batch cannot fit in memory is reported as
+refused. On CPU, `--devices N` > 1 needs XLA_FLAGS=--xla_force_host_platform_device_count=N
+(fake devices sharing the same cores).
 """
 
 from __future__ import annotations
