@@ -53,6 +53,14 @@ def matmul_flops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
+def keep_this_process_on_cpu() -> None:
+    """Keep JAX in this process on the CPU. For a command whose measured work runs in child
+    processes: on a GPU machine, JAX's GPU backend reserves most of the GPU's memory when it
+    starts, which this process would hold while the children run. Call it before this
+    process first uses JAX's devices."""
+    jax.config.update("jax_platforms", "cpu")
+
+
 def cpu_description() -> dict:
     """The CPU model and the vector extensions that decide matmul speed (from /proc/cpuinfo;
     empty where it is not readable)."""

@@ -44,7 +44,8 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
-from benchmarks.common import environment, matmul_flops, write_results
+from benchmarks.common import (environment, keep_this_process_on_cpu, matmul_flops,
+                               write_results)
 from experiments.configs import load as load_preset, make_config
 
 
@@ -215,9 +216,7 @@ def main(argv=None) -> dict:
         from benchmarks import multiprocess
         return multiprocess.main(["--processes", str(args.processes), "--preset",
                                   args.preset[0]])
-    # the rows run in child processes (`bench_row`); on a GPU machine this one must not hold
-    # the GPU memory that JAX's GPU backend reserves when it starts (most of it) meanwhile
-    jax.config.update("jax_platforms", "cpu")
+    keep_this_process_on_cpu()           # the rows run in child processes (`bench_row`)
     env = environment()
     rows = []
     for preset in args.preset:

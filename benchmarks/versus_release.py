@@ -73,8 +73,8 @@ import numpy as np
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
 from ambjax.host_memory import HUGE_PAGES_TUNABLE
-from benchmarks.common import (device_name, environment, matmul_flops, process_age_s,
-                               write_results)
+from benchmarks.common import (device_name, environment, keep_this_process_on_cpu,
+                               matmul_flops, process_age_s, write_results)
 
 RELEASE_RUNS = {   # the release's run_<dataset>.sh: its flags, and its data file
     "iemocap": (["--lr=0.000068", "--dropout=0.5", "--l2=0.00005", "--batch-size=16",
@@ -461,11 +461,7 @@ def main(argv: list[str]) -> int:
     if args.worker:
         worker(args.worker, args.presets[0], args.epochs, args.cache, args.ready_only)
         return 0
-    # this process writes the data and probes the host's speed; on a GPU machine it must not
-    # hold the GPU memory that JAX's GPU backend reserves when it starts (most of it) while
-    # the two sides run
-    import jax
-    jax.config.update("jax_platforms", "cpu")
+    keep_this_process_on_cpu()           # it writes the data and probes the host's speed
     if not args.release:
         raise UsageError("--release DIR is required (a checkout of github wys-ljq/AMB-DSGDN)")
     if args.epochs < 1 or args.first_epochs < 0:
