@@ -213,15 +213,17 @@ def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: b
 def ambjax_run(preset: str, path: str):
     """ambjax's config for `preset` and its dataset from the release-layout file `path`: the
     release's own train and test splits and nothing else, so both sides do the same work.
-    None of the train split is held out (the release runs with `valid=0.0`; a run's
-    `data.valid_fraction` would keep a tenth of IEMOCAP's train dialogues, which has no dev
+    None of the train split is held out (`data.valid_fraction=0.0`, as the release runs with
+    `valid=0.0`; the default would keep a tenth of IEMOCAP's train dialogues, which has no dev
     split, for validation, and ambjax would train on fewer), and MELD's dev split, which the
     release never reads (its loader drops the pickle's last field), is left out too (ambjax
     would evaluate it every epoch and compile for it). Returns (config, dataset)."""
-    from ambjax.data import load_features
+    from ambjax.data.assemble import parse_feature_file
+    from ambjax.train.executables import dataset_store
     from experiments.configs import make_config
-    config = make_config(preset, [f"data.path={path}"])
-    dataset = load_features(path, text=config.data.text, valid_fraction=0.0, seed=0)
+    config = make_config(preset, [f"data.path={path}", "data.valid_fraction=0.0"])
+    # parsed as a run parses it (kept in the compilation cache folder: a warm start reads it)
+    dataset = parse_feature_file(config.data, dataset_store())
     return config, dataclasses.replace(dataset, splits={**dataset.splits, "valid": ()})
 
 

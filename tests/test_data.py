@@ -196,3 +196,84 @@ def test_synthetic_plants_inertia_and_text_signal():
     prior = np.bincount(np.concatenate([d.labels for d in ds.dialogues.values()]))
     prior = prior / prior.sum()
     assert np.mean(same) > (prior ** 2).sum() + 0.2  # far above chance agreement
+
+
+# --- parsed feature files kept in a store -----------------------------------------------------
+
+def _assert_equal_datasets(a, b):
+    """Equal in every field a run reads, ids of the same type, arrays read-only and of the
+    same dtype."""
+    assert (a.name, a.layout, a.label_names, a.num_speakers, a.modalities) == (
+        b.name, b.layout, b.label_names, b.num_speakers, b.modalities)
+    assert list(a.dims.items()) == list(b.dims.items())
+    assert list(a.dialogues) == list(b.dialogues)
+    assert [type(i) for i in a.dialogues] == [type(i) for i in b.dialogues]
+    assert dict(a.splits) == dict(b.splits)
+    _assert_same(a, b)
+    for d, e in zip(a.dialogues.values(), b.dialogues.values()):
+        for x, y in [(d.labels, e.labels), (d.speakers, e.speakers)] + [
+                (d.features[m], e.features[m]) for m in a.modalities]:
+            assert x.dtype == y.dtype and not y.flags.writeable
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("corpus", ["iemocap", "meld"])
+def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritten(
+        corpus, iemocap_small, meld_small, tmp_path, monkeypatch):
+    import dataclasses
+    import ambjax.data.assemble as assemble
+    from ambjax.data import DataConfig, load_dataset
+    from ambjax.train.executables import ExecutableStore
+    source = iemocap_small if corpus == "iemocap" else meld_small       # str / int ids
+    path = tmp_path / "features.pkl"
+    write_pickle(source, path)
+    data = dataclasses.replace(DataConfig(), path=str(path))
+    store = ExecutableStore(str(tmp_path / "store"), {"test": 1})
+    parsed = load_dataset(data)
+    first = load_dataset(data, store=store)             # parsed, then kept
+    _assert_equal_datasets(parsed, first)
+    parses = []
+    real_load = assemble.load_features
+    monkeypatch.setattr(assemble, "load_features",
+                        lambda *a, **k: parses.append(1) or real_load(*a, **k))
+    _assert_equal_datasets(parsed, load_dataset(data, store=store))
+    assert parses == []                                  # read back, not parsed
+    # the same file written again with other features (one dialogue's text moved by 1)
+    vid, d = next(iter(source.dialogues.items()))
+    changed = dataclasses.replace(d, features={**d.features, "text": d.features["text"] + 1})
+    write_pickle(dataclasses.replace(source, dialogues={**source.dialogues, vid: changed}), path)
+    again = load_dataset(data, store=store)
+    assert parses == [1]
+    _assert_equal_datasets(load_features(path), again)
+    assert again.fingerprint() != parsed.fingerprint()
+    # other loader arguments are other entries
+    load_dataset(dataclasses.replace(data, valid_fraction=0.3), store=store)
+    assert parses == [1, 1]
+
+
+def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_path):
+    import dataclasses
+    from ambjax.data import DataConfig, load_dataset
+    from ambjax.data.dataset_arrays import to_arrays
+
+    class Store:                      # hands back what it was given, less one field
+        def __init__(self):
+            self.saved = None
+
+        def load_arrays(self, name, key):
+            return None if self.saved is None else {
+                k: v for k, v in self.saved.items() if k != "lengths"}
+
+        def save_arrays(self, name, key, tree):
+            self.saved = tree
+    path = tmp_path / "features.pkl"
+    write_pickle(iemocap_small, path)
+    data = dataclasses.replace(DataConfig(), path=str(path))
+    store = Store()
+    load_dataset(data, store=store)
+    assert store.saved is not None
+    _assert_equal_datasets(load_dataset(data), load_dataset(data, store=store))
+    # ids that are neither all str nor all int are not cached
+    mixed = dataclasses.replace(iemocap_small, dialogues={
+        (k if n % 2 else n): d for n, (k, d) in enumerate(iemocap_small.dialogues.items())})
+    assert to_arrays(mixed) is None

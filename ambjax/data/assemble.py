@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from ambjax.data.config import DataConfig
 from ambjax.data.dataset import DataFormatError, DialogueDataset
+from ambjax.data.dataset_arrays import file_identity, from_arrays, to_arrays
 from ambjax.data.loader import load_features
 from ambjax.data.standardize import Standardizer, constant_modalities
 from ambjax.data.synthetic import make_synthetic
@@ -17,19 +19,20 @@ from ambjax.errors import ConfigError
 logger = logging.getLogger("ambjax")
 
 
-def load_dataset(data: DataConfig) -> DialogueDataset:
+def load_dataset(data: DataConfig, *, store: Any = None) -> DialogueDataset:
     """The dataset of a run before standardisation: the feature file `data.path` (or the
     bundled synthetic set), restricted to `data.modalities`, without constant modalities when
     `data.drop_constant`. Constant modalities are logged as a warning whatever the settings.
     `standardized` applies `data.standardize`.
+
+    `store`: where the parsed feature file is kept (`parse_feature_file`); None parses it.
 
     Raises:
       ConfigError: `data.modalities` names a modality the data lacks.
       DataFormatError: a split is empty, the file is malformed, or every modality is constant.
     """
     if data.path:
-        dataset = load_features(data.path, text=data.text, valid_fraction=data.valid_fraction,
-                                seed=0)
+        dataset = parse_feature_file(data, store)
     else:
         dataset = make_synthetic(data.synthetic, seed=data.synthetic_seed,
                                  scale=data.synthetic_scale,
@@ -69,3 +72,38 @@ def standardized(dataset: DialogueDataset, data: DataConfig,
         return dataset, None
     stats = stats or Standardizer.fit(dataset)
     return stats.apply(dataset), stats
+
+
+def parse_feature_file(data: DataConfig, store: Any = None) -> DialogueDataset:
+    """`load_features` of the file `data.path` with `data.text` and `data.valid_fraction`
+    (seed 0), read from `store` when it holds this file's parse with those arguments, else
+    parsed and kept there.
+
+    `store`: an `ambjax.train.executables.ExecutableStore` (or any object with its
+    `load_arrays` / `save_arrays`); entries are keyed by the file's identity
+    (`ambjax.data.dataset_arrays.file_identity`: a file written again is parsed again) and
+    the arguments. None parses every time.
+
+    Raises:
+      DataFormatError: as `load_features`.
+    """
+    def parse():
+        return load_features(data.path, text=data.text, valid_fraction=data.valid_fraction,
+                             seed=0)
+    if store is None:
+        return parse()
+    try:
+        key = file_identity(data.path) + [data.text, data.valid_fraction]
+    except OSError:
+        return parse()                   # a missing file: load_features says what is wrong
+    tree = store.load_arrays("dataset", key)
+    if tree is not None:
+        try:
+            return from_arrays(tree)
+        except (KeyError, ValueError, IndexError, TypeError):
+            pass                                       # a damaged entry: parse again
+    dataset = parse()
+    arrays = to_arrays(dataset)
+    if arrays is not None:
+        store.save_arrays("dataset", key, arrays)
+    return dataset

@@ -25,6 +25,7 @@ from ambjax.nn.attention import lambda_parameters, layer_lambdas
 from ambjax.nn.model import AMBDSGDN
 from ambjax.nn.protocol import DialogueModel
 from ambjax.train.config import ExperimentConfig, fingerprint, to_dict, validate
+from ambjax.train.executables import dataset_store
 from ambjax.train.hooks import EpochResult, Hook, RunContext, default_hooks
 from ambjax.train.progress import RunProgress
 from ambjax.train.report import summarize_seeds, write_seeds_report
@@ -63,7 +64,7 @@ def prepare_run(config: ExperimentConfig, out_dir: str, *, model: ModelFactory |
     if resume and overwrite:
         raise ConfigError("`resume` and `overwrite` exclude each other: resume continues the "
                           "run in the folder, overwrite replaces it")
-    raw = load_dataset(config.data)
+    raw = load_dataset(config.data, store=dataset_store())
     dataset, stats = standardized(raw, config.data)
     built = model(dataset) if model is not None else AMBDSGDN(model_for(config, dataset))
     plan = dict(config=to_dict(config), data_fingerprint=raw.fingerprint(), seeds=seeds,

@@ -18,6 +18,7 @@ from ambjax.data.standardize import Standardizer
 from ambjax.errors import CheckpointError, ConfigError, RunFolderError
 from ambjax.nn.protocol import DialogueModel
 from ambjax.train.config import ExperimentConfig, from_dict, validate
+from ambjax.train.executables import dataset_store
 from ambjax.train.trainer import Trainer
 
 logger = logging.getLogger("ambjax")
@@ -109,7 +110,7 @@ def _run_trainer(run_dir: str, data: str | None, model: DialogueModel | None,
             raise CheckpointError(f"{run_dir}: the run standardised its features but "
                                   f"{STATS_FILE} is missing")
         stats = Standardizer.load(stats_path)
-    raw = load_dataset(config.data)
+    raw = load_dataset(config.data, store=dataset_store())
     trained_on = recorded["data_fingerprint"]
     if not data and trained_on not in (None, raw.fingerprint()):
         raise CheckpointError(
