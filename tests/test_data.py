@@ -277,3 +277,23 @@ def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_pat
     mixed = dataclasses.replace(iemocap_small, dialogues={
         (k if n % 2 else n): d for n, (k, d) in enumerate(iemocap_small.dialogues.items())})
     assert to_arrays(mixed) is None
+
+
+def test_a_runs_second_preparation_reads_its_feature_file_from_the_store(
+        iemocap_small, tmp_path, monkeypatch):
+    """The runs' `prepare_run` keeps the parsed file in the compilation cache folder's store
+    (this suite's cache is on, `conftest`), so a second start does not parse it again."""
+    import ambjax.data.assemble as assemble
+    from ambjax.train.loop import prepare_run
+    from experiments.configs import make_config
+    path = tmp_path / "features.pkl"
+    write_pickle(iemocap_small, path)
+    config = make_config("tiny", [f"data.path={path}"])
+    first = prepare_run(config, str(tmp_path / "run"))
+    parses = []
+    real_load = assemble.load_features
+    monkeypatch.setattr(assemble, "load_features",
+                        lambda *a, **k: parses.append(1) or real_load(*a, **k))
+    second = prepare_run(config, str(tmp_path / "run"))
+    assert parses == []
+    assert first.plan["data_fingerprint"] == second.plan["data_fingerprint"]
