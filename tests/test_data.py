@@ -277,6 +277,9 @@ def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_pat
     mixed = dataclasses.replace(iemocap_small, dialogues={
         (k if n % 2 else n): d for n, (k, d) in enumerate(iemocap_small.dialogues.items())})
     assert to_arrays(mixed) is None
+    nul = dataclasses.replace(iemocap_small, dialogues={
+        f"{k}\0": d for k, d in iemocap_small.dialogues.items()}, splits={})
+    assert to_arrays(nul) is None                   # numpy's strings would drop the NUL
 
 
 def test_a_runs_second_preparation_reads_its_feature_file_from_the_store(

@@ -1,7 +1,7 @@
 """A loaded dataset as a tree of plain arrays and back, for a cache of parsed feature files.
 
 Parsing a release-size feature pickle is a large part of a warm start on real data: the
-release-layout IEMOCAP file that `benchmarks.versus_release` writes (273 MB) takes 3.3-4.2 s on
+release-layout IEMOCAP file that `benchmarks.versus_release` writes (273 MB) takes 3.3-4.6 s on
 a 2-core AMD EPYC (the safety scan of its opcodes ~1.1 s, unpickling ~1.6 s, the dialogue
 checks), against ~0.03 s to read the dataset's 88 MB of arrays back as `.npy` data.
 `to_arrays` turns a `DialogueDataset` into nested dicts of numpy arrays (what
@@ -48,10 +48,11 @@ def file_identity(path: str | os.PathLike) -> list:
 
 def to_arrays(dataset: DialogueDataset) -> dict | None:
     """The tree of arrays (module docstring) that `from_arrays` turns back into `dataset`; None
-    when its dialogue ids are not all `str` or all `int` (kept as they are, not cached)."""
+    when its dialogue ids are not all `str` or all `int`, or a `str` id ends in a NUL
+    character (which numpy's strings drop): such a dataset is not cached."""
     ids = list(dataset.dialogues)
     kinds = {type(i) for i in ids}
-    if kinds not in ({str}, {int}):
+    if kinds not in ({str}, {int}) or (kinds == {str} and any(i.endswith("\0") for i in ids)):
         return None
     position = {vid: k for k, vid in enumerate(ids)}
     dialogues = list(dataset.dialogues.values())
@@ -81,7 +82,8 @@ def from_arrays(tree: dict) -> DialogueDataset:
     """The dataset `to_arrays` was given (equal ids, splits, arrays and metadata).
 
     Raises:
-      KeyError, ValueError, IndexError: `tree` is not such a tree (a damaged cache entry).
+      KeyError, ValueError, IndexError, TypeError: `tree` is not such a tree (a damaged
+        cache entry).
     """
     meta = tree["meta"]
     ids = [str(i) if tree["ids"].dtype.kind == "U" else int(i) for i in tree["ids"]]

@@ -36,7 +36,7 @@ The store also keeps each seed's initial parameters (`load_arrays` / `save_array
 a warm start even with every small program in JAX's cache, against ~0.1 s to read 52 MB (hidden
 512). The stored values are the ones computed, so a run's start does not change them. And it
 keeps parsed feature files (`dataset_store`, used by the runs' `load_dataset`): a release-size
-IEMOCAP pickle parses in ~3.3-4 s, its arrays read back in ~0.03 s (`ambjax.data.dataset_arrays`).
+IEMOCAP pickle parses in 3.3-4.6 s, its arrays read back in ~0.03 s (`ambjax.data.dataset_arrays`).
 Array entries are kept within `ExecutableStore.ARRAY_BUDGET_BYTES` (2 GB), the least recently used
 removed first (a read counts as a use).
 
