@@ -195,3 +195,23 @@ def test_array_entries_stay_within_their_budget_least_recently_used_first(tmp_pa
     assert store.load_arrays("params", 2) is None
     assert store.load_arrays("params", 1) is not None
     assert store.load_arrays("params", 3) is not None
+
+
+def test_a_program_jaxs_cache_holds_under_another_store_key_is_compiled_and_stored(cache_dir):
+    """The store's key changes (an edit or upgrade of ambjax, another `jax.config` setting)
+    while the program does not: JAX's persistent cache holds it, but a program it serves
+    cannot be stored (jax 0.10.2 on CPU), so without a compile of the store's own every later
+    start would trace it again. The new key's first start compiles and stores it."""
+    x = jnp.arange(8.0)
+    f = jax.jit(lambda v: jnp.sin(v) * 2)
+    old = ExecutableStore(str(cache_dir / STORE_FOLDER), {"ambjax": "before"})
+    old.get_or_compile("f", x.shape, lambda: f.lower(x))
+    assert old.load("f", x.shape) is not None
+    jax.clear_caches()                     # as a new process: only JAX's persistent cache left
+    new = ExecutableStore(str(cache_dir / STORE_FOLDER), {"ambjax": "after"})
+    compiled, loaded = new.get_or_compile("f", x.shape, lambda: f.lower(x))
+    assert not loaded
+    np.testing.assert_array_equal(compiled(x), f(x))
+    stored = new.load("f", x.shape)
+    assert stored is not None
+    np.testing.assert_array_equal(stored(x), f(x))

@@ -162,10 +162,10 @@ def compile_programs(train_step: TrainStep, eval_step, state,
 
     loaded = []
 
-    def stored(name, key, build):
+    def stored(name, key, lower):
         if store is None:
-            return build()
-        compiled, was_loaded = store.get_or_compile(name, key, build)
+            return lower().compile()
+        compiled, was_loaded = store.get_or_compile(name, key, lower)
         if was_loaded:
             loaded.append(key)
         return compiled
@@ -181,15 +181,15 @@ def compile_programs(train_step: TrainStep, eval_step, state,
 
     def train_program(key):
         return stored("gradients", key, lambda: alone(lambda: train_step.gradients.lower(
-            state, train_keyed[key], balance_active)).compile())
+            state, train_keyed[key], balance_active)))
 
     def update_program(_):
         return stored("update", (), lambda: alone(lambda: train_step.update.lower(
-            state, state.params)).compile())
+            state, state.params)))
 
     def eval_program(key):
         return stored("eval", key, lambda: alone(lambda: eval_step.lower(
-            state.params, eval_keyed[key])).compile())
+            state.params, eval_keyed[key])))
 
     limit = available_memory_bytes() if memory_limit is None else memory_limit
     train_jobs = [(train_program, k) for k in order[1:]] + [(update_program, None)]
@@ -302,7 +302,7 @@ def _check_members(train_step: TrainStep, state, batch, balance_active, members:
         x.shape[:axis] + (1,) + x.shape[axis + 1:], x.dtype), (state, batch))
     logger.info(f"estimating the memory of {members} seeds from one ...")
     compiled = stored("gradients-one-seed", batch_key(one[1]),
-                      lambda: train_step.gradients.lower(*one, balance_active).compile())
+                      lambda: train_step.gradients.lower(*one, balance_active))
     per_member = program_bytes(compiled)
     if per_member is None:
         return
