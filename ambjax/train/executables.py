@@ -44,7 +44,12 @@ Only programs that XLA really compiled are stored: an executable that JAX's pers
 served is not re-serialised (with jax 0.10.2 on CPU such a copy loads but fails at run time,
 "Function ... not found"), so the store fills on a cold compile. To tell the two apart the
 first store registers one `jax.monitoring` event listener for the process (it notes, per
-compiling thread, whether JAX's cache served the compile).
+compiling thread, whether JAX's cache served the compile). So that JAX's cache does not serve
+a program the store lacks only because the store's key changed (an edit or upgrade of ambjax,
+another `jax.config` setting) while the program did not, a program compiled for the store on
+the CPU carries its entry's name into JAX's cache key (`ExecutableStore.get_or_compile`): the
+first start under a new key compiles it and stores it (once), instead of every start tracing
+it again for JAX's cache to serve.
 """
 
 from __future__ import annotations
