@@ -1,5 +1,6 @@
 """Feature-file loading, validation errors, the synthetic generator and `describe`."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -220,7 +221,6 @@ def _assert_equal_datasets(a, b):
 @pytest.mark.parametrize("corpus", ["iemocap", "meld"])
 def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritten(
         corpus, iemocap_small, meld_small, tmp_path, monkeypatch):
-    import dataclasses
     import ambjax.data.assemble as assemble
     from ambjax.data import DataConfig, load_dataset
     from ambjax.train.executables import ExecutableStore
@@ -252,7 +252,6 @@ def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritt
 
 
 def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_path):
-    import dataclasses
     from ambjax.data import DataConfig, load_dataset
     from ambjax.data.dataset_arrays import to_arrays
 
