@@ -99,11 +99,17 @@ def environment() -> dict:
 
 
 def write_results(name: str, result: dict, table: str, json_path: str | None = None) -> str:
-    """Write `result` to benchmarks/results/<name>-<device>-<date>.json (+ .md) and
-    optionally to `json_path`; returns the JSON path."""
+    """Write `result` to benchmarks/results/<name>-<device>-<date>.json (+ .md), or, where a
+    result of that stem exists already (the same command run twice in a day), to
+    <stem>-2.json, <stem>-3.json, ...: a measurement is never overwritten. Also to `json_path`
+    when given. Returns the JSON path written under results/."""
     os.makedirs(RESULTS, exist_ok=True)
     env = result["environment"]
-    stem = f"{name}-{env['device'].replace(':', '-').replace(' ', '_')}-{env['date']}"
+    first = f"{name}-{env['device'].replace(':', '-').replace(' ', '_')}-{env['date']}"
+    stem, n = first, 1
+    while any(os.path.exists(os.path.join(RESULTS, stem + ext)) for ext in (".json", ".md")):
+        n += 1
+        stem = f"{first}-{n}"
     path = os.path.join(RESULTS, stem + ".json")
     for target in filter(None, (path, json_path)):
         with open(target, "w") as f:

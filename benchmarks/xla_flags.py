@@ -41,8 +41,15 @@ def main(argv: list[str]) -> int:
     env = environment()
     scratch = os.path.join(RESULTS, f"{SCRATCH}-{env['device'].replace(':', '-')}-{env['date']}")
     rows = []
+
+    def remove_scratch():        # so that each run writes, and is read from, the same name
+        for ext in (".json", ".md"):
+            if os.path.exists(scratch + ext):
+                os.remove(scratch + ext)
+
     for flags in SETTINGS:
         print(f"=== XLA_FLAGS={flags!r}", flush=True)
+        remove_scratch()
         subprocess.run([sys.executable, "-m", "benchmarks.step_time", "--preset", args.preset,
                         "--epochs", "1", "--rounds", str(args.rounds), "--name", SCRATCH],
                        env={**os.environ, "XLA_FLAGS": flags, "AMBJAX_COMPILE_CACHE": "0"},
@@ -51,8 +58,7 @@ def main(argv: list[str]) -> int:
             row = json.load(f)["results"][0]
         rows.append({"xla_flags": flags or "(none)", **{k: row[k] for k in (
             "compile_s", "train_epoch_s", "test_pass_s", "step_s")}})
-    for ext in (".json", ".md"):
-        os.remove(scratch + ext)
+    remove_scratch()
     lines = [f"{args.preset}, {env['cpu_model']} (AVX-512: {env['avx512']}, AMX: "
              f"{env['amx']}), {env['cpu_count']} cores, jax {env['jax']}, {env['date']}; one "
              f"process per setting, medians of {args.rounds} epochs", "",

@@ -1,7 +1,9 @@
 """The throughput benchmark's measurements on the tiny preset, checked against counts made
 independently from the dataset (numbers, not speed goals)."""
 
+import json
 import math
+import os
 
 import numpy as np
 
@@ -141,7 +143,6 @@ def test_versus_release_runs_the_release_without_ambjaxs_huge_pages_unless_asked
 def test_versus_release_runs_ambjax_on_the_device_the_release_runs_on(monkeypatch, device):
     """On a GPU machine `--device cpu` runs the release with --no-cuda: ambjax must not take
     the GPU then; with `--device gpu` it is left to JAX's default device."""
-    import json
     import benchmarks.versus_release as vr
     seen = {}
 
@@ -224,3 +225,19 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     assert "DOUBTFUL" in table(env, [calm, slowed], [], info).splitlines()[-1]
     assert ("after ambjax: iemocap 160 / 104 / 152 GFLOP/s, 8.6 / 8.5 / 8.4 GB/s."
             in table(env, [slowed_between], [], info))
+
+
+def test_a_result_written_twice_in_a_day_keeps_both(tmp_path, monkeypatch):
+    from benchmarks import common
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    env = {"device": "cpu:cpu", "date": "2026-12-07"}
+    paths = [common.write_results("bench", {"environment": env, "run": i}, f"table {i}\n")
+             for i in range(3)]
+    assert [os.path.basename(p) for p in paths] == [
+        "bench-cpu-cpu-2026-12-07.json", "bench-cpu-cpu-2026-12-07-2.json",
+        "bench-cpu-cpu-2026-12-07-3.json"]
+    for i, path in enumerate(paths):       # each run's numbers and table where it says
+        with open(path) as f:
+            assert json.load(f)["run"] == i
+        with open(path[:-len(".json")] + ".md") as f:
+            assert f.read() == f"table {i}\n"
