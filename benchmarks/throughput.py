@@ -42,6 +42,7 @@ import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
+from ambjax.host_memory import keep_freed_memory_if_asked
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
 from benchmarks.common import (environment, keep_this_process_on_cpu, matmul_flops,
@@ -147,12 +148,32 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     }
 
 
+_kept_freed_memory: bool | None = None      # in a row's process: what `_set_up_row` did
+
+
+def _set_up_row() -> None:
+    """A row's process set up as the command-line tools set up theirs: huge pages come with
+    the environment it inherits, `AMBJAX_KEEP_FREED_MEMORY=1` applies here (`run_main`'s
+    settings stay in the process that made them)."""
+    global _kept_freed_memory
+    _kept_freed_memory = keep_freed_memory_if_asked()
+
+
+def _row_kept_freed_memory() -> bool | None:
+    return _kept_freed_memory
+
+
+def row_process() -> concurrent.futures.ProcessPoolExecutor:
+    """One fresh ("spawn") process for a row's work, set up by `_set_up_row`."""
+    return concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_set_up_row)
+
+
 def bench_preset_in_child(**kwargs) -> dict:
-    """`bench_preset` in a fresh process, so that its peak RSS is this row's alone; a measured
-    row also gets "matmul_peak_flops_per_s", the matmul peak of that process's device
-    (`matmul_flops`), measured there right after it."""
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    """`bench_preset` in a fresh process (`row_process`), so that its peak RSS is this row's
+    alone; a measured row also gets "matmul_peak_flops_per_s", the matmul peak of that
+    process's device (`matmul_flops`), measured there right after it."""
+    with row_process() as pool:
         row = pool.submit(bench_preset, **kwargs).result()
         if not kwargs.get("ready_only") and "refused" not in row:
             row["matmul_peak_flops_per_s"] = pool.submit(matmul_flops).result()
