@@ -242,7 +242,8 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
     out = {"compile_s": time.perf_counter() - compile_start,
            "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count(),
            "device": device_name(jax.devices()[0]),
-           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+           "kept_freed_memory": os.environ.get("AMBJAX_KEEP_FREED_MEMORY", "0") == "1"}
     if not ready_only:
         rows = []
         for epoch in range(epochs):
@@ -390,6 +391,7 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int,
                          probes),
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
+        "ambjax_kept_freed_memory": cold["kept_freed_memory"],
     }
 
 
@@ -430,7 +432,9 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
                   + " / ".join(f"{p['fresh_memory_gbps']:.1f}" for p in r["machine_probes"])
                   + " GB/s" for r in rows if r["machine_probes"]) + ".",
               "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
-              + tunables(rows, "ambjax") + " (`ambjax.host_memory`).",
+              + tunables(rows, "ambjax") + " (`ambjax.host_memory`)"
+              + ("; ambjax in its kept-memory mode (`AMBJAX_KEEP_FREED_MEMORY=1`)."
+                 if any(r["ambjax_kept_freed_memory"] for r in rows) else "."),
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
     doubtful = [f"{r['preset']}: {'; '.join(r['doubts'])}" for r in rows if r["doubts"]]
     if doubtful:

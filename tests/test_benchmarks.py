@@ -173,14 +173,14 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     showing it; the row then says so instead of quoting a ratio as if nothing happened."""
     from benchmarks.versus_release import compare, table
 
-    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0, probes=()):
+    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0, probes=(), kept=False):
         release = {"epoch_s": release_epochs, "wall_s": release_wall,
                    "startup_s": release_wall - sum(release_epochs), "peak_rss_gb": 4.0,
                    "glibc_tunables": ""}
         cold = {"epochs": [{"train_s": t, "test_s": 0.25, "train_loss": loss}
                            for t in ours_train],
                 "start_to_ready_s": 30.0, "compile_s": 25.0, "peak_rss_gb": 3.0,
-                "glibc_tunables": ""}
+                "glibc_tunables": "", "kept_freed_memory": kept}
         return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2,
                        probes=probes)
 
@@ -226,6 +226,11 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     assert "DOUBTFUL" in table(env, [calm, slowed], [], info).splitlines()[-1]
     assert ("after ambjax: iemocap 160 / 104 / 152 GFLOP/s, 8.6 / 8.5 / 8.4 GB/s."
             in table(env, [slowed_between], [], info))
+    # a run in the opt-in kept-memory mode says so (its epochs are not the default's)
+    mode = "ambjax in its kept-memory mode (`AMBJAX_KEEP_FREED_MEMORY=1`)"
+    assert mode not in table(env, [calm], [], info)
+    kept = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9], kept=True)
+    assert kept["ambjax_kept_freed_memory"] and mode in table(env, [kept], [], info)
 
 
 def test_a_result_written_twice_in_a_day_keeps_both(tmp_path, monkeypatch):
