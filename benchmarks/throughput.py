@@ -13,6 +13,8 @@ compiles every shape the run uses ahead of time (the cold compile), then runs a 
 training epoch (timed apart: every program's first run) and times a second full training epoch
 of all its seeds and one valid and one test pass, host-side batching included;
 the second measures a warm start (process start to every program ready, from the cache).
+Those processes run as the command-line tools do: with huge pages where they use them, and in
+the kept-memory mode under `AMBJAX_KEEP_FREED_MEMORY=1` (`ambjax.host_memory`).
 Reported: utterance-seeds/s, steps/s, padding efficiency (real / padded nodes and edges),
 distinct compiled shapes, peak host RSS (the first process's), device memory where the backend
 reports it, and the achieved FLOP/s on real utterances against a matmul peak measured in the
