@@ -25,6 +25,8 @@ CASES = (("iemocap", 20, 16), ("meld", 6, 64))
 def main(argv=None) -> dict:
     p = ArgumentParser(prog="python -m benchmarks.graph_building")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--name", default="graph_building",
+                   help="results/NAME-<device>-<date>.json and .md")
     args = p.parse_args(argv)
     rows = {}
     for preset, window, batch in CASES:
@@ -52,7 +54,7 @@ def main(argv=None) -> dict:
     text = "\n".join(table) + "\n"
     print(text)
     result = {"benchmark": "graph_building", "environment": environment(), "results": rows}
-    print("wrote", write_results("graph_building", result, text))
+    print("wrote", write_results(args.name, result, text))
     return result
 
 

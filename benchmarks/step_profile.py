@@ -169,6 +169,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--json", help="also write the result object here")
+    p.add_argument("--name", default="step_profile",
+                   help="results/NAME-<device>-<date>.json and .md")
     args = p.parse_args(argv)
     env = environment()
     rows = [profile_step(preset, hidden=args.hidden, steps=args.steps, dtype=args.dtype)
@@ -192,7 +194,7 @@ def main(argv=None) -> dict:
     table = "\n".join(lines)
     print(table)
     result = {"benchmark": "step_profile", "environment": env, "results": rows}
-    print("wrote", write_results("step_profile", result, table, args.json))
+    print("wrote", write_results(args.name, result, table, args.json))
     return result
 
 

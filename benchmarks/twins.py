@@ -120,6 +120,8 @@ def _gelu_pair(repeats: int) -> dict:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.twins")
     p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--name", default="twins",
+                   help="results/NAME-<device>-<date>.json and .md")
     args = p.parse_args(argv)
     env = environment()
     pairs = {"segment softmax (forward + backward)": _softmax_pair(args.repeats),
@@ -135,8 +137,8 @@ def main(argv: list[str]) -> int:
             lines.append(f"| {what} | {name} | {1e3 * t:.2f} |")
     table = "\n".join(lines) + "\n"
     print(table)
-    print("wrote", write_results("twins", {"benchmark": "twins", "environment": env,
-                                           "seconds": pairs}, table))
+    print("wrote", write_results(args.name, {"benchmark": "twins", "environment": env,
+                                             "seconds": pairs}, table))
     return 0
 
 

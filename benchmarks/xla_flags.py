@@ -37,6 +37,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.xla_flags", description=__doc__)
     p.add_argument("--preset", default="iemocap")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--name", default="xla_flags",
+                   help="results/NAME-<device>-<date>.json and .md")
     args = p.parse_args(argv)
     env = environment()
     scratch = os.path.join(RESULTS, f"{SCRATCH}-{env['device'].replace(':', '-')}-{env['date']}")
@@ -68,8 +70,8 @@ def main(argv: list[str]) -> int:
               f"{r['test_pass_s']:.2f} | {r['step_s']:.3f} |" for r in rows]
     table = "\n".join(lines) + "\n"
     print(table)
-    print("wrote", write_results("xla_flags", {"benchmark": "xla_flags", "environment": env,
-                                               "preset": args.preset, "rows": rows}, table))
+    print("wrote", write_results(args.name, {"benchmark": "xla_flags", "environment": env,
+                                                 "preset": args.preset, "rows": rows}, table))
     return 0
 
 
