@@ -49,6 +49,7 @@ M_ARENA_MAX = -8
 SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
 """One arena for every thread, no request served by `mmap`, the heap's free top kept up to
 2 GiB."""
+_kept = False                        # `freed_memory_kept`
 
 
 def keep_freed_memory() -> bool:
@@ -64,12 +65,21 @@ def keep_freed_memory() -> bool:
         return False
     mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return all([mallopt(param, value) == 1 for param, value in SETTINGS])
+    global _kept
+    took = all([mallopt(param, value) == 1 for param, value in SETTINGS])
+    _kept = _kept or took
+    return took
 
 
 def keep_freed_memory_if_asked() -> bool:
     """`keep_freed_memory` when `AMBJAX_KEEP_FREED_MEMORY=1`; returns whether it acted."""
     return os.environ.get("AMBJAX_KEEP_FREED_MEMORY", "0") == "1" and keep_freed_memory()
+
+
+def freed_memory_kept() -> bool:
+    """Whether `keep_freed_memory` took effect in this process (malloc's settings are the
+    process's own: a benchmark records with it what its timed process ran under)."""
+    return _kept
 
 
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"

@@ -150,25 +150,13 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     }
 
 
-_kept_freed_memory: bool | None = None      # in a row's process: what `_set_up_row` did
-
-
-def _set_up_row() -> None:
-    """A row's process set up as the command-line tools set up theirs: huge pages come with
-    the environment it inherits, `AMBJAX_KEEP_FREED_MEMORY=1` applies here (`run_main`'s
-    settings stay in the process that made them)."""
-    global _kept_freed_memory
-    _kept_freed_memory = keep_freed_memory_if_asked()
-
-
-def _row_kept_freed_memory() -> bool | None:
-    return _kept_freed_memory
-
-
 def row_process() -> concurrent.futures.ProcessPoolExecutor:
-    """One fresh ("spawn") process for a row's work, set up by `_set_up_row`."""
+    """One fresh ("spawn") process for a row's work, set up as the command-line tools set up
+    theirs: huge pages come with the environment it inherits, `AMBJAX_KEEP_FREED_MEMORY=1`
+    applies there (`run_main`'s malloc settings stay in the process that made them)."""
     return concurrent.futures.ProcessPoolExecutor(
-        1, mp_context=multiprocessing.get_context("spawn"), initializer=_set_up_row)
+        1, mp_context=multiprocessing.get_context("spawn"),
+        initializer=keep_freed_memory_if_asked)
 
 
 def bench_preset_in_child(**kwargs) -> dict:

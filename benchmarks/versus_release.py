@@ -72,7 +72,7 @@ import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
-from ambjax.host_memory import HUGE_PAGES_TUNABLE
+from ambjax.host_memory import HUGE_PAGES_TUNABLE, freed_memory_kept
 from benchmarks.common import (device_name, environment, keep_this_process_on_cpu,
                                matmul_flops, process_age_s, write_results)
 
@@ -243,7 +243,7 @@ def worker(path: str, preset: str, epochs: int, cache: str, ready_only: bool) ->
            "start_to_ready_s": time.perf_counter() - start, "threads": os.cpu_count(),
            "device": device_name(jax.devices()[0]),
            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-           "kept_freed_memory": os.environ.get("AMBJAX_KEEP_FREED_MEMORY", "0") == "1"}
+           "kept_freed_memory": freed_memory_kept()}
     if not ready_only:
         rows = []
         for epoch in range(epochs):

@@ -252,11 +252,12 @@ def test_a_result_written_twice_in_a_day_keeps_both(tmp_path, monkeypatch):
 @pytest.mark.parametrize("ask", ["1", None])
 def test_a_throughput_rows_process_keeps_freed_memory_when_asked(monkeypatch, ask):
     """`AMBJAX_KEEP_FREED_MEMORY=1` reaches the rows' own processes, where the work is timed."""
+    from ambjax import host_memory
     from benchmarks import throughput
     if ask is None:
         monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY", raising=False)
     else:
         monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", ask)
     with throughput.row_process() as pool:
-        kept = pool.submit(throughput._row_kept_freed_memory).result()
+        kept = pool.submit(host_memory.freed_memory_kept).result()
     assert kept is (ask == "1" and sys.platform.startswith("linux"))
