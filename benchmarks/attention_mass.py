@@ -34,7 +34,7 @@ import numpy as np
 from ambjax.graphs import GraphBatcher
 from ambjax.nn import attention_weights, edge_share
 from ambjax.train import load_run
-from benchmarks.common import environment, write_results
+from benchmarks.common import cpu_name, environment, write_results
 from experiments.ablate import main as ablate_main
 
 VARIANTS = ("full", "no_differential")
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     env = environment()
     lines = [f"{args.preset} {' '.join(args.set)} (seeds {args.seeds}; test split): share of "
              f"each utterance's |attention| on a planted neighbour, mean over seeds; "
-             f"{env['cpu_model']}, jax {env['jax']}, {env['date']}", "",
+             f"{cpu_name(env)}, jax {env['jax']}, {env['date']}", "",
              "| variant | layer | self | latest other speaker |", "|---|---|---|---|"]
     for r in rows:
         cells = [f"{r[w]:.3f} (uniform {r['uniform: ' + w]:.3f})"

@@ -61,24 +61,38 @@ def keep_this_process_on_cpu() -> None:
     jax.config.update("jax_platforms", "cpu")
 
 
-def cpu_description() -> dict:
-    """The CPU model and the vector extensions that decide matmul speed (from /proc/cpuinfo;
-    empty where it is not readable)."""
-    model, flags = platform.processor() or platform.machine(), set()
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The CPU model, its family and model numbers (two CPUs of one marketing name, such as
+    "AMD EPYC", may be generations apart) and the vector extensions that decide matmul speed
+    (from /proc/cpuinfo; left out or False where it is not readable)."""
+    model, numbers, flags = platform.processor() or platform.machine(), {}, set()
+    fields = {"cpu family": "cpu_family", "model": "cpu_model_number"}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
+                key = key.strip()
+                if key == "model name":
                     model = value.strip()
-                elif key.strip() == "flags":
+                elif key in fields and value.strip().isdigit():
+                    numbers[fields[key]] = int(value)
+                elif key == "flags":
                     flags = set(value.split())
-                if model and flags:
-                    break
+                    break                                   # the first CPU's block is enough
     except OSError:
         pass
-    return {"cpu_model": model, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
+    return {"cpu_model": model, **numbers, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
             "amx": bool({"amx_tile", "amx_bf16"} & flags)}
+
+
+def cpu_name(env: dict) -> str:
+    """How a result's text names its CPU, from an `environment()` (or `cpu_description()`):
+    e.g. "AMD EPYC, family 25 model 17 (AVX-512: True, AMX: False)"; the numbers are left out
+    where they are not known (results written before they were recorded)."""
+    numbers = (f", family {env['cpu_family']} model {env['cpu_model_number']}"
+               if "cpu_family" in env and "cpu_model_number" in env else "")
+    return (f"{env['cpu_model']}{numbers} (AVX-512: {env.get('avx512')}, "
+            f"AMX: {env.get('amx')})")
 
 
 def device_name(device) -> str:

@@ -29,7 +29,7 @@ import time
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError
-from benchmarks.common import environment, train_batches_by_shape, write_results
+from benchmarks.common import cpu_name, environment, train_batches_by_shape, write_results
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _TIME = r"time: ([\d.]+) (s|ms|us) "
@@ -115,8 +115,8 @@ def table(preset: str, rows: list[dict], env: dict) -> str:
     def cell(row, key, fmt):
         return format(row[key], fmt) if key in row else "n/a"
 
-    lines = [f"{preset}, largest train bucket of the first epoch, {env['cpu_model']} "
-             f"(AVX-512: {env['avx512']}, AMX: {env['amx']}), {env['cpu_count']} cores, "
+    lines = [f"{preset}, largest train bucket of the first epoch, "
+             f"{cpu_name(env)}, {env['cpu_count']} cores, "
              f"jax {env['jax']}, {env['date']}; "
              "one fresh process per variant, no compilation cache",
              "", "| variant | nodes | trace + lower (s) | XLA compile (s) | compile CPU (s) | "

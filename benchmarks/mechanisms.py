@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 
-from benchmarks.common import RESULTS, environment, write_results
+from benchmarks.common import RESULTS, cpu_name, environment, write_results
 from experiments.ablate import main as ablate_main
 
 ROBUST_128 = ["--recipe", "robust", "--set", "model.hidden_dim=128"]
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
                          f"| {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
                          f"{' *' if d['significant'] else ''} |")
     table = "\n".join([
-        f"# What each mechanism buys ({env['cpu_model']}, jax {env['jax']}, {env['date']}, "
+        f"# What each mechanism buys ({cpu_name(env)}, jax {env['jax']}, {env['date']}, "
         f"seeds {args.seeds})", "",
         "Test weighted F1, percent: the full model (mean ± std over seeds) and each ablation's "
         "paired difference to it with its 95% t interval (* excludes 0).", "",

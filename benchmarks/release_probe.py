@@ -36,7 +36,7 @@ import tempfile
 
 import numpy as np
 
-from benchmarks.common import environment, write_results
+from benchmarks.common import cpu_name, environment, write_results
 from benchmarks.versus_release import release_copy, run_command
 from experiments.paired import paired_interval
 
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
     rows = {k: paired_interval(scores[ablation][k], scores["full"][k])
             for k in ("best", "last")}
     lines = [f"# The release on the {args.synthetic} probe, p_exe {args.p_exe} "
-             f"({env['cpu_model']}, {env['date']}, seeds {args.seeds})", "",
+             f"({cpu_name(env)}, {env['date']}, seeds {args.seeds})", "",
              f"Test weighted F1 (the release's own numbers, percent); Δ = {ablation} - full, "
              "paired over seeds, 95% t interval.", "",
              f"| score | full | {ablation} | Δ [95% CI] |", "|---|---|---|---|"]

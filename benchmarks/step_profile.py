@@ -36,7 +36,7 @@ import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.train import Trainer, load_dataset
-from benchmarks.common import environment, train_batches_by_shape, write_results
+from benchmarks.common import cpu_name, environment, train_batches_by_shape, write_results
 from experiments.configs import make_config
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$")
@@ -175,8 +175,9 @@ def main(argv=None) -> dict:
     env = environment()
     rows = [profile_step(preset, hidden=args.hidden, steps=args.steps, dtype=args.dtype)
             for preset in args.preset]
-    lines = [f"Device: {env['device']}, {env['cpu_count']} CPUs, jax {env['jax']}; kernel time "
-             "per train step (summed over threads on CPU), share of the total", ""]
+    lines = [f"Device: {env['device']} ({cpu_name(env)}), {env['cpu_count']} CPUs, "
+             f"jax {env['jax']}; kernel time per train step (summed over threads on CPU), "
+             "share of the total", ""]
     for r in rows:
         lines += [f"{r['preset']} (hidden {r['hidden']}, {r['dtype']}, {r['real_nodes']}/"
                   f"{r['nodes']} real nodes): step wall {r['step_wall_s']:.3f} s, kernels "

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.train import Trainer, load_dataset
-from benchmarks.common import environment, write_results
+from benchmarks.common import cpu_name, environment, write_results
 from experiments.configs import make_config
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
              "step_s": statistics.median(s for x in runs[v] for s in x["steps_s"]),
              "epochs": runs[v]} for v in variants]
     env = environment()
-    lines = [f"{args.preset}, {env['cpu_model']} (AVX-512: {env['avx512']}, AMX: {env['amx']}), "
+    lines = [f"{args.preset}, {cpu_name(env)}, "
              f"{env['cpu_count']} cores, jax {env['jax']}, {env['date']}; medians of "
              f"{args.rounds} x {args.epochs} epochs, variants alternating", "",
              "| variant | train epoch (s) | test pass (s) | step (s) | epoch vs first |",

@@ -47,8 +47,8 @@ from ambjax.data import make_synthetic
 from ambjax.host_memory import keep_freed_memory_if_asked
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
-from benchmarks.common import (environment, keep_this_process_on_cpu, matmul_flops,
-                               write_results)
+from benchmarks.common import (cpu_name, environment, keep_this_process_on_cpu,
+                               matmul_flops, write_results)
 from experiments.configs import load as load_preset, make_config
 
 
@@ -243,7 +243,7 @@ def main(argv=None) -> dict:
     env["device"] = rows[0]["device"]                # the rows' own (this process's is the CPU)
     fake = (" (several devices here are fake CPU devices sharing the same cores)"
             if env["device"].startswith("cpu") and max(args.devices) > 1 else "")
-    lines = [f"Device: {env['device']} ({env['cpu_model']}), {env['cpu_count']} CPUs, "
+    lines = [f"Device: {env['device']} ({cpu_name(env)}), {env['cpu_count']} CPUs, "
              f"jax {env['jax']}{fake}", "",
              "| preset | batch | length | devices | dtype | seeds | cold compile (s) | warm start "
              "(s) | shapes | train epoch (s) | test pass (s) | utterance-seeds/s | real/padded "

@@ -34,7 +34,7 @@ from ambjax.nn.kernels import segment_softmax
 from ambjax.train.steps import map_members
 from ambjax.train.config import OptimConfig
 from ambjax.train.state import create_optimizer
-from benchmarks.common import environment, write_results
+from benchmarks.common import cpu_name, environment, write_results
 
 
 def _time_pair(fns: dict, repeats: int) -> dict:
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
              "dropout mask, p = 0.5, [3, 896, 1024]": _mask_pair(args.repeats),
              "layer norm forward + backward, one member": _member_pair(args.repeats),
              "exact GELU forward + backward, [3, 896, 1024]": _gelu_pair(args.repeats)}
-    lines = [f"# Library twins on {env['cpu_model']} ({env['device']}, jax {env['jax']}, "
+    lines = [f"# Library twins on {cpu_name(env)} ({env['device']}, jax {env['jax']}, "
              f"{env['date']})", "", "| computation | implementation | median ms |",
              "|---|---|---|"]
     for what, times in pairs.items():

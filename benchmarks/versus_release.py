@@ -73,7 +73,7 @@ import numpy as np
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.errors import AmbjaxError, UsageError
 from ambjax.host_memory import HUGE_PAGES_TUNABLE, freed_memory_kept
-from benchmarks.common import (device_name, environment, keep_this_process_on_cpu,
+from benchmarks.common import (cpu_name, device_name, environment, keep_this_process_on_cpu,
                                matmul_flops, process_age_s, write_results)
 
 RELEASE_RUNS = {   # the release's run_<dataset>.sh: its flags, and its data file
@@ -402,7 +402,7 @@ def tunables(rows: list[dict], side: str) -> str:
 
 
 def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -> str:
-    lines = [f"Machine: {env['cpu_model']} (AVX-512: {env['avx512']}, AMX: {env['amx']}), "
+    lines = [f"Machine: {cpu_name(env)}, "
              f"{env['cpu_count']} cores, device {env['device']}; ambjax on jax {env['jax']}, "
              f"the release on torch {release_info['torch']} ({release_info['threads']} threads); "
              f"{env['date']}", "",

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import RESULTS, environment, write_results
+from benchmarks.common import RESULTS, cpu_name, environment, write_results
 
 SETTINGS = (
     "",
@@ -61,9 +61,8 @@ def main(argv: list[str]) -> int:
         rows.append({"xla_flags": flags or "(none)", **{k: row[k] for k in (
             "compile_s", "train_epoch_s", "test_pass_s", "step_s")}})
     remove_scratch()
-    lines = [f"{args.preset}, {env['cpu_model']} (AVX-512: {env['avx512']}, AMX: "
-             f"{env['amx']}), {env['cpu_count']} cores, jax {env['jax']}, {env['date']}; one "
-             f"process per setting, medians of {args.rounds} epochs", "",
+    lines = [f"{args.preset}, {cpu_name(env)}, {env['cpu_count']} cores, jax {env['jax']}, "
+             f"{env['date']}; one process per setting, medians of {args.rounds} epochs", "",
              "| XLA_FLAGS | compile (s) | train epoch (s) | test pass (s) | step (s) |",
              "|---|---|---|---|---|"]
     lines += [f"| `{r['xla_flags']}` | {r['compile_s']:.1f} | {r['train_epoch_s']:.2f} | "

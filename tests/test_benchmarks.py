@@ -261,3 +261,20 @@ def test_a_throughput_rows_process_keeps_freed_memory_when_asked(monkeypatch, as
     with throughput.row_process() as pool:
         kept = pool.submit(host_memory.freed_memory_kept).result()
     assert kept is (ask == "1" and sys.platform.startswith("linux"))
+
+
+@pytest.mark.parametrize("family,model,flags", [(23, 49, "avx2"), (25, 17, "avx2 avx512f")])
+def test_results_tell_apart_two_cpus_of_one_name(tmp_path, family, model, flags):
+    from benchmarks.common import cpu_description, cpu_name
+    info = tmp_path / "cpuinfo"
+    block = (f"processor\t: {{}}\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+             f"model\t\t: {model}\nmodel name\t: AMD EPYC\nflags\t\t: fpu {flags}\n\n")
+    info.write_text(block.format(0) + block.format(1))
+    described = cpu_description(str(info))
+    assert (described["cpu_family"], described["cpu_model_number"]) == (family, model)
+    assert described["avx512"] == ("avx512f" in flags) and not described["amx"]
+    assert cpu_name(described) == (f"AMD EPYC, family {family} model {model} "
+                                   f"(AVX-512: {'avx512f' in flags}, AMX: False)")
+    # a result written before the numbers were recorded is still named
+    older = {k: v for k, v in described.items() if k not in ("cpu_family", "cpu_model_number")}
+    assert cpu_name(older) == f"AMD EPYC (AVX-512: {'avx512f' in flags}, AMX: False)"
