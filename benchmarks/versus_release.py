@@ -112,8 +112,9 @@ def wait_idle(limit_s: float) -> dict:
 
 
 def run_command(cmd: list[str], *, cwd: str, env: dict | None = None,
-         timeout: float) -> tuple[str, float, float]:
-    """Run `cmd`; returns (its stdout, wall seconds, its peak RSS in GB from wait4)."""
+         timeout: float) -> tuple[str, float, dict]:
+    """Run `cmd`; returns (its stdout, wall seconds, what wait4 says of its process: peak RSS
+    in GB, user and system CPU seconds, minor page faults)."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -134,7 +135,9 @@ def run_command(cmd: list[str], *, cwd: str, env: dict | None = None,
         tail = " | ".join(text.strip().splitlines()[-3:])
         raise AmbjaxError(f"{' '.join(cmd[:3])} ... failed with status {proc.returncode}: "
                           f"{tail[-400:]}")
-    return text, time.perf_counter() - start, usage.ru_maxrss / 1024 ** 2
+    return text, time.perf_counter() - start, {
+        "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "user_s": usage.ru_utime,
+        "system_s": usage.ru_stime, "minor_faults": usage.ru_minflt}
 
 
 def release_copy(release: str, scratch: str, device: str) -> tuple[str, list[str]]:
@@ -188,11 +191,11 @@ def run_release(folder: str, python: str, preset: str, epochs: int, device: str,
     cmd = [python, "train.py", *flags, f"--epochs={epochs}"] + (
         ["--no-cuda"] if device == "cpu" else [])
     env = side_environment(huge_pages)
-    text, wall, rss = run_command(cmd, cwd=folder, env=env, timeout=3600)
+    text, wall, usage = run_command(cmd, cwd=folder, env=env, timeout=3600)
     epochs_s = [float(t) for _, t in EPOCH_LINE.findall(text)]
     if len(epochs_s) != epochs:
         raise AmbjaxError(f"the release printed {len(epochs_s)} epoch lines, expected {epochs}")
-    return {"epoch_s": epochs_s, "wall_s": wall, "peak_rss_gb": rss,
+    return {"epoch_s": epochs_s, "wall_s": wall, **usage,
             "startup_s": wall - sum(epochs_s), "glibc_tunables": env.get("GLIBC_TUNABLES", "")}
 
 
@@ -204,10 +207,10 @@ def run_ambjax(path: str, preset: str, epochs: int, cache: str, *, ready_only: b
     env = side_environment()
     if device == "cpu":              # as the release runs with --no-cuda, even on a GPU machine
         env["JAX_PLATFORMS"] = "cpu"
-    text, wall, rss = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
+    text, wall, usage = run_command(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
                                   env=env, timeout=3600)
     result = json.loads(text.strip().splitlines()[-1])
-    return {**result, "wall_s": wall, "peak_rss_gb": rss}
+    return {**result, "wall_s": wall, **usage}
 
 
 def ambjax_run(preset: str, path: str):
@@ -392,7 +395,28 @@ def compare(preset: str, release: dict, cold: dict, warm: dict, first: int,
         "glibc_tunables": {"release": release["glibc_tunables"],
                            "ambjax": cold["glibc_tunables"]},
         "ambjax_kept_freed_memory": cold["kept_freed_memory"],
+        # each side's whole process (ambjax: its cold run): where fresh memory costs, system
+        # time and page faults grow with it
+        "process_cpu": {side: {k: run[k] for k in PROCESS_CPU if k in run}
+                        for side, run in (("release", release), ("ambjax", cold))},
     }
+
+
+PROCESS_CPU = ("wall_s", "user_s", "system_s", "minor_faults")
+
+
+def process_cpu_line(rows: list[dict]) -> str:
+    """One sentence: each side's whole process, its CPU seconds (user + system) and minor page
+    faults; empty where the rows do not have them."""
+    def side(name: str, c: dict) -> str:
+        return (f"{name} {c['user_s']:.0f} + {c['system_s']:.1f} s in {c['wall_s']:.0f} s, "
+                f"{c['minor_faults'] / 1e6:.2f} M faults")
+    parts = [f"{r['preset']}: " + ", ".join(side(n, r["process_cpu"][n])
+                                            for n in ("release", "ambjax"))
+             for r in rows if all(len(r.get("process_cpu", {}).get(n, {})) == len(PROCESS_CPU)
+                                  for n in ("release", "ambjax"))]
+    return ("Each side's whole process (ambjax: its cold run), CPU seconds user + system in "
+            "its wall time, and its minor page faults: " + "; ".join(parts) + ".") if parts else ""
 
 
 def tunables(rows: list[dict], side: str) -> str:
@@ -436,6 +460,7 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               + ("; ambjax in its kept-memory mode (`AMBJAX_KEEP_FREED_MEMORY=1`)."
                  if any(r["ambjax_kept_freed_memory"] for r in rows) else "."),
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
+    lines += [line for line in (process_cpu_line(rows),) if line]
     doubtful = [f"{r['preset']}: {'; '.join(r['doubts'])}" for r in rows if r["doubts"]]
     if doubtful:
         lines.append("DOUBTFUL (the machine was likely disturbed during the run, or the model "

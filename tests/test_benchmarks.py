@@ -149,7 +149,7 @@ def test_versus_release_runs_ambjax_on_the_device_the_release_runs_on(monkeypatc
 
     def fake_run(cmd, *, cwd, env, timeout):
         seen.update(env)
-        return json.dumps({"compile_s": 1.0}), 2.0, 0.5
+        return json.dumps({"compile_s": 1.0}), 2.0, {"peak_rss_gb": 0.5}
 
     monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
     monkeypatch.setattr(vr, "run_command", fake_run)
@@ -278,3 +278,35 @@ def test_results_tell_apart_two_cpus_of_one_name(tmp_path, family, model, flags)
     # a result written before the numbers were recorded is still named
     older = {k: v for k, v in described.items() if k not in ("cpu_family", "cpu_model_number")}
     assert cpu_name(older) == f"AMD EPYC (AVX-512: {'avx512f' in flags}, AMX: False)"
+
+
+def test_versus_release_records_each_sides_process_cpu_and_faults(tmp_path):
+    """What wait4 says of each side's process reaches the row and the table's text (fresh
+    memory shows as system time and page faults), and a row without it prints no line."""
+    from benchmarks.versus_release import compare, run_command, table
+    script = tmp_path / "touch.py"
+    script.write_text("import sys; b = bytearray(64 << 20); print(len(b))\n")
+    text, wall, usage = run_command([sys.executable, str(script)], cwd=str(tmp_path),
+                                    timeout=60)
+    assert text.strip() == str(64 << 20) and wall > 0
+    assert usage["minor_faults"] > 64 * 256 // 2          # its 64 MB, touched, faulted in
+    assert usage["peak_rss_gb"] > 0.06 and usage["user_s"] + usage["system_s"] > 0
+    release = {"epoch_s": [12.0, 11.0, 10.0], "wall_s": 60.0, "startup_s": 27.0,
+               "peak_rss_gb": 4.0, "user_s": 100.0, "system_s": 2.0, "minor_faults": 1_500_000,
+               "glibc_tunables": ""}
+    cold = {"epochs": [{"train_s": 5.0, "test_s": 0.3, "train_loss": 1.0}] * 3,
+            "start_to_ready_s": 30.0, "compile_s": 25.0, "wall_s": 50.0, "peak_rss_gb": 3.0,
+            "user_s": 80.0, "system_s": 9.5, "minor_faults": 400_000, "glibc_tunables": "",
+            "kept_freed_memory": False}
+    row = compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=1)
+    assert row["process_cpu"]["ambjax"] == {"wall_s": 50.0, "user_s": 80.0, "system_s": 9.5,
+                                            "minor_faults": 400_000}
+    env = {"cpu_model": "cpu", "avx512": True, "amx": False, "cpu_count": 2,
+           "device": "cpu:cpu", "jax": "0", "date": "today"}
+    info = {"torch": "2", "threads": 2}
+    assert ("iemocap: release 100 + 2.0 s in 60 s, 1.50 M faults, ambjax 80 + 9.5 s in 50 s, "
+            "0.40 M faults." in table(env, [row], [], info))
+    for key in ("user_s", "system_s", "minor_faults"):
+        del cold[key]
+    older = compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=1)
+    assert "minor page faults" not in table(env, [older], [], info)
