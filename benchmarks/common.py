@@ -112,22 +112,28 @@ def environment() -> dict:
             "numpy": np.__version__, "date": datetime.date.today().isoformat()}
 
 
+def result_stem(name: str, env: dict) -> str:
+    """benchmarks/results/<name>-<device>-<date>, without an extension, for an `environment()`
+    (the device's ':' and spaces made '-' and '_')."""
+    device = env["device"].replace(":", "-").replace(" ", "_")
+    return os.path.join(RESULTS, f"{name}-{device}-{env['date']}")
+
+
 def write_results(name: str, result: dict, table: str, json_path: str | None = None) -> str:
     """Write `result` to benchmarks/results/<name>-<device>-<date>.json (+ .md), or, where a
     result of that stem exists already (the same command run twice in a day), to
     <stem>-2.json, <stem>-3.json, ...: a measurement is never overwritten. Also to `json_path`
     when given. Returns the JSON path written under results/."""
     os.makedirs(RESULTS, exist_ok=True)
-    env = result["environment"]
-    first = f"{name}-{env['device'].replace(':', '-').replace(' ', '_')}-{env['date']}"
+    first = result_stem(name, result["environment"])
     stem, n = first, 1
-    while any(os.path.exists(os.path.join(RESULTS, stem + ext)) for ext in (".json", ".md")):
+    while any(os.path.exists(stem + ext) for ext in (".json", ".md")):
         n += 1
         stem = f"{first}-{n}"
-    path = os.path.join(RESULTS, stem + ".json")
+    path = stem + ".json"
     for target in filter(None, (path, json_path)):
         with open(target, "w") as f:
             json.dump(result, f, indent=1)
-    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+    with open(stem + ".md", "w") as f:
         f.write(table)
     return path

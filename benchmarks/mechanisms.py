@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 
-from benchmarks.common import RESULTS, cpu_name, environment, write_results
+from benchmarks.common import cpu_name, environment, result_stem, write_results
 from experiments.ablate import main as ablate_main
 
 ROBUST_128 = ["--recipe", "robust", "--set", "model.hidden_dim=128"]
@@ -108,7 +108,6 @@ def main(argv: list[str]) -> int:
     if unknown:
         p.error(f"unknown studies {unknown}; choose from {list(STUDIES)}")
     env = environment()
-    stem_tail = f"{env['device'].replace(':', '-')}-{env['date']}"
     summary, lines = {}, []
     for name in names:
         question, template = STUDIES[name]
@@ -125,11 +124,11 @@ def main(argv: list[str]) -> int:
         if rc:
             return rc
         minutes = (time.perf_counter() - start) / 60
-        stem = f"mechanisms-{name}{'-' + args.tag if args.tag else ''}-{stem_tail}"
+        stem = result_stem(f"mechanisms-{name}{'-' + args.tag if args.tag else ''}", env)
         for ext in ("json", "md", "png"):
             src = os.path.join(out, f"ablation.{ext}")
             if os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(RESULTS, f"{stem}.{ext}"))
+                shutil.copyfile(src, f"{stem}.{ext}")
         rows = json.load(open(os.path.join(out, "ablation.json")))["rows"]
         summary[name] = {"question": question, "minutes": minutes, "command": ablate_args,
                          "rows": rows}

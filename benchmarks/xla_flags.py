@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.common import RESULTS, cpu_name, environment, write_results
+from benchmarks.common import cpu_name, environment, result_stem, write_results
 
 SETTINGS = (
     "",
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
                    help="results/NAME-<device>-<date>.json and .md")
     args = p.parse_args(argv)
     env = environment()
-    scratch = os.path.join(RESULTS, f"{SCRATCH}-{env['device'].replace(':', '-')}-{env['date']}")
+    scratch = result_stem(SCRATCH, env)
     rows = []
 
     def remove_scratch():        # so that each run writes, and is read from, the same name

@@ -249,6 +249,18 @@ def test_a_result_written_twice_in_a_day_keeps_both(tmp_path, monkeypatch):
             assert f.read() == f"table {i}\n"
 
 
+def test_readers_of_a_result_find_it_where_it_is_written(tmp_path, monkeypatch):
+    """`result_stem` is where `write_results` writes a first result (`xla_flags` reads its
+    scratch rows there), also for a device whose name has spaces."""
+    from benchmarks import common
+    monkeypatch.setattr(common, "RESULTS", str(tmp_path))
+    env = {"device": "gpu:NVIDIA H200", "date": "2026-12-07"}
+    stem = common.result_stem("bench", env)
+    assert os.path.basename(stem) == "bench-gpu-NVIDIA_H200-2026-12-07"
+    assert common.write_results("bench", {"environment": env}, "t\n") == stem + ".json"
+    assert os.path.isfile(stem + ".md")
+
+
 @pytest.mark.parametrize("ask", ["1", None])
 def test_a_throughput_rows_process_keeps_freed_memory_when_asked(monkeypatch, ask):
     """`AMBJAX_KEEP_FREED_MEMORY=1` reaches the rows' own processes, where the work is timed."""
