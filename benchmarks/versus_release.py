@@ -460,7 +460,8 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
               + ("; ambjax in its kept-memory mode (`AMBJAX_KEEP_FREED_MEMORY=1`)."
                  if any(r["ambjax_kept_freed_memory"] for r in rows) else "."),
               "Patched in a temporary copy of the release: " + ("; ".join(patches) or "nothing")]
-    lines += [line for line in (process_cpu_line(rows),) if line]
+    if cpu_line := process_cpu_line(rows):
+        lines.append(cpu_line)
     doubtful = [f"{r['preset']}: {'; '.join(r['doubts'])}" for r in rows if r["doubts"]]
     if doubtful:
         lines.append("DOUBTFUL (the machine was likely disturbed during the run, or the model "
