@@ -33,10 +33,45 @@ jax.config.update("jax_compilation_cache_dir",
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import hashlib  # noqa: E402
+import logging  # noqa: E402
 
 from ambjax.data import make_synthetic  # noqa: E402
 
 SMALL_DIMS = {"text": 12, "audio": 10, "visual": 8}
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    """A new, empty compilation cache folder (and executable store) for one test, with every
+    program written to it, as the command-line tools have it (the suite's own threshold,
+    0.5 s, would leave out a program that happened to compile faster)."""
+    before = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield tmp_path
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def compiled_trainer(config, data, *, make=None):
+    """`Trainer.from_config(config, data, n_devices=1)` (or `make()`) compiled, and the
+    progress lines it logged meanwhile (logger "ambjax")."""
+    from ambjax.train import Trainer
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ambjax")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        trainer = make() if make else Trainer.from_config(config, data, n_devices=1)
+        trainer.compile()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return trainer, lines
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,13 @@
 loaded programs compute what compiled ones do, nothing stale or damaged is trusted, and only
 programs that XLA compiled afresh are stored."""
 
-import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
+from conftest import compiled_trainer
 from ambjax.train.config import replace_key
 from ambjax.train.compile import batch_key
 from ambjax.train.executables import STORE_FOLDER, ExecutableStore
@@ -21,34 +20,9 @@ SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
          "data.modalities=text,audio"]
 
 
-@pytest.fixture
-def cache_dir(tmp_path):
-    # every program into JAX's cache, as the command-line tools have it (the suite's own
-    # threshold, 0.5 s, would leave out a program that happened to compile faster)
-    before = (jax.config.jax_compilation_cache_dir,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield tmp_path
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
-
-
 def _ready(config, data):
     """The compiled trainer and its last progress line (logger "ambjax")."""
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("ambjax")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        trainer = Trainer.from_config(config, data, n_devices=1)
-        trainer.compile()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    trainer, lines = compiled_trainer(config, data)
     return trainer, lines[-1]
 
 

@@ -46,14 +46,22 @@ def file_identity(path: str | os.PathLike) -> list:
             digest.hexdigest()]
 
 
+def storable_ids(ids) -> bool:
+    """Whether `to_arrays` keeps these dialogue ids: all `str` (none ending in a NUL
+    character, which numpy's strings drop) or all `int`."""
+    kinds = {type(i) for i in ids}
+    return kinds in ({str}, {int}) and not (kinds == {str} and any(i.endswith("\0")
+                                                                    for i in ids))
+
+
 def to_arrays(dataset: DialogueDataset) -> dict | None:
     """The tree of arrays (module docstring) that `from_arrays` turns back into `dataset`; None
     when its dialogue ids are not all `str` or all `int`, or a `str` id ends in a NUL
     character (which numpy's strings drop): such a dataset is not cached."""
     ids = list(dataset.dialogues)
-    kinds = {type(i) for i in ids}
-    if kinds not in ({str}, {int}) or (kinds == {str} and any(i.endswith("\0") for i in ids)):
+    if not storable_ids(ids):
         return None
+    kinds = {type(i) for i in ids}
     position = {vid: k for k, vid in enumerate(ids)}
     dialogues = list(dataset.dialogues.values())
 

@@ -114,6 +114,15 @@ class Programs:
         return _flops(self.eval[batch_key(batch)])
 
 
+def stored_programs(store: ExecutableStore, train_batches: Sequence[DialogueBatch],
+                    eval_batches: Sequence[DialogueBatch]) -> bool:
+    """Whether `store` holds every program that `compile_programs` would compile for these
+    batches (the gradients of each train shape, the update, each eval shape)."""
+    return (all(store.has("gradients", batch_key(b)) for b in train_batches)
+            and store.has("update", ()) and all(store.has("eval", batch_key(b))
+                                                 for b in eval_batches))
+
+
 def _flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -122,6 +122,42 @@ def _build_identity() -> str:
                       sort_keys=True)
 
 
+def array_tree_bytes(tree: Any) -> bytes | None:
+    """A tree of nested dicts with string keys and array leaves (e.g. Flax parameters) as
+    bytes: a JSON index of the leaves' paths, then each leaf as `.npy` data (no pickle); None
+    for any other tree. `read_array_tree` reads it back."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    paths = []
+    for path, _ in leaves:
+        if not path or not all(isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)
+                               for k in path):
+            return None
+        paths.append([k.key for k in path])
+    index = json.dumps(paths).encode()
+    buffer = io.BytesIO()
+    buffer.write(len(index).to_bytes(8, "little") + index)
+    for _, x in leaves:
+        np.save(buffer, np.asarray(x), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def read_array_tree(f) -> dict | None:
+    """The tree that `array_tree_bytes` wrote, read from the binary file `f` up to its end,
+    with numpy leaves; None when `f` holds anything else (damaged, or more data than its
+    index names)."""
+    try:
+        paths = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        tree: dict = {}
+        for path in paths:
+            node = tree
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = np.load(f, allow_pickle=False)
+        return None if f.read(1) else tree
+    except Exception:  # noqa: BLE001 - a damaged tree is no tree
+        return None
+
+
 class ExecutableStore:
     """Compiled programs on disk, keyed by `identity`, program name and batch shape; and
     trees of arrays (entry names in `ARRAYS`, e.g. a seed's initial parameters), keyed alike.
@@ -209,6 +245,14 @@ class ExecutableStore:
             return None                                  # renamed or copied from another key
         return f
 
+    def has(self, name: str, key: Any) -> bool:
+        """Whether an entry for (`name`, `key`) is there (the user's own, under this key;
+        whether it loads is known only when it is loaded)."""
+        f = self._entry(name, key)
+        if f is not None:
+            f.close()
+        return f is not None
+
     def _write(self, name: str, key: Any, payload: bytes) -> None:
         """Store a whole entry (never a torn one), readable by the owner alone; an unwritable
         folder is skipped (the store is a cache)."""
@@ -250,18 +294,9 @@ class ExecutableStore:
         f = self._entry(name, key)
         if f is None:
             return None
-        try:
-            with f:
-                paths = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-                tree: dict = {}
-                for path in paths:
-                    node = tree
-                    for part in path[:-1]:
-                        node = node.setdefault(part, {})
-                    node[path[-1]] = np.load(f, allow_pickle=False)
-                if f.read(1):
-                    return None                          # more data than the index names
-        except Exception:  # noqa: BLE001 - a damaged entry is a miss
+        with f:
+            tree = read_array_tree(f)
+        if tree is None:
             return None
         try:
             os.utime(self._path(name, key))              # recently used: evicted last
@@ -273,20 +308,10 @@ class ExecutableStore:
         """Store a tree of nested dicts with string keys and array leaves (e.g. Flax
         parameters) as a JSON index of the leaves' paths and `.npy` data; any other tree is
         not stored."""
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        paths = []
-        for path, _ in leaves:
-            if not path or not all(isinstance(k, jax.tree_util.DictKey) and isinstance(k.key, str)
-                                   for k in path):
-                return
-            paths.append([k.key for k in path])
-        index = json.dumps(paths).encode()
-        buffer = io.BytesIO()
-        buffer.write(len(index).to_bytes(8, "little") + index)
-        for _, x in leaves:
-            np.save(buffer, np.asarray(x), allow_pickle=False)
-        self._write(name, key, buffer.getvalue())
-        self._evict_arrays(keep=self._path(name, key))
+        payload = array_tree_bytes(tree)
+        if payload is not None:
+            self._write(name, key, payload)
+            self._evict_arrays(keep=self._path(name, key))
 
     def _evict_arrays(self, keep: str) -> None:
         """Delete the least recently used array entries (this store's own files, named

@@ -1,0 +1,49 @@
+"""The helper process of `ambjax.train.compile_process`: `python -m ambjax.train.compile_helper
+FOLDER` rebuilds the trainer that `compile_in_own_process` wrote to FOLDER, checks that its
+programs are the caller's, and compiles them into the executable store; exit status 0 when it
+did, `compile_process.MISMATCH` when the programs would differ."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+
+from ambjax.data.dataset_arrays import from_arrays
+from ambjax.nn.model import AMBDSGDN
+from ambjax.train.compile_process import DATASET, MISMATCH, SPEC, identity_digest
+from ambjax.train.config import from_dict
+from ambjax.train.executables import read_array_tree
+from ambjax.train.trainer import Trainer, model_for
+
+
+def main(folder: str) -> int:
+    with open(os.path.join(folder, SPEC)) as f:
+        spec = json.load(f)
+    for name, value in spec["jax_config"].items():
+        if jax.config.values.get(name) != value:
+            try:
+                jax.config.update(name, value)
+            except Exception:  # noqa: BLE001 - then the store's key differs: the caller compiles
+                pass
+    with open(os.path.join(folder, DATASET), "rb") as f:
+        dataset = from_arrays(read_array_tree(f))
+    config = from_dict(spec["config"])
+    trainer = Trainer(AMBDSGDN(model_for(config, dataset)), config, dataset,
+                      class_weights=spec["class_weights"], n_devices=1, seeds=spec["seeds"])
+    if identity_digest(trainer) != spec["identity"]:
+        print("the rebuilt trainer's programs differ from the caller's", file=sys.stderr)
+        return MISMATCH
+    trainer.compile(memory_limit=spec["memory_limit"])
+    return 0
+
+
+if __name__ == "__main__":
+    status = main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # everything it made is written (the store's and JAX's cache files, synchronously); the
+    # interpreter's teardown of the compiled programs and arrays (~1 s) is skipped
+    os._exit(status)
