@@ -23,7 +23,7 @@ from typing import Callable, Iterator, NoReturn, Sequence
 
 import ambjax.interrupts as interrupts
 from ambjax.errors import AmbjaxError, Interrupted, UsageError
-from ambjax.host_memory import keep_freed_memory_if_asked, restart_with_huge_pages
+from ambjax.host_memory import keep_freed_memory_if_wanted, restart_with_huge_pages
 
 EXIT_ERROR = 2
 
@@ -130,7 +130,8 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
     if argv is None:
         restart_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
-    keep_freed_memory_if_asked()         # before JAX's CPU backend starts (ambjax.host_memory)
+    # before JAX's CPU backend starts (ambjax.host_memory)
+    keep_freed_memory_if_wanted(compile_cache="--no-compile-cache" not in argv)
     debug = os.environ.get("AMBJAX_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     handlers = interrupts.raise_on_signals()

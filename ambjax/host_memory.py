@@ -13,12 +13,17 @@ It changes how the whole process allocates: memory freed is kept, not returned t
 (the process stays at its peak), and every thread allocates from one arena, which makes
 XLA's compilation (many threads allocating at once) much slower: on a 2-core Intel Xeon the
 IEMOCAP train epoch fell from 3.62 to 3.24 s, but the cold compile rose from about 30 to
-about 50 s and the warm start from 4.5 to 6.1 s (`python -m benchmarks.versus_release`, run
-13). So it pays in long runs on a warm compilation cache and is off by default: the
-command-line tools call it at start (`ambjax.cli.run_main`) when
-`AMBJAX_KEEP_FREED_MEMORY=1`. It acts on the threads created after it is called, so it has to
-run before JAX starts its CPU backend (the first computation). On a C library other than
-glibc it does nothing.
+about 50 s (`python -m benchmarks.versus_release`, run 13). So a `Trainer` in this mode has a
+helper process with the default allocator compile its programs into the executable store and
+loads them from there (`ambjax.train.compile_process`): on a 2-core AMD EPYC with AVX-512 the
+IEMOCAP train epoch 4.42 -> 3.67 s, cold compile 14.6 -> 17.7 s, warm start 2.0 -> 1.9 s
+(`python -m benchmarks.throughput`; benchmarks/README.md, eighteenth session).
+
+The command-line tools call it at start (`ambjax.cli.run_main`), before JAX starts its CPU
+backend (the first computation: it acts on the threads created after it is called), as
+`keep_freed_memory_wanted` decides: by default where the run's programs run on the CPU and a
+helper can compile them (JAX's persistent cache on); `AMBJAX_KEEP_FREED_MEMORY=1` or `0`
+decides instead. On a C library other than glibc it does nothing.
 
 Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
 `glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
@@ -38,9 +43,12 @@ environment.
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import sys
-from typing import Mapping
+from typing import Mapping, Sequence
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -71,9 +79,48 @@ def keep_freed_memory() -> bool:
     return took
 
 
-def keep_freed_memory_if_asked() -> bool:
-    """`keep_freed_memory` when `AMBJAX_KEEP_FREED_MEMORY=1`; returns whether it acted."""
-    return os.environ.get("AMBJAX_KEEP_FREED_MEMORY", "0") == "1" and keep_freed_memory()
+def accelerator_installed() -> bool:
+    """Whether JAX would find an accelerator here: a PJRT plugin (a module of the
+    `jax_plugins` namespace package or an entry point of that group, as the CUDA and ROCm
+    plugins install themselves) or libtpu; found without importing JAX."""
+    try:
+        if importlib.metadata.entry_points(group="jax_plugins"):
+            return True
+    except Exception:  # noqa: BLE001 - unreadable package metadata: look at the modules
+        pass
+    try:
+        plugins = importlib.util.find_spec("jax_plugins")
+    except (ImportError, ValueError):
+        plugins = None
+    if plugins is not None and any(pkgutil.iter_modules(plugins.submodule_search_locations
+                                                         or [])):
+        return True
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool = True) -> bool:
+    """Whether a command-line tool run with `environ` keeps freed memory (module docstring).
+    `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides; unset (or anything else), it does where its
+    programs will run on the CPU (`JAX_PLATFORMS` names the CPU first, or, unset, no
+    accelerator is installed) and a helper process can compile them: JAX's persistent
+    compilation cache on (`compile_cache`, the tool's `no_compile_cache` not given, and not
+    `AMBJAX_COMPILE_CACHE=0`)."""
+    asked = environ.get("AMBJAX_KEEP_FREED_MEMORY", "")
+    if asked in ("0", "1"):
+        return asked == "1"
+    if not compile_cache or environ.get("AMBJAX_COMPILE_CACHE", "1") == "0":
+        return False
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not accelerator_installed()
+
+
+def keep_freed_memory_if_wanted(compile_cache: bool = True) -> bool:
+    """`keep_freed_memory` where `keep_freed_memory_wanted(os.environ, compile_cache=...)`;
+    returns whether it acted."""
+    return keep_freed_memory_wanted(os.environ, compile_cache=compile_cache) and \
+        keep_freed_memory()
 
 
 def freed_memory_kept() -> bool:

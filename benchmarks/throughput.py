@@ -14,7 +14,7 @@ training epoch (timed apart: every program's first run) and times a second full 
 of all its seeds and one valid and one test pass, host-side batching included;
 the second measures a warm start (process start to every program ready, from the cache).
 Those processes run as the command-line tools do: with huge pages where they use them, and in
-the kept-memory mode under `AMBJAX_KEEP_FREED_MEMORY=1` (`ambjax.host_memory`).
+the kept-memory mode where the tools use it (`ambjax.host_memory.keep_freed_memory_wanted`).
 Reported: utterance-seeds/s, steps/s, padding efficiency (real / padded nodes and edges),
 distinct compiled shapes, peak host RSS (the first process's), device memory where the backend
 reports it, and the achieved FLOP/s on real utterances against a matmul peak measured in the
@@ -44,7 +44,7 @@ import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
-from ambjax.host_memory import keep_freed_memory_if_asked
+from ambjax.host_memory import keep_freed_memory_if_wanted
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
 from benchmarks.common import (cpu_name, environment, keep_this_process_on_cpu,
@@ -152,11 +152,12 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
 
 def row_process() -> concurrent.futures.ProcessPoolExecutor:
     """One fresh ("spawn") process for a row's work, set up as the command-line tools set up
-    theirs: huge pages come with the environment it inherits, `AMBJAX_KEEP_FREED_MEMORY=1`
-    applies there (`run_main`'s malloc settings stay in the process that made them)."""
+    theirs: huge pages come with the environment it inherits, the kept-memory mode where they
+    would keep freed memory (`ambjax.host_memory.keep_freed_memory_wanted`; `run_main`'s
+    malloc settings stay in the process that made them)."""
     return concurrent.futures.ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"),
-        initializer=keep_freed_memory_if_asked)
+        initializer=keep_freed_memory_if_wanted)
 
 
 def bench_preset_in_child(**kwargs) -> dict:

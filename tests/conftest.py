@@ -12,8 +12,10 @@ arithmetic). A test that needs the bits of the default code generation compiles 
 The command-line tools run as programs restart themselves with huge pages
 (`ambjax.host_memory.restart_with_huge_pages`); in the suite they do not
 (`AMBJAX_HUGE_PAGES=0`): a module run as __main__ inside a test process would replace that
-process, and a restart costs the subprocess tests a second import. The tests of the restart
-set the variable themselves.
+process, and a restart costs the subprocess tests a second import. Nor do they keep freed
+memory (`AMBJAX_KEEP_FREED_MEMORY=0`): the tools called in the test process would put the
+whole suite on one malloc arena (`ambjax.host_memory`). The tests of the restart and of the
+kept-memory mode set the variables themselves.
 """
 
 import os
@@ -24,6 +26,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAG
                            + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["AMBJAX_HUGE_PAGES"] = "0"
+os.environ["AMBJAX_KEEP_FREED_MEMORY"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -53,12 +53,40 @@ def test_kept_memory_serves_the_next_calls_buffers_without_page_faults():
     assert kept["faults"][0] > 8000 and max(kept["faults"][1:]) < 100
 
 
-def test_the_command_line_tools_keep_freed_memory_only_when_asked(monkeypatch):
+@pytest.mark.parametrize("environ,cache,wanted", [
+    ({}, True, True),                                 # the CPU, no accelerator installed
+    ({"JAX_PLATFORMS": "cpu"}, True, True),
+    ({"AMBJAX_KEEP_FREED_MEMORY": "0"}, True, False),
+    ({"JAX_PLATFORMS": "cuda,cpu"}, True, False),
+    ({"JAX_PLATFORMS": "cuda", "AMBJAX_KEEP_FREED_MEMORY": "1"}, True, True),
+    ({"AMBJAX_COMPILE_CACHE": "0"}, True, False),     # no store for a helper to fill
+    ({}, False, False),
+])
+def test_freed_memory_is_kept_by_default_where_programs_run_on_the_cpu(
+        monkeypatch, environ, cache, wanted):
+    monkeypatch.setattr(host_memory, "accelerator_installed", lambda: False)
+    assert host_memory.keep_freed_memory_wanted(environ, compile_cache=cache) is wanted
+
+
+def test_an_installed_accelerator_plugin_turns_the_default_off(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert host_memory.keep_freed_memory_wanted({}) is not host_memory.accelerator_installed()
+    plugin = tmp_path / "jax_plugins" / "xla_example"  # a PJRT plugin as the CUDA one installs
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    assert host_memory.accelerator_installed()
+    assert not host_memory.keep_freed_memory_wanted({})
+    assert host_memory.keep_freed_memory_wanted({"JAX_PLATFORMS": "cpu"})
+
+
+def test_the_command_line_tools_keep_freed_memory_where_wanted(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY", raising=False)
+    monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "0")
     assert run_main(lambda argv: 0, []) == 0 and not calls
-    monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "1")
+    monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert run_main(lambda argv: 0, ["--no-compile-cache"]) == 0 and not calls
     assert run_main(lambda argv: 0, []) == 0 and calls == [1]
 
 

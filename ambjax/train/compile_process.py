@@ -88,10 +88,9 @@ def why_not_own_process(trainer) -> str | None:
 
 
 def _helper_environment() -> dict:
-    """This process's environment, without the kept-memory mode, with this ambjax first on
-    the module path."""
+    """This process's environment with this ambjax first on the module path."""
     import ambjax
-    env = {k: v for k, v in os.environ.items() if k != "AMBJAX_KEEP_FREED_MEMORY"}
+    env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(ambjax.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     return env
