@@ -4,6 +4,8 @@ them from there; they compute what the trainer's own compile gives; where the he
 used, fails or would compile other programs, the trainer compiles itself; a warm store starts
 no helper."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 import ambjax.train.trainer as trainer_module
 from ambjax.nn.model import AMBDSGDN
+from ambjax.errors import ResourceError
 from ambjax.train import Trainer, load_dataset
 from ambjax.train import compile_process
 from ambjax.train.compile_process import why_not_own_process
@@ -70,6 +73,16 @@ def test_a_helper_that_fails_or_would_compile_other_programs_leaves_the_compile_
     assert any(line.startswith(expected) for line in lines), lines
     assert "executable store" not in lines[-1], lines
     assert np.isfinite(_first_step(trainer)[1]["loss"]).all()
+
+
+def test_an_error_in_the_helpers_compile_is_reported_once_by_the_trainers_own(
+        run, cache_dir, kept_memory, caplog):
+    config, data = run
+    trainer = Trainer.from_config(config, data, n_devices=1)
+    with caplog.at_level(logging.INFO, logger="ambjax"), pytest.raises(ResourceError):
+        trainer.compile(memory_limit=1)
+    assert any(r.getMessage().startswith("the compile process stopped (") for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
 
 
 def test_a_warm_store_starts_no_helper(run, cache_dir, monkeypatch):

@@ -1,7 +1,9 @@
 """The helper process of `ambjax.train.compile_process`: `python -m ambjax.train.compile_helper
 FOLDER` rebuilds the trainer that `compile_in_own_process` wrote to FOLDER, checks that its
 programs are the caller's, and compiles them into the executable store; exit status 0 when it
-did, `compile_process.MISMATCH` when the programs would differ."""
+did, `compile_process.MISMATCH` when the programs would differ, `compile_process.REFUSED`
+when the compile raised one of ambjax's errors (the caller's own compile then meets it too,
+and reports it)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import sys
 import jax
 
 from ambjax.data.dataset_arrays import from_arrays
+from ambjax.errors import AmbjaxError
 from ambjax.nn.model import AMBDSGDN
-from ambjax.train.compile_process import DATASET, MISMATCH, SPEC, identity_digest
+from ambjax.train.compile_process import DATASET, MISMATCH, REFUSED, SPEC, identity_digest
 from ambjax.train.config import from_dict
 from ambjax.train.executables import read_array_tree
 from ambjax.train.trainer import Trainer, model_for
@@ -36,7 +39,11 @@ def main(folder: str) -> int:
     if identity_digest(trainer) != spec["identity"]:
         print("the rebuilt trainer's programs differ from the caller's", file=sys.stderr)
         return MISMATCH
-    trainer.compile(memory_limit=spec["memory_limit"])
+    try:
+        trainer.compile(memory_limit=spec["memory_limit"])
+    except AmbjaxError as e:                      # e.g. a program larger than the memory
+        print(" ".join(str(e).split()), file=sys.stderr)
+        return REFUSED
     return 0
 
 

@@ -45,6 +45,7 @@ logger = logging.getLogger("ambjax")
 SPEC = "spec.json"
 DATASET = "dataset.npt"
 MISMATCH = 3                   # the helper's exit status when its programs would differ
+REFUSED = 4                    # ... when its compile raised one of ambjax's errors
 HELPER = "ambjax.train.compile_helper"          # the helper process's module
 
 
@@ -123,8 +124,11 @@ def compile_in_own_process(trainer, *, memory_limit: int | None = None) -> bool:
         except OSError as e:
             logger.warning(f"the compile process did not finish ({e}); compiling here")
             return False
+    last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    if done.returncode == REFUSED:               # the trainer's own compile raises it too
+        logger.info(f"the compile process stopped ({last}); compiling here")
+        return False
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         why = ("its programs would differ from this trainer's" if done.returncode == MISMATCH
                else f"exit status {done.returncode}: {last}")
         logger.warning(f"the compile process failed ({why}); compiling here")
