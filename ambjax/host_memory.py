@@ -15,9 +15,11 @@ XLA's compilation (many threads allocating at once) much slower: on a 2-core Int
 IEMOCAP train epoch fell from 3.62 to 3.24 s, but the cold compile rose from about 30 to
 about 50 s (`python -m benchmarks.versus_release`, run 13). So a `Trainer` in this mode has a
 helper process with the default allocator compile its programs into the executable store and
-loads them from there (`ambjax.train.compile_process`): on a 2-core AMD EPYC with AVX-512 the
-IEMOCAP train epoch 4.42 -> 3.67 s, cold compile 14.6 -> 17.7 s, warm start 2.0 -> 1.9 s
-(`python -m benchmarks.throughput`; benchmarks/README.md, eighteenth session).
+loads them from there (`ambjax.train.compile_process`). On a 2-core AMD EPYC with AVX-512
+(benchmarks/README.md, eighteenth session): steady IEMOCAP train epochs 4-9% faster (five
+alternating pairs of processes), cold compile 13.9 -> 18.7 s and warm start 1.6 -> 2.2 s
+(`python -m benchmarks.throughput`, back to back), and against the release 2.07x -> 2.37x
+end to end on IEMOCAP (`python -m benchmarks.versus_release`, back to back).
 
 The command-line tools call it at start (`ambjax.cli.run_main`), before JAX starts its CPU
 backend (the first computation: it acts on the threads created after it is called), as
