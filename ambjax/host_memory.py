@@ -50,7 +50,7 @@ import importlib.util
 import os
 import pkgutil
 import sys
-from typing import Mapping, Sequence
+from typing import Mapping
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1

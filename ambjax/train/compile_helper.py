@@ -23,6 +23,8 @@ from ambjax.train.trainer import Trainer, model_for
 
 
 def main(folder: str) -> int:
+    """Rebuild, check and compile the trainer described in `folder`; returns the exit
+    status (module docstring)."""
     with open(os.path.join(folder, SPEC)) as f:
         spec = json.load(f)
     for name, value in spec["jax_config"].items():
