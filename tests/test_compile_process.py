@@ -59,16 +59,19 @@ def test_programs_compiled_by_a_helper_process_are_loaded_and_compute_the_same(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("fault", ["no helper", "other programs"])
+@pytest.mark.parametrize("fault", ["no helper", "other programs", "no temporary folder"])
 def test_a_helper_that_fails_or_would_compile_other_programs_leaves_the_compile_here(
-        run, cache_dir, kept_memory, monkeypatch, fault):
+        run, cache_dir, kept_memory, monkeypatch, tmp_path, fault):
     config, data = run
     if fault == "no helper":
         monkeypatch.setattr(compile_process, "HELPER", "ambjax.no_such_module")
         expected = "the compile process failed (exit status 1: "
-    else:       # the helper's rebuilt trainer is told to expect another trainer's programs
+    elif fault == "other programs":   # the rebuilt trainer is told to expect other programs
         monkeypatch.setattr(compile_process, "identity_digest", lambda trainer: "another")
         expected = "the compile process failed (its programs would differ"
+    else:
+        monkeypatch.setattr(compile_process.tempfile, "tempdir", str(tmp_path / "missing"))
+        expected = "the compile process could not run ("
     trainer, lines = compiled_trainer(config, data)
     assert any(line.startswith(expected) for line in lines), lines
     assert "executable store" not in lines[-1], lines

@@ -108,22 +108,22 @@ def compile_in_own_process(trainer, *, memory_limit: int | None = None) -> bool:
         logger.info(f"compiling in this process: {reason}")
         return False
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ambjax-compile-") as folder:
-        spec = {"config": to_dict(trainer.config), "seeds": list(trainer.seeds),
-                "class_weights": None if trainer.class_weights is None
-                else np.asarray(trainer.class_weights).tolist(),
-                "memory_limit": memory_limit, "jax_config": _jax_settings(),
-                "identity": identity_digest(trainer)}
-        with open(os.path.join(folder, SPEC), "w") as f:
-            json.dump(spec, f)
-        with open(os.path.join(folder, DATASET), "wb") as f:
-            f.write(array_tree_bytes(to_arrays(trainer.dataset)))
-        try:
+    spec = {"config": to_dict(trainer.config), "seeds": list(trainer.seeds),
+            "class_weights": None if trainer.class_weights is None
+            else np.asarray(trainer.class_weights).tolist(),
+            "memory_limit": memory_limit, "jax_config": _jax_settings(),
+            "identity": identity_digest(trainer)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="ambjax-compile-") as folder:
+            with open(os.path.join(folder, SPEC), "w") as f:
+                json.dump(spec, f)
+            with open(os.path.join(folder, DATASET), "wb") as f:
+                f.write(array_tree_bytes(to_arrays(trainer.dataset)))
             done = subprocess.run([sys.executable, "-m", HELPER, folder],
                                   env=_helper_environment(), capture_output=True, text=True)
-        except OSError as e:
-            logger.warning(f"the compile process did not finish ({e}); compiling here")
-            return False
+    except OSError as e:             # no room for its folder, no interpreter to start, ...
+        logger.warning(f"the compile process could not run ({e}); compiling here")
+        return False
     last = (done.stderr.strip().splitlines() or ["no message"])[-1]
     if done.returncode == REFUSED:               # the trainer's own compile raises it too
         logger.info(f"the compile process stopped ({last}); compiling here")
