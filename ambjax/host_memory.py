@@ -18,8 +18,10 @@ helper process with the default allocator compile its programs into the executab
 loads them from there (`ambjax.train.compile_process`). On a 2-core AMD EPYC with AVX-512
 (benchmarks/README.md, eighteenth session): steady IEMOCAP train epochs 4-9% faster (five
 alternating pairs of processes), cold compile 13.9 -> 18.7 s and warm start 1.6 -> 2.2 s
-(`python -m benchmarks.throughput`, back to back), and against the release 2.07x -> 2.37x
-end to end on IEMOCAP (`python -m benchmarks.versus_release`, back to back).
+(`python -m benchmarks.throughput`, back to back), and against the release on IEMOCAP, end
+to end from a cold start, 2.07x -> 2.37x and 2.33x -> 2.30x in two back-to-back pairs of
+`python -m benchmarks.versus_release`: the cold start's cost about what the epochs gain, a
+warm start's (~0.5 s) much less.
 
 The command-line tools call it at start (`ambjax.cli.run_main`), before JAX starts its CPU
 backend (the first computation: it acts on the threads created after it is called), as
