@@ -54,10 +54,12 @@ def storable_ids(ids) -> bool:
                                                                     for i in ids))
 
 
-def to_arrays(dataset: DialogueDataset) -> dict | None:
+def to_arrays(dataset: DialogueDataset, *, features: bool = True) -> dict | None:
     """The tree of arrays (module docstring) that `from_arrays` turns back into `dataset`; None
     when its dialogue ids are not all `str` or all `int`, or a `str` id ends in a NUL
-    character (which numpy's strings drop): such a dataset is not cached."""
+    character (which numpy's strings drop): such a dataset is not cached. `features=False`:
+    each modality's features as an empty float32 [0, D_m] array, the dataset's shapes without
+    its values (not a tree `from_arrays` reads until they are filled in)."""
     ids = list(dataset.dialogues)
     if not storable_ids(ids):
         return None
@@ -71,6 +73,7 @@ def to_arrays(dataset: DialogueDataset) -> dict | None:
                                                              else (0, width), dtype))
     return {
         "features": {m: joined(lambda d, m=m: d.features[m], np.float32, dataset.dims[m])
+                     if features else np.zeros((0, dataset.dims[m]), np.float32)
                      for m in dataset.dims},
         "speakers": joined(lambda d: d.speakers, np.int32),
         "labels": joined(lambda d: d.labels, np.int32),

@@ -12,6 +12,7 @@ import os
 import sys
 
 import jax
+import numpy as np
 
 from ambjax.data.dataset_arrays import from_arrays
 from ambjax.errors import AmbjaxError
@@ -34,7 +35,13 @@ def main(folder: str) -> int:
             except Exception:  # noqa: BLE001 - then the store's key differs: the caller compiles
                 pass
     with open(os.path.join(folder, DATASET), "rb") as f:
-        dataset = from_arrays(read_array_tree(f))
+        tree = read_array_tree(f)
+    # the features' values decide no program: zeros of their widths, which stay unwritten,
+    # so not resident (a second copy of a large feature set would double the memory)
+    rows = int(tree["lengths"].sum())
+    tree["features"] = {m: np.zeros((rows, x.shape[1]), np.float32)
+                        for m, x in tree["features"].items()}
+    dataset = from_arrays(tree)
     config = from_dict(spec["config"])
     trainer = Trainer(AMBDSGDN(model_for(config, dataset)), config, dataset,
                       class_weights=spec["class_weights"], n_devices=1, seeds=spec["seeds"])

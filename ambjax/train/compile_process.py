@@ -12,9 +12,10 @@ Python process with the default allocator, which stores them in the executable s
 them from there, as a warm start does.
 
 The helper (`python -m ambjax.train.compile_helper FOLDER`) rebuilds the trainer from what
-it is sent in FOLDER, a temporary folder: the config tree, the dataset (as
-`ambjax.data.dataset_arrays` arrays: no pickle), the seeds, class weights and `jax.config`'s
-settings. It is used only where its programs are certain to be the ones the trainer would
+it is sent in FOLDER, a temporary folder: the config tree, the dataset's shapes, labels,
+speakers and splits (`ambjax.data.dataset_arrays` arrays, no pickle; not its features, whose
+values decide no program: the helper gives it zeros), the seeds, class weights and
+`jax.config`'s settings. It is used only where its programs are certain to be the ones the trainer would
 compile (AMB-DSGDN built from the config, one device and process, the CPU, the store in use)
 and only where it can compare: before compiling, the helper checks that its trainer's
 programs have the caller's identity (`Trainer.program_identity`, optimiser and batch shapes).
@@ -118,7 +119,7 @@ def compile_in_own_process(trainer, *, memory_limit: int | None = None) -> bool:
             with open(os.path.join(folder, SPEC), "w") as f:
                 json.dump(spec, f)
             with open(os.path.join(folder, DATASET), "wb") as f:
-                f.write(array_tree_bytes(to_arrays(trainer.dataset)))
+                f.write(array_tree_bytes(to_arrays(trainer.dataset, features=False)))
             done = subprocess.run([sys.executable, "-m", HELPER, folder],
                                   env=_helper_environment(), capture_output=True, text=True)
     except OSError as e:             # no room for its folder, no interpreter to start, ...
