@@ -15,10 +15,11 @@ The helper (`python -m ambjax.train.compile_helper FOLDER`) rebuilds the trainer
 it is sent in FOLDER, a temporary folder: the config tree, the dataset's shapes, labels,
 speakers and splits (`ambjax.data.dataset_arrays` arrays, no pickle; not its features, whose
 values decide no program: the helper gives it zeros), the seeds, class weights and
-`jax.config`'s settings. It is used only where its programs are certain to be the ones the trainer would
-compile (AMB-DSGDN built from the config, one device and process, the CPU, the store in use)
-and only where it can compare: before compiling, the helper checks that its trainer's
-programs have the caller's identity (`Trainer.program_identity`, optimiser and batch shapes).
+`jax.config`'s settings. It is used only where its programs are certain to be the ones the
+trainer would compile (AMB-DSGDN built from the config, one device and process, the CPU, the
+store in use) and only where it can compare: before compiling, the helper checks that its
+trainer's programs have the caller's identity (`Trainer.program_identity`, optimiser and
+batch shapes).
 Whatever it does not deliver (a mismatch, a failure, an interrupt) the trainer compiles itself,
 so the helper changes how long a compile takes, never what is compiled.
 """
