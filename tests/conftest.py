@@ -57,9 +57,9 @@ def cache_dir(tmp_path):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
-def compiled_trainer(config, data, *, make=None):
-    """`Trainer.from_config(config, data, n_devices=1)` (or `make()`) compiled, and the
-    progress lines it logged meanwhile (logger "ambjax")."""
+def compiled_trainer(config, data):
+    """`Trainer.from_config(config, data, n_devices=1)` compiled, and the progress lines it
+    logged meanwhile (logger "ambjax")."""
     from ambjax.train import Trainer
     lines = []
     handler = logging.Handler()
@@ -69,7 +69,7 @@ def compiled_trainer(config, data, *, make=None):
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        trainer = make() if make else Trainer.from_config(config, data, n_devices=1)
+        trainer = Trainer.from_config(config, data, n_devices=1)
         trainer.compile()
     finally:
         logger.removeHandler(handler)

@@ -286,13 +286,15 @@ class Trainer:
         store = self._store(self.program_identity(), self.n_devices,
                             {"update": self.optimiser_identity()})
         kept = store is not None and freed_memory_kept()
-        if kept and not stored_programs(store, train, evals):
+        stored = kept and stored_programs(store, train, evals)
+        if kept and not stored:
             # XLA's compile threads would queue on this process's one malloc arena
             # (`ambjax.host_memory`): a helper process compiles into the store instead
-            compile_in_own_process(self, memory_limit=memory_limit)
+            stored = (compile_in_own_process(self, memory_limit=memory_limit)
+                      and stored_programs(store, train, evals))
         # on that one arena, one thread loads stored programs faster than two (IEMOCAP's
         # five: 1.8 s against 2.6 s on a 2-core AMD EPYC)
-        workers = 1 if kept and stored_programs(store, train, evals) else None
+        workers = 1 if stored else None
         programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
                                     evals, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store, workers=workers,
