@@ -131,7 +131,9 @@ def run_main(main: Callable[[list[str]], int | None], argv: Sequence[str] | None
         restart_with_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     # before JAX's CPU backend starts (ambjax.host_memory)
-    keep_freed_memory_if_wanted(compile_cache="--no-compile-cache" not in argv)
+    keep_freed_memory_if_wanted(compile_cache="--no-compile-cache" not in argv,
+                                several_processes=any(a.split("=")[0] == "--coordinator"
+                                                      for a in argv))
     debug = os.environ.get("AMBJAX_DEBUG", "") not in ("", "0") or "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     handlers = interrupts.raise_on_signals()

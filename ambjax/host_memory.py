@@ -26,8 +26,8 @@ warm start's (~0.5 s) much less.
 The command-line tools call it at start (`ambjax.cli.run_main`), before JAX starts its CPU
 backend (the first computation: it acts on the threads created after it is called), as
 `keep_freed_memory_wanted` decides: by default where the run's programs run on the CPU and a
-helper can compile them (JAX's persistent cache on); `AMBJAX_KEEP_FREED_MEMORY=1` or `0`
-decides instead. On a C library other than glibc it does nothing.
+helper can compile them (JAX's persistent cache on, one device, one process);
+`AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than glibc it does nothing.
 
 Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
 `glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
@@ -102,17 +102,42 @@ def accelerator_installed() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
-def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool = True) -> bool:
+COORDINATOR_ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+"""The environment variables that make a run one of several processes
+(`ambjax.train.distributed`), besides `AMBJAX_DISTRIBUTED=auto`."""
+
+
+def forced_host_devices(environ: Mapping[str, str]) -> int:
+    """The CPU devices that XLA_FLAGS in `environ` asks for
+    (`--xla_force_host_platform_device_count=N`), 1 where it asks for none."""
+    count = 1
+    for flag in environ.get("XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name == "--xla_force_host_platform_device_count" and value.isdigit():
+            count = int(value)
+    return count
+
+
+def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool = True,
+                             several_processes: bool = False) -> bool:
     """Whether a command-line tool run with `environ` keeps freed memory (module docstring).
     `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides; unset (or anything else), it does where its
     programs will run on the CPU (`JAX_PLATFORMS` names the CPU first, or, unset, no
     accelerator is installed) and a helper process can compile them: JAX's persistent
     compilation cache on (`compile_cache`, the tool's `no_compile_cache` not given, and not
-    `AMBJAX_COMPILE_CACHE=0`)."""
+    `AMBJAX_COMPILE_CACHE=0`), one device (XLA_FLAGS fakes no more CPU devices:
+    `forced_host_devices`) and one process (not `several_processes`, as the tool's flags ask,
+    and no `COORDINATOR_ENV_KEYS` or `AMBJAX_DISTRIBUTED=auto` in `environ`): there is no
+    helper for several devices or processes, and their programs would compile on the one
+    arena."""
     asked = environ.get("AMBJAX_KEEP_FREED_MEMORY", "")
     if asked in ("0", "1"):
         return asked == "1"
     if not compile_cache or environ.get("AMBJAX_COMPILE_CACHE", "1") == "0":
+        return False
+    if (several_processes or forced_host_devices(environ) > 1
+            or any(environ.get(k) for k in COORDINATOR_ENV_KEYS)
+            or environ.get("AMBJAX_DISTRIBUTED") == "auto"):
         return False
     platforms = environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
@@ -120,10 +145,12 @@ def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool 
     return not accelerator_installed()
 
 
-def keep_freed_memory_if_wanted(compile_cache: bool = True) -> bool:
-    """`keep_freed_memory` where `keep_freed_memory_wanted(os.environ, compile_cache=...)`;
-    returns whether it acted."""
-    return keep_freed_memory_wanted(os.environ, compile_cache=compile_cache) and \
+def keep_freed_memory_if_wanted(compile_cache: bool = True,
+                                several_processes: bool = False) -> bool:
+    """`keep_freed_memory` where `keep_freed_memory_wanted(os.environ, ...)` (the same
+    arguments); returns whether it acted."""
+    return keep_freed_memory_wanted(os.environ, compile_cache=compile_cache,
+                                    several_processes=several_processes) and \
         keep_freed_memory()
 
 

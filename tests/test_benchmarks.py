@@ -13,6 +13,7 @@ import pytest
 from ambjax.graphs import GraphBatcher
 from ambjax.train import load_dataset
 from benchmarks.throughput import bench_preset, roofline
+from conftest import TEST_XLA_FLAGS
 from experiments.configs import make_config
 
 
@@ -269,6 +270,7 @@ def test_a_throughput_rows_process_keeps_freed_memory_where_the_tools_would(monk
     from ambjax import host_memory
     from benchmarks import throughput
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)     # one CPU device (the suite fakes 4)
     if ask is None:
         monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY", raising=False)
     else:

@@ -12,6 +12,7 @@ import pytest
 
 from ambjax import host_memory
 from ambjax.cli import run_main
+from conftest import TEST_XLA_FLAGS
 
 # what XLA's CPU runtime does with a step's temporaries: allocate 64 MB, touch it, free it, again
 PROBE = """
@@ -61,6 +62,14 @@ def test_kept_memory_serves_the_next_calls_buffers_without_page_faults():
     ({"JAX_PLATFORMS": "cuda", "AMBJAX_KEEP_FREED_MEMORY": "1"}, True, True),
     ({"AMBJAX_COMPILE_CACHE": "0"}, True, False),     # no store for a helper to fill
     ({}, False, False),
+    # several devices or processes: no helper, their compile would run on the one arena
+    ({"XLA_FLAGS": "--xla_cpu_use_onednn=true --xla_force_host_platform_device_count=4"},
+     True, False),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, True, True),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+      "AMBJAX_KEEP_FREED_MEMORY": "1"}, True, True),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost:12355"}, True, False),
+    ({"AMBJAX_DISTRIBUTED": "auto"}, True, False),
 ])
 def test_freed_memory_is_kept_by_default_where_programs_run_on_the_cpu(
         monkeypatch, environ, cache, wanted):
@@ -86,7 +95,9 @@ def test_the_command_line_tools_keep_freed_memory_where_wanted(monkeypatch):
     assert run_main(lambda argv: 0, []) == 0 and not calls
     monkeypatch.delenv("AMBJAX_KEEP_FREED_MEMORY")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("XLA_FLAGS", TEST_XLA_FLAGS)                  # one CPU device
     assert run_main(lambda argv: 0, ["--no-compile-cache"]) == 0 and not calls
+    assert run_main(lambda argv: 0, ["--coordinator=localhost:12355"]) == 0 and not calls
     assert run_main(lambda argv: 0, []) == 0 and calls == [1]
 
 

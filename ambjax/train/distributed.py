@@ -36,8 +36,7 @@ from typing import Callable
 import jax
 
 from ambjax.errors import DistributedError
-
-ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+from ambjax.host_memory import COORDINATOR_ENV_KEYS as ENV_KEYS
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
