@@ -27,7 +27,8 @@ The command-line tools call it at start (`ambjax.cli.run_main`), before JAX star
 backend (the first computation: it acts on the threads created after it is called), as
 `keep_freed_memory_wanted` decides: by default where the run's programs run on the CPU and a
 helper can compile them (JAX's persistent cache on, one device, one process);
-`AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than glibc it does nothing.
+`AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than glibc it does
+nothing.
 
 Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
 `glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
