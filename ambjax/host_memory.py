@@ -103,9 +103,12 @@ def accelerator_installed() -> bool:
     return importlib.util.find_spec("libtpu") is not None
 
 
-COORDINATOR_ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
-"""The environment variables that make a run one of several processes
-(`ambjax.train.distributed`), besides `AMBJAX_DISTRIBUTED=auto`."""
+def several_processes_configured(environ: Mapping[str, str]) -> bool:
+    """Whether `environ` makes a run one of several processes without flags
+    (`ambjax.train.distributed`): a coordinator's address (`JAX_COORDINATOR_ADDRESS` or
+    `COORDINATOR_ADDRESS`), or `AMBJAX_DISTRIBUTED=auto`."""
+    return (any(environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
+            or environ.get("AMBJAX_DISTRIBUTED") == "auto")
 
 
 def forced_host_devices(environ: Mapping[str, str]) -> int:
@@ -128,17 +131,15 @@ def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool 
     compilation cache on (`compile_cache`, the tool's `no_compile_cache` not given, and not
     `AMBJAX_COMPILE_CACHE=0`), one device (XLA_FLAGS fakes no more CPU devices:
     `forced_host_devices`) and one process (not `several_processes`, as the tool's flags ask,
-    and no `COORDINATOR_ENV_KEYS` or `AMBJAX_DISTRIBUTED=auto` in `environ`): there is no
-    helper for several devices or processes, and their programs would compile on the one
-    arena."""
+    nor `several_processes_configured(environ)`): there is no helper for several devices or
+    processes, and their programs would compile on the one arena."""
     asked = environ.get("AMBJAX_KEEP_FREED_MEMORY", "")
     if asked in ("0", "1"):
         return asked == "1"
     if not compile_cache or environ.get("AMBJAX_COMPILE_CACHE", "1") == "0":
         return False
     if (several_processes or forced_host_devices(environ) > 1
-            or any(environ.get(k) for k in COORDINATOR_ENV_KEYS)
-            or environ.get("AMBJAX_DISTRIBUTED") == "auto"):
+            or several_processes_configured(environ)):
         return False
     platforms = environ.get("JAX_PLATFORMS", "").strip()
     if platforms:

@@ -36,7 +36,7 @@ from typing import Callable
 import jax
 
 from ambjax.errors import DistributedError
-from ambjax.host_memory import COORDINATOR_ENV_KEYS as ENV_KEYS
+from ambjax.host_memory import several_processes_configured
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -56,8 +56,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     given = [coordinator, num_processes, process_id]
     if any(v is not None for v in given) and any(v is None for v in given):
         raise DistributedError("`coordinator`, `num_processes` and `process_id` go together")
-    if (coordinator is None and not any(os.environ.get(k) for k in ENV_KEYS)
-            and os.environ.get("AMBJAX_DISTRIBUTED") != "auto"):
+    if coordinator is None and not several_processes_configured(os.environ):
         return False
     if coordinator is not None:
         _address(coordinator)                      # a malformed address: one line, now
