@@ -47,6 +47,7 @@ from ambjax.data import make_synthetic
 from ambjax.host_memory import keep_freed_memory_if_wanted
 from ambjax.train import Trainer, load_dataset
 from ambjax.train.compile import ResourceError
+from ambjax.train.executables import dataset_store
 from benchmarks.common import (cpu_name, environment, keep_this_process_on_cpu,
                                matmul_flops, write_results)
 from experiments.configs import load as load_preset, make_config
@@ -76,7 +77,8 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
     if batch_size:
         overrides["data.batch_size"] = str(batch_size)
     config = make_config(preset, overrides)
-    dataset = (load_dataset(config.data) if length is None else
+    # the data as a run reads it (`prepare_run`): kept in the cache folder's store
+    dataset = (load_dataset(config.data, store=dataset_store()) if length is None else
                make_synthetic(config.data.synthetic, seed=config.data.synthetic_seed,
                               length=length))
     seed_list = tuple(range(seeds))

@@ -251,6 +251,30 @@ def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritt
     assert parses == [1, 1]
 
 
+def test_a_generated_synthetic_set_is_read_back_from_the_store(tmp_path, monkeypatch):
+    """The same synthetic config is generated once and read back after; another seed, size,
+    width or validation share is another entry."""
+    import ambjax.data.assemble as assemble
+    from ambjax.data import DataConfig, load_dataset
+    from ambjax.train.executables import ExecutableStore
+    data = dataclasses.replace(DataConfig(), synthetic="iemocap", synthetic_scale=0.1,
+                               synthetic_dims=(("text", 12), ("audio", 8), ("visual", 6)))
+    store = ExecutableStore(str(tmp_path / "store"), {"test": 1})
+    generated = load_dataset(data)
+    _assert_equal_datasets(generated, load_dataset(data, store=store))  # generated, kept
+    made = []
+    real_make = assemble.make_synthetic
+    monkeypatch.setattr(assemble, "make_synthetic",
+                        lambda *a, **k: made.append(1) or real_make(*a, **k))
+    _assert_equal_datasets(generated, load_dataset(data, store=store))
+    assert made == []                                    # read back, not generated
+    for change in ({"synthetic_seed": 1}, {"synthetic_scale": 0.2},
+                   {"synthetic_dims": (("text", 12), ("audio", 8), ("visual", 7))},
+                   {"valid_fraction": 0.3}):
+        other = load_dataset(dataclasses.replace(data, **change), store=store)
+        assert other.fingerprint() != generated.fingerprint() and made.pop() == 1
+
+
 def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_path):
     from ambjax.data import DataConfig, load_dataset
     from ambjax.data.dataset_arrays import to_arrays
@@ -281,21 +305,26 @@ def test_a_damaged_or_foreign_store_entry_is_parsed_again(iemocap_small, tmp_pat
     assert to_arrays(nul) is None                   # numpy's strings would drop the NUL
 
 
-def test_a_runs_second_preparation_reads_its_feature_file_from_the_store(
-        iemocap_small, tmp_path, monkeypatch):
-    """The runs' `prepare_run` keeps the parsed file in the compilation cache folder's store
-    (this suite's cache is on, `conftest`), so a second start does not parse it again."""
+@pytest.mark.parametrize("source", ["file", "synthetic"])
+def test_a_runs_second_preparation_reads_its_data_from_the_store(
+        source, iemocap_small, tmp_path, monkeypatch):
+    """The runs' `prepare_run` keeps the parsed file or the generated synthetic set in the
+    compilation cache folder's store (this suite's cache is on, `conftest`), so a second
+    start neither parses nor generates it again."""
     import ambjax.data.assemble as assemble
     from ambjax.train.loop import prepare_run
     from experiments.configs import make_config
     path = tmp_path / "features.pkl"
     write_pickle(iemocap_small, path)
-    config = make_config("tiny", [f"data.path={path}"])
+    # a synthetic seed of its own: no other test's run has kept this set
+    config = make_config("tiny", [f"data.path={path}"] if source == "file"
+                         else [f"data.synthetic_seed={abs(hash(str(tmp_path))) % 10**6 + 7}"])
     first = prepare_run(config, str(tmp_path / "run"))
-    parses = []
-    real_load = assemble.load_features
-    monkeypatch.setattr(assemble, "load_features",
-                        lambda *a, **k: parses.append(1) or real_load(*a, **k))
+    built = []
+    for name in ("load_features", "make_synthetic"):
+        real = getattr(assemble, name)
+        monkeypatch.setattr(assemble, name,
+                            lambda *a, real=real, **k: built.append(1) or real(*a, **k))
     second = prepare_run(config, str(tmp_path / "run"))
-    assert parses == []
+    assert built == []
     assert first.plan["data_fingerprint"] == second.plan["data_fingerprint"]

@@ -1,4 +1,4 @@
-"""A loaded dataset as a tree of plain arrays and back, for a cache of parsed feature files.
+"""A loaded dataset as a tree of plain arrays and back, for a cache of parsed or generated datasets.
 
 Parsing a release-size feature pickle is a large part of a warm start on real data: the
 release-layout IEMOCAP file that `benchmarks.versus_release` writes (273 MB) takes 3.3-4.6 s on
@@ -8,7 +8,7 @@ checks), against ~0.03 s to read the dataset's 88 MB of arrays back as `.npy` da
 `ambjax.train.executables.ExecutableStore.save_arrays` keeps: no pickle, no code) and
 `from_arrays` rebuilds an equal dataset; `file_identity` names a file's current content, so
 that a file written again is parsed again. `ambjax.data.assemble.load_dataset` uses them
-when given a store.
+when given a store (for generated synthetic sets too).
 
 Tree layout (U = number of utterances of all dialogues in file order, G = dialogues):
   "features": {modality: float32 [U, D_m]}, "speakers", "labels": int32 [U],

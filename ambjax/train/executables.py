@@ -35,8 +35,9 @@ The store also keeps each seed's initial parameters (`load_arrays` / `save_array
 `.npy` data, no pickle): initialising AMB-DSGDN runs its ~120 initialisers op by op, ~1.7 s of
 a warm start even with every small program in JAX's cache, against ~0.1 s to read 52 MB (hidden
 512). The stored values are the ones computed, so a run's start does not change them. And it
-keeps parsed feature files (`dataset_store`, used by the runs' `load_dataset`): a release-size
-IEMOCAP pickle parses in 3.3-4.6 s, its arrays read back in ~0.03 s (`ambjax.data.dataset_arrays`).
+keeps parsed feature files and generated synthetic sets (`dataset_store`, used by the runs'
+`load_dataset`): a release-size IEMOCAP pickle parses in 3.3-4.6 s, its arrays read back in
+~0.03 s (`ambjax.data.dataset_arrays`).
 Array entries are kept within `ExecutableStore.ARRAY_BUDGET_BYTES` (2 GB), the least recently used
 removed first (a read counts as a use).
 
@@ -184,7 +185,8 @@ class ExecutableStore:
     """
 
     # entry names that hold arrays (`save_arrays`), not programs: a seed's initial
-    # parameters; a parsed feature file (`ambjax.data.assemble.load_dataset`)
+    # parameters; a parsed feature file or generated synthetic set
+    # (`ambjax.data.assemble.load_dataset`)
     ARRAYS = ("params", "dataset")
     # at most this many bytes of array entries in the folder (a 32-seed run at the release's
     # size stores 1.7 GB); the least recently used go first
@@ -338,9 +340,10 @@ class ExecutableStore:
 
 
 def dataset_store() -> ExecutableStore | None:
-    """The store of parsed feature files (`ambjax.data.assemble.load_dataset`) in JAX's
-    persistent compilation cache folder; None when that cache is off (as `default_store`)."""
-    return default_store({"entries": "parsed feature files"}, 1)
+    """The store of parsed feature files and generated synthetic sets
+    (`ambjax.data.assemble.load_dataset`) in JAX's persistent compilation cache folder; None
+    when that cache is off (as `default_store`)."""
+    return default_store({"entries": "datasets"}, 1)
 
 
 def default_store(identity: Any, n_devices: int,
