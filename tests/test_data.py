@@ -218,6 +218,16 @@ def _assert_equal_datasets(a, b):
     assert a.fingerprint() == b.fingerprint()
 
 
+def _counted(monkeypatch, module, *names) -> list:
+    """A list that gets one entry per call of `module`'s functions `names` (which still run)."""
+    calls = []
+    for name in names:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("corpus", ["iemocap", "meld"])
 def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritten(
         corpus, iemocap_small, meld_small, tmp_path, monkeypatch):
@@ -232,10 +242,7 @@ def test_a_parsed_file_is_read_back_from_the_store_and_parsed_again_once_rewritt
     parsed = load_dataset(data)
     first = load_dataset(data, store=store)             # parsed, then kept
     _assert_equal_datasets(parsed, first)
-    parses = []
-    real_load = assemble.load_features
-    monkeypatch.setattr(assemble, "load_features",
-                        lambda *a, **k: parses.append(1) or real_load(*a, **k))
+    parses = _counted(monkeypatch, assemble, "load_features")
     _assert_equal_datasets(parsed, load_dataset(data, store=store))
     assert parses == []                                  # read back, not parsed
     # the same file written again with other features (one dialogue's text moved by 1)
@@ -262,10 +269,7 @@ def test_a_generated_synthetic_set_is_read_back_from_the_store(tmp_path, monkeyp
     store = ExecutableStore(str(tmp_path / "store"), {"test": 1})
     generated = load_dataset(data)
     _assert_equal_datasets(generated, load_dataset(data, store=store))  # generated, kept
-    made = []
-    real_make = assemble.make_synthetic
-    monkeypatch.setattr(assemble, "make_synthetic",
-                        lambda *a, **k: made.append(1) or real_make(*a, **k))
+    made = _counted(monkeypatch, assemble, "make_synthetic")
     _assert_equal_datasets(generated, load_dataset(data, store=store))
     assert made == []                                    # read back, not generated
     for change in ({"synthetic_seed": 1}, {"synthetic_scale": 0.2},
@@ -320,11 +324,7 @@ def test_a_runs_second_preparation_reads_its_data_from_the_store(
     config = make_config("tiny", [f"data.path={path}"] if source == "file"
                          else [f"data.synthetic_seed={abs(hash(str(tmp_path))) % 10**6 + 7}"])
     first = prepare_run(config, str(tmp_path / "run"))
-    built = []
-    for name in ("load_features", "make_synthetic"):
-        real = getattr(assemble, name)
-        monkeypatch.setattr(assemble, name,
-                            lambda *a, real=real, **k: built.append(1) or real(*a, **k))
+    built = _counted(monkeypatch, assemble, "load_features", "make_synthetic")
     second = prepare_run(config, str(tmp_path / "run"))
     assert built == []
     assert first.plan["data_fingerprint"] == second.plan["data_fingerprint"]
