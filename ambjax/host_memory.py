@@ -25,8 +25,10 @@ warm start's (~0.5 s) much less.
 
 The command-line tools call it at start (`ambjax.cli.run_main`), before JAX starts its CPU
 backend (the first computation: it acts on the threads created after it is called), as
-`keep_freed_memory_wanted` decides: by default where the run's programs run on the CPU and a
-helper can compile them (JAX's persistent cache on, one device, one process);
+`keep_freed_memory_wanted` decides: by default where the run's programs run on a CPU with
+AVX-512 (without it the mode measured slower, steps and compile: benchmarks/README.md,
+twentieth session) and a helper can compile them (JAX's persistent cache on, one device, one
+process);
 `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than glibc it does
 nothing.
 
@@ -122,17 +124,38 @@ def forced_host_devices(environ: Mapping[str, str]) -> int:
     return count
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_has_avx512(cpuinfo: str = CPUINFO) -> bool:
+    """Whether the CPU has AVX-512 (`avx512f` among the flags in `cpuinfo`); False where the
+    file is missing or unreadable (not Linux)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split(":", 1)[-1].split()
+    except OSError:
+        pass
+    return False
+
+
 def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool = True,
                              several_processes: bool = False) -> bool:
     """Whether a command-line tool run with `environ` keeps freed memory (module docstring).
     `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides; unset (or anything else), it does where its
-    programs will run on the CPU (`JAX_PLATFORMS` names the CPU first, or, unset, no
-    accelerator is installed) and a helper process can compile them: JAX's persistent
+    programs will run on a CPU with AVX-512 (`JAX_PLATFORMS` names the CPU first, or, unset,
+    no accelerator is installed; `cpu_has_avx512`) and a helper process can compile them:
+    JAX's persistent
     compilation cache on (`compile_cache`, the tool's `no_compile_cache` not given, and not
     `AMBJAX_COMPILE_CACHE=0`), one device (XLA_FLAGS fakes no more CPU devices:
     `forced_host_devices`) and one process (not `several_processes`, as the tool's flags ask,
     nor `several_processes_configured(environ)`): there is no helper for several devices or
-    processes, and their programs would compile on the one arena."""
+    processes, and their programs would compile on the one arena. Without AVX-512 the mode
+    measured slower: on a 2-core AMD EPYC (Zen 3) its IEMOCAP steps 13-19% slower in three
+    alternating pairs of processes and its cold compile 5-18 s longer (benchmarks/README.md,
+    twentieth session), where the CPUs with AVX-512 ran their epochs faster with it (Zen 4:
+    4-9%; Intel Xeon: 3.62 -> 3.24 s)."""
     asked = environ.get("AMBJAX_KEEP_FREED_MEMORY", "")
     if asked in ("0", "1"):
         return asked == "1"
@@ -142,9 +165,9 @@ def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool 
             or several_processes_configured(environ)):
         return False
     platforms = environ.get("JAX_PLATFORMS", "").strip()
-    if platforms:
-        return platforms.split(",")[0].strip().lower() == "cpu"
-    return not accelerator_installed()
+    on_cpu = (platforms.split(",")[0].strip().lower() == "cpu" if platforms
+              else not accelerator_installed())
+    return on_cpu and cpu_has_avx512()
 
 
 def keep_freed_memory_if_wanted(compile_cache: bool = True,

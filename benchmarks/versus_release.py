@@ -457,7 +457,7 @@ def table(env: dict, rows: list[dict], patches: list[str], release_info: dict) -
                   + " GB/s" for r in rows if r["machine_probes"]) + ".",
               "glibc tunables: the release " + tunables(rows, "release") + ", ambjax "
               + tunables(rows, "ambjax") + " (`ambjax.host_memory`)"
-              + ("; ambjax in its kept-memory mode (the CPU's default; "
+              + ("; ambjax in its kept-memory mode (the default on CPUs with AVX-512; "
                  "`AMBJAX_KEEP_FREED_MEMORY=0` turns it off)."
                  if any(r["ambjax_kept_freed_memory"] for r in rows)
                  else "; ambjax without the kept-memory mode."),

@@ -266,7 +266,8 @@ def test_readers_of_a_result_find_it_where_it_is_written(tmp_path, monkeypatch):
 @pytest.mark.parametrize("ask", ["1", "0", None])
 def test_a_throughput_rows_process_keeps_freed_memory_where_the_tools_would(monkeypatch, ask):
     """The kept-memory mode reaches the rows' own processes, where the work is timed: asked
-    for, or by default on the CPU (the suite runs on it: `JAX_PLATFORMS=cpu`)."""
+    for, or by default on a CPU with AVX-512 (the suite runs on the CPU: `JAX_PLATFORMS=cpu`),
+    as the tools decide (`keep_freed_memory_wanted`)."""
     from ambjax import host_memory
     from benchmarks import throughput
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -277,7 +278,9 @@ def test_a_throughput_rows_process_keeps_freed_memory_where_the_tools_would(monk
         monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", ask)
     with throughput.row_process() as pool:
         kept = pool.submit(host_memory.freed_memory_kept).result()
-    assert kept is (ask != "0" and sys.platform.startswith("linux"))
+    wanted = ask == "1" or (ask is None and host_memory.cpu_has_avx512())
+    assert host_memory.keep_freed_memory_wanted(os.environ) is wanted
+    assert kept is (wanted and sys.platform.startswith("linux"))
 
 
 @pytest.mark.parametrize("family,model,flags", [(23, 49, "avx2"), (25, 17, "avx2 avx512f")])

@@ -74,10 +74,28 @@ def test_kept_memory_serves_the_next_calls_buffers_without_page_faults():
 def test_freed_memory_is_kept_by_default_where_programs_run_on_the_cpu(
         monkeypatch, environ, cache, wanted):
     monkeypatch.setattr(host_memory, "accelerator_installed", lambda: False)
+    monkeypatch.setattr(host_memory, "cpu_has_avx512", lambda: True)
     assert host_memory.keep_freed_memory_wanted(environ, compile_cache=cache) is wanted
+    # without AVX-512 the mode measured slower: off unless asked for
+    monkeypatch.setattr(host_memory, "cpu_has_avx512", lambda: False)
+    asked = environ.get("AMBJAX_KEEP_FREED_MEMORY") == "1"
+    assert host_memory.keep_freed_memory_wanted(environ, compile_cache=cache) is asked
+
+
+def test_avx512_is_read_from_the_cpus_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    flags = "fpu vme sse4_2 avx avx2 fma"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    assert not host_memory.cpu_has_avx512(str(info))
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags} avx512f avx512dq amx_tile\n")
+    assert host_memory.cpu_has_avx512(str(info))
+    info.write_text(f"flags\t\t: {flags} avx512_vnni\n")           # not the foundation
+    assert not host_memory.cpu_has_avx512(str(info))
+    assert not host_memory.cpu_has_avx512(str(tmp_path / "missing"))
 
 
 def test_an_installed_accelerator_plugin_turns_the_default_off(monkeypatch, tmp_path):
+    monkeypatch.setattr(host_memory, "cpu_has_avx512", lambda: True)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert host_memory.keep_freed_memory_wanted({}) is not host_memory.accelerator_installed()
     plugin = tmp_path / "jax_plugins" / "xla_example"  # a PJRT plugin as the CUDA one installs
@@ -89,6 +107,7 @@ def test_an_installed_accelerator_plugin_turns_the_default_off(monkeypatch, tmp_
 
 
 def test_the_command_line_tools_keep_freed_memory_where_wanted(monkeypatch):
+    monkeypatch.setattr(host_memory, "cpu_has_avx512", lambda: True)
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setenv("AMBJAX_KEEP_FREED_MEMORY", "0")
