@@ -28,9 +28,8 @@ backend (the first computation: it acts on the threads created after it is calle
 `keep_freed_memory_wanted` decides: by default where the run's programs run on a CPU with
 AVX-512 (without it the mode measured slower, steps and compile: benchmarks/README.md,
 twentieth session) and a helper can compile them (JAX's persistent cache on, one device, one
-process);
-`AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than glibc it does
-nothing.
+process); `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides instead. On a C library other than
+glibc it does nothing.
 
 Transparent huge pages cut the same cost without those drawbacks: with glibc's tunable
 `glibc.malloc.hugetlb=1` malloc asks the kernel (`madvise`) for 2 MB pages in the blocks it
@@ -127,17 +126,23 @@ def forced_host_devices(environ: Mapping[str, str]) -> int:
 CPUINFO = "/proc/cpuinfo"
 
 
-def cpu_has_avx512(cpuinfo: str = CPUINFO) -> bool:
-    """Whether the CPU has AVX-512 (`avx512f` among the flags in `cpuinfo`); False where the
-    file is missing or unreadable (not Linux)."""
+def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str]:
+    """The first CPU's feature flags in `cpuinfo` (e.g. "avx2", "avx512f", "amx_tile"); empty
+    where the file is missing or unreadable (not Linux)."""
     try:
         with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split(":", 1)[-1].split()
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_avx512(cpuinfo: str = CPUINFO) -> bool:
+    """Whether the CPU has AVX-512 (`avx512f` among `cpu_flags(cpuinfo)`)."""
+    return "avx512f" in cpu_flags(cpuinfo)
 
 
 def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool = True,
@@ -146,9 +151,8 @@ def keep_freed_memory_wanted(environ: Mapping[str, str], *, compile_cache: bool 
     `AMBJAX_KEEP_FREED_MEMORY=1` or `0` decides; unset (or anything else), it does where its
     programs will run on a CPU with AVX-512 (`JAX_PLATFORMS` names the CPU first, or, unset,
     no accelerator is installed; `cpu_has_avx512`) and a helper process can compile them:
-    JAX's persistent
-    compilation cache on (`compile_cache`, the tool's `no_compile_cache` not given, and not
-    `AMBJAX_COMPILE_CACHE=0`), one device (XLA_FLAGS fakes no more CPU devices:
+    JAX's persistent compilation cache on (`compile_cache`, the tool's `no_compile_cache` not
+    given, and not `AMBJAX_COMPILE_CACHE=0`), one device (XLA_FLAGS fakes no more CPU devices:
     `forced_host_devices`) and one process (not `several_processes`, as the tool's flags ask,
     nor `several_processes_configured(environ)`): there is no helper for several devices or
     processes, and their programs would compile on the one arena. Without AVX-512 the mode

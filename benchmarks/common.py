@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ambjax.host_memory import cpu_flags
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
@@ -65,22 +67,22 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """The CPU model, its family and model numbers (two CPUs of one marketing name, such as
     "AMD EPYC", may be generations apart) and the vector extensions that decide matmul speed
     (from /proc/cpuinfo; left out or False where it is not readable)."""
-    model, numbers, flags = platform.processor() or platform.machine(), {}, set()
+    model, numbers = platform.processor() or platform.machine(), {}
     fields = {"cpu family": "cpu_family", "model": "cpu_model_number"}
     try:
         with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
+                if not key:
+                    break                                   # the first CPU's block is enough
                 if key == "model name":
                     model = value.strip()
                 elif key in fields and value.strip().isdigit():
                     numbers[fields[key]] = int(value)
-                elif key == "flags":
-                    flags = set(value.split())
-                    break                                   # the first CPU's block is enough
     except OSError:
         pass
+    flags = cpu_flags(cpuinfo)
     return {"cpu_model": model, **numbers, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
             "amx": bool({"amx_tile", "amx_bf16"} & flags)}
 

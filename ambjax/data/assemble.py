@@ -109,6 +109,8 @@ def parse_feature_file(data: DataConfig, store: Any = None) -> DialogueDataset:
     def parse():
         return load_features(data.path, text=data.text, valid_fraction=data.valid_fraction,
                              seed=0)
+    if store is None:
+        return parse()                   # no key needed: the identity reads the file
     try:
         key = file_identity(data.path) + [data.text, data.valid_fraction]
     except OSError:
