@@ -58,7 +58,7 @@ def test_seeds_vmapped_equal_seeds_alone(tmp_path):
 
 def test_seeds_times_devices_equals_seeds_on_one_device(iemocap_small):
     model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, dropout=0.0,
-                         graph_dropout=0.0, p_exe=0.0, graphs=("inter",))
+                         graph_dropout=0.0, p_exe=0.0, graph_heads=1, graphs=("inter",))
     opt = optax.sgd(1.0)
     seeds = (3, 4)
     one = GraphBatcher(iemocap_small, window=2, batch_size=4, growth=None)

@@ -138,7 +138,7 @@ class AMBDSGDN(nn.Module):
       >>> data = make_synthetic("iemocap", scale=0.02, dims={"text": 8, "audio": 6, "visual": 4})
       >>> batch = GraphBatcher(data, window=4, batch_size=2).build(data.split("test")[:2])
       >>> model = create_model(data.dims, num_classes=6, num_speakers=2, hidden_dim=8,
-      ...                      num_heads=2)
+      ...                      num_heads=2, graph_heads=1)
       >>> params = model.init(jax.random.PRNGKey(0), batch)["params"]
       >>> out = model.apply({"params": params}, batch)
       >>> out["logits"].shape == (batch.nodes.mask.shape[0], 6), sorted(out["modality_logits"])

@@ -147,7 +147,8 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
       >>> data = make_synthetic("meld", scale=0.01, dims={"text": 8, "audio": 8, "visual": 8})
       >>> batcher = GraphBatcher(data, window=2, batch_size=2, modalities=("text",))
       >>> batch = batcher.build(data.split("train")[:2])
-      >>> model = create_model({"text": 8}, 7, 9, hidden_dim=8, num_heads=2, graphs=("inter",))
+      >>> model = create_model({"text": 8}, 7, 9, hidden_dim=8, num_heads=2, graph_heads=1,
+      ...                      graphs=("inter",))
       >>> state = create_train_state(model, batch, optax.adam(1e-3), seed=0)
       >>> step = jax.jit(make_train_step(model, optax.adam(1e-3)))
       >>> state, metrics = step(state, batch, jnp.asarray(True))
