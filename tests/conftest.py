@@ -41,6 +41,11 @@ import logging  # noqa: E402
 from ambjax.data import make_synthetic  # noqa: E402
 
 SMALL_DIMS = {"text": 12, "audio": 10, "visual": 8}
+# the tiny preset cut to the least that compiles a whole run (hidden 8, one attention layer,
+# one relational block, text only): ~half the tracing and compiling of two modalities, for
+# the tests of how programs are compiled, stored and loaded, which any model shows
+TINY_PROGRAMS = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
+                 "data.modalities=text"]
 
 
 @pytest.fixture

@@ -19,11 +19,9 @@ from ambjax.train import compile_process
 from ambjax.train.compile_process import why_not_own_process
 from ambjax.train.config import replace_key
 from ambjax.train.trainer import model_for
-from conftest import compiled_trainer
+from conftest import TINY_PROGRAMS, compiled_trainer
 from experiments.configs import make_config
 
-SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
-         "data.modalities=text,audio"]
 
 
 @pytest.fixture
@@ -35,7 +33,7 @@ def kept_memory(monkeypatch):
 
 @pytest.fixture(scope="module")
 def run():
-    config = make_config("tiny", SMALL)
+    config = make_config("tiny", TINY_PROGRAMS)
     return config, load_dataset(config.data)
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import compiled_trainer
+from conftest import TINY_PROGRAMS, compiled_trainer
 from ambjax.train.config import replace_key
 from ambjax.train.compile import batch_key
 from ambjax.train.executables import STORE_FOLDER, ExecutableStore
@@ -16,8 +16,6 @@ from ambjax.train import Trainer, load_dataset
 from ambjax.train.state import init_params
 from experiments.configs import make_config
 
-SMALL = ["model.hidden_dim=8", "model.graph_heads=1", "model.graphs=inter",
-         "data.modalities=text,audio"]
 
 
 def _ready(config, data):
@@ -32,7 +30,7 @@ def _step(trainer, batch):
 
 
 def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
-    config = make_config("tiny", SMALL)
+    config = make_config("tiny", TINY_PROGRAMS)
     data = load_dataset(config.data)
     cold, cold_line = _ready(config, data)
     entries = sorted((cache_dir / STORE_FOLDER).glob("*.pkl"))
@@ -65,7 +63,7 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
 
 
 def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir):
-    config = make_config("tiny", SMALL)
+    config = make_config("tiny", TINY_PROGRAMS)
     data = load_dataset(config.data)
     first, _ = _ready(config, data)
     store = cache_dir / STORE_FOLDER
@@ -83,7 +81,7 @@ def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir
 
 
 def test_initial_parameters_are_stored_and_read_back_unchanged(cache_dir, monkeypatch):
-    config = make_config("tiny", SMALL)
+    config = make_config("tiny", TINY_PROGRAMS)
     data = load_dataset(config.data)
     cold = Trainer.from_config(config, data, n_devices=1, seeds=(3, 4))
     expected = [init_params(cold.model, cold._example, seed) for seed in (3, 4)]
@@ -140,7 +138,7 @@ def test_models_defined_outside_ambjax_use_no_store(cache_dir):
     """A store entry is trusted through the hash of ambjax's source: a model from elsewhere
     could change without its entries changing, so its programs and parameters are not kept."""
     from experiments.compose import TwoModalityGraphClassifier
-    config = make_config("tiny", SMALL)
+    config = make_config("tiny", TINY_PROGRAMS + ["data.modalities=text,audio"])  # its two
     data = load_dataset(config.data)
     trainer = Trainer(TwoModalityGraphClassifier(data.num_classes), config, data, n_devices=1)
     trainer.compile()
