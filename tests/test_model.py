@@ -405,7 +405,8 @@ def test_banded_attention_is_the_per_edge_attention_without_float_scatters(small
     banded = graph._replace(nodes=jnp.asarray(rng.normal(size=(mask.shape[0], 6)), jnp.float32))
     per_edge = banded._replace(globals=None)
     layer = DifferentialGraphAttention(features=8, dropout_rate=0.4)
-    params = layer.init(jax.random.PRNGKey(0), banded)
+    # jitted: op by op, the many small programs cost more to compile
+    params = jax.jit(layer.init)(jax.random.PRNGKey(0), banded)
     probe = jnp.asarray(rng.normal(size=(mask.shape[0], 8)), jnp.float32) * mask[:, None]
 
     def loss(p, g, deterministic):
@@ -414,11 +415,10 @@ def test_banded_attention_is_the_per_edge_attention_without_float_scatters(small
         return jnp.sum(out * probe), out
 
     outputs = {}
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=2)
     for deterministic in (True, False):
-        (_, want), want_grad = jax.value_and_grad(loss, has_aux=True)(params, per_edge,
-                                                                       deterministic)
-        (_, got), got_grad = jax.jit(jax.value_and_grad(loss, has_aux=True),
-                                     static_argnums=2)(params, banded, deterministic)
+        (_, want), want_grad = value_and_grad(params, per_edge, deterministic)
+        (_, got), got_grad = value_and_grad(params, banded, deterministic)
         np.testing.assert_allclose(np.asarray(got)[mask], np.asarray(want)[mask],
                                    rtol=1e-5, atol=1e-5)
         for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
