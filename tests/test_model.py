@@ -531,7 +531,7 @@ def test_attention_weights_sum_to_one_minus_lambda_per_receiver(iemocap_small, m
     for differential in (True, False):
         model = create_model(dims, 6, 2, hidden_dim=16, num_heads=2, differential=differential)
         params = init_params(model, batch, 1)
-        weights = attention_weights(model, params, batch)
+        weights = jax.jit(attention_weights, static_argnums=0)(model, params, batch)
         assert sorted(weights) == sorted(f"{g}/{a}" for g in ("inter", "intra")
                                          for a in ("attention_0", "attention_1", "out_att"))
         lambdas = layer_lambdas(params)
