@@ -40,16 +40,18 @@ def test_graph_attention_jit_vmap_grad_scan(layer_and_params):
     # vmap over a leading batch of graphs (same padded shape, different node features)
     graphs = jax.tree.map(lambda *xs: jnp.stack(xs), graph,
                           graph._replace(nodes=graph.nodes * 2.0))
-    batched = jax.vmap(layer.apply, in_axes=(None, 0))(variables, graphs)
+    # (vmap and grad under jit: the same batching and differentiation rules, one program
+    # instead of one per operation)
+    batched = jax.jit(jax.vmap(layer.apply, in_axes=(None, 0)))(variables, graphs)
     np.testing.assert_allclose(batched[0], eager, rtol=1e-5, atol=1e-6)
     # vmap over a leading batch of parameters
     other = layer.init(jax.random.PRNGKey(1), graph)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), variables, other)
-    per_params = jax.vmap(layer.apply, in_axes=(0, None))(stacked, graph)
+    per_params = jax.jit(jax.vmap(layer.apply, in_axes=(0, None)))(stacked, graph)
     np.testing.assert_allclose(per_params[1], layer.apply(other, graph), rtol=1e-5, atol=1e-6)
     # grad w.r.t. parameters and inputs
-    grads = jax.grad(lambda v, x: layer.apply(v, graph._replace(nodes=x)).sum(), (0, 1))(
-        variables, graph.nodes)
+    grads = jax.jit(jax.grad(lambda v, x: layer.apply(v, graph._replace(nodes=x)).sum(),
+                            (0, 1)))(variables, graph.nodes)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     # inside lax.scan: the same layer applied three times
     def body(h, _):
@@ -180,7 +182,8 @@ def test_attention_layer_gradients_match_finite_differences():
         def f(variables, x):
             return (layer.apply(variables, graph._replace(nodes=x)) * probe).sum()
 
-        check_grads(f, (params, graph.nodes), order=1, modes=("rev",), eps=1e-4,
+        # jitted: the check evaluates f many times, op by op a compile per operation
+        check_grads(jax.jit(f), (params, graph.nodes), order=1, modes=("rev",), eps=1e-4,
                     atol=1e-3, rtol=1e-3)
 
 
