@@ -17,6 +17,7 @@ from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train
 from ambjax.train.config import replace_key
 from ambjax.train.steps import TrainStep, compile_steps
 from experiments.configs import make_config
+from conftest import TINY_PROGRAMS
 from experiments.train import main as train_main
 
 # one device: the same compiled programs as the benchmark test's tiny row (persistent cache);
@@ -30,7 +31,7 @@ def test_pmap_step_equals_single_device_step(iemocap_small):
     # no dropout, so that the two runs draw no different masks; balancing active: q is
     # computed from confusion counts summed over the devices, as on the global batch
     model = create_model(iemocap_small.dims, 6, 2, hidden_dim=8, num_heads=2, dropout=0.0,
-                         graph_dropout=0.0, p_exe=0.0, graph_heads=1)
+                         graph_dropout=0.0, p_exe=0.0, graph_heads=1, graphs=("inter",))
     # plain SGD: Adam's first step is ~lr * sign(g), which blows up float noise in tiny gradients
     opt = optax.sgd(1.0)
     dialogues = iemocap_small.split("train")[:8]
@@ -64,9 +65,7 @@ def test_the_two_program_step_computes_what_one_program_does():
     # up to rounding. SGD: Adam turns the rounding noise of gradients that are zero in exact
     # arithmetic (the self-attention's key bias, under the softmax's shift) into ~lr steps;
     # a small model (the claim is about the split, not the model): fast compiles
-    config = make_config("tiny", ["optim.optimizer=sgd", "model.hidden_dim=8",
-                                  "model.graph_heads=1", "model.graphs=inter",
-                                  "data.modalities=text,audio"])
+    config = make_config("tiny", TINY_PROGRAMS + ["optim.optimizer=sgd"])
     trainer = Trainer.from_config(config, load_dataset(config.data), **QUIET)
     parts = trainer.train_step
     assert isinstance(parts, TrainStep)
@@ -246,7 +245,8 @@ def test_merged_buckets_compile_fewer_programs_and_train_the_same():
         config = _tiny(**{"data.budget_growth": 1.25, "data.compile_node_steps": cost,
                           "data.synthetic_scale": 0.1, "schedule.epochs": 1,
                           "optim.optimizer": "sgd", "optim.lr": 0.1,
-                          "model.graph_heads": 1, "model.graphs": "inter"})  # fast compiles
+                          "model.graph_heads": 1, "model.graphs": "inter",   # fast compiles
+                          "data.modalities": "text"})
         trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
         trainer.compile()
         trainer.train_epoch(0)
