@@ -130,10 +130,12 @@ def test_padding_does_not_change_real_outputs(small):
 def test_a_packed_dense_view_computes_what_the_unpacked_one_does(iemocap_small):
     # several dialogues per row of the encoder's view: the same outputs, and in training the
     # same dropout masks (drawn for the unpacked view), so the same step
-    # packing changes only the encoder's view: one graph head and one block (fast compiles)
-    model = create_model(iemocap_small.dims, 6, 2, hidden_dim=16, num_heads=2, dropout=0.3,
-                         graph_dropout=0.2, p_exe=0.0, graph_heads=1, graphs=("inter",))
-    gb = GraphBatcher(iemocap_small, window=3, batch_size=6, growth=None)
+    # packing changes only the encoder's view: one modality, one graph head and one block
+    # (fast compiles)
+    model = create_model({"text": iemocap_small.dims["text"]}, 6, 2, hidden_dim=16,
+                         num_heads=2, dropout=0.3, graph_dropout=0.2, p_exe=0.0, graph_heads=1,
+                         graphs=("inter",))
+    gb = GraphBatcher(iemocap_small, window=3, batch_size=6, growth=None, modalities=("text",))
     dialogues = iemocap_small.split("train")[:6]
     plain = gb.build(dialogues)
     packed = gb.build(dialogues, dataclasses.replace(gb.budget_of(dialogues),
@@ -344,8 +346,9 @@ def test_stacked_modalities_equal_separate_modules(small, members):
     class Stack(nn.Module):
         @nn.compact
         def __call__(self, graph, deterministic):
-            return stacked_call(DifferentialRelationalBlock(8, name="block"), members,
-                                (GRAPH_AXES,), graph, deterministic=deterministic)
+            block = DifferentialRelationalBlock(8, num_heads=1, name="block")
+            return stacked_call(block, members, (GRAPH_AXES,), graph,
+                                deterministic=deterministic)
 
     batch = small["batch"]
     x = jax.random.normal(jax.random.PRNGKey(3), (members, batch.nodes.mask.shape[0], 8))
@@ -356,7 +359,7 @@ def test_stacked_modalities_equal_separate_modules(small, members):
     assert params["block"]["fc"]["kernel"].shape == (members, 8, 8)
     out = jax.jit(Stack().apply, static_argnums=2)({"params": params}, graph, True)
     assert out.shape == x.shape
-    block = jax.jit(DifferentialRelationalBlock(8).apply)
+    block = jax.jit(DifferentialRelationalBlock(8, num_heads=1).apply)
     for i in range(members):
         member = jax.tree.map(lambda p: p[i], params["block"])
         alone = block({"params": member}, batch.graph("inter", nodes=x[i]))
