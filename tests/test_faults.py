@@ -17,7 +17,7 @@ import pytest
 from ambjax import interrupts
 from ambjax.errors import DistributedError, Interrupted
 from ambjax.train.distributed import PeerWatch, initialize
-from conftest import TEST_XLA_FLAGS
+from conftest import TEST_XLA_FLAGS, TINY_PROGRAMS
 from ambjax.train import Trainer, load_dataset
 from experiments.configs import make_config
 from experiments.train import main as train_main
@@ -76,7 +76,9 @@ def test_sigterm_while_training_keeps_the_last_epoch_and_resumes(tmp_path, capsy
 
 def test_ctrl_c_while_compiling_stops_cleanly_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
-    proc = _start(["--out", str(out)], tmp_path, cache=False)
+    # the smallest run: the compiles under way when the signal comes finish before the exit
+    smallest = [a for setting in TINY_PROGRAMS for a in ("--set", setting)]
+    proc = _start(["--out", str(out), *smallest], tmp_path, cache=False)
     _wait_for(proc, "compiling")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
