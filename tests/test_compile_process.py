@@ -23,7 +23,6 @@ from conftest import TINY_PROGRAMS, compiled_trainer
 from experiments.configs import make_config
 
 
-
 @pytest.fixture
 def kept_memory(monkeypatch):
     """This process taken for one in the kept-memory mode (`ambjax.host_memory`), without

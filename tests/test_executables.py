@@ -17,7 +17,6 @@ from ambjax.train.state import init_params
 from experiments.configs import make_config
 
 
-
 def _ready(config, data):
     """The compiled trainer and its last progress line (logger "ambjax")."""
     trainer, lines = compiled_trainer(config, data)
