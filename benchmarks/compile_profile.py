@@ -62,7 +62,7 @@ def child(preset: str, variant: str) -> dict:
     overrides `variant`; returns the measured row."""
     import jax
     import jax.numpy as jnp
-    from ambjax.train import Trainer, load_dataset
+    from ambjax.train import Trainer, load_dataset, model_state
     from ambjax.train.steps import TrainStep
     from experiments.configs import make_config
     config = make_config(preset, [x for x in variant.split(",") if x])
@@ -74,7 +74,8 @@ def child(preset: str, variant: str) -> dict:
     train = trainer.train_step          # its gradients (per batch shape) and its update
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    lowered = [train.gradients.lower(state, batch, active), train.update.lower(state, state.params)]
+    lowered = [train.gradients.lower(model_state(state), batch, active),
+               train.update.lower(state, state.params)]
     lowered_at = time.perf_counter()
     gradients, update = (low.compile() for low in lowered)
     done = time.perf_counter()

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ambjax.cli import ArgumentParser, run_main
-from ambjax.train import Trainer, load_dataset
+from ambjax.train import Trainer, load_dataset, model_state
 from benchmarks.common import cpu_name, environment, train_batches_by_shape, write_results
 from experiments.configs import make_config
 
@@ -121,15 +121,15 @@ def profile_step(preset: str, *, hidden: int, steps: int, dtype: str) -> dict:
         state, metrics = train(state, batch, active)
         jax.block_until_ready(metrics)
     wall = (time.perf_counter() - start) / steps
-    grads, _ = train.gradients(state, batch, active)
+    grads, _ = train.gradients(model_state(state), batch, active)
 
     def update():                       # the update may donate the state (accelerators)
         nonlocal state
         state = train.update(state, grads)
         return state
 
-    parts = {"gradients": (train.gradients.lower(state, batch, active),
-                           lambda: train.gradients(state, batch, active)),
+    parts = {"gradients": (train.gradients.lower(model_state(state), batch, active),
+                           lambda: train.gradients(model_state(state), batch, active)),
              "update": (train.update.lower(state, grads), update)}
     totals, instructions = collections.Counter(), {}
     for part, (lowered, run) in parts.items():   # each part alone: kernel names may repeat

@@ -32,7 +32,7 @@ def _lowered(preset, overrides=(), n_devices=1, seeds=None):
     gradients, update, evaluate = (f if n_devices == 1 else jax.jit(f) for f in (
         trainer.train_step.gradients, trainer.train_step.update, trainer.eval_step))
     state = trainer.abstract_state
-    lowered = [gradients.trace(state, batch, jnp.asarray(True)).lower(
+    lowered = [gradients.trace(steps.model_state(state), batch, jnp.asarray(True)).lower(
                    lowering_platforms=PLATFORMS),
                update.trace(state, state.params).lower(lowering_platforms=PLATFORMS),
                evaluate.trace(state.params, evaluation).lower(lowering_platforms=PLATFORMS)]

@@ -42,15 +42,15 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     (s1, m1), (s2, m2) = _step(cold, batch), _step(warm, batch)
     for a, b in zip(jax.tree.leaves((s1, m1)), jax.tree.leaves((s2, m2))):
         np.testing.assert_array_equal(a, b)
-    # another learning rate or run length is another update program, but the same gradients
-    # and eval programs (shared); another loss weighting is another gradients program
+    # another optimiser, learning rate or run length is another update program, but the same
+    # gradients and eval programs (shared); another loss weighting is another gradients program
     key, eval_key = batch_key(batch), batch_key(next(cold.batcher.batches("test")))
 
     def store_of(trainer):
         return ExecutableStore(str(cache_dir / STORE_FOLDER), trainer.program_identity(),
                                {"update": trainer.optimiser_identity()})
 
-    for change in (("optim.lr", 0.5), ("schedule.epochs", 7)):
+    for change in (("optim.optimizer", "sgd"), ("optim.lr", 0.5), ("schedule.epochs", 7)):
         store = store_of(Trainer.from_config(replace_key(config, *change), data, n_devices=1))
         assert store.load("update", ()) is None
         assert store.load("gradients", key) is not None and store.load("eval", eval_key)
@@ -59,6 +59,10 @@ def test_warm_start_loads_programs_that_compute_the_same(cache_dir):
     assert store.load("gradients", key) is None and store.load("eval", eval_key) is None
     stored = store_of(warm)
     assert stored.load("gradients", key) is not None and stored.load("update", ()) is not None
+    # the shared programs run for another optimiser's state: the first step's loss is the same
+    sgd, sgd_line = _ready(replace_key(config, "optim.optimizer", "sgd"), data)
+    assert "(2 from the executable store)" in sgd_line
+    np.testing.assert_array_equal(_step(sgd, batch)[1]["loss"], m1["loss"])
 
 
 def test_damaged_entries_are_recompiled_and_cached_programs_not_stored(cache_dir):

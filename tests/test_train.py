@@ -15,7 +15,7 @@ from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train
                           evaluate_checkpoint, load_dataset, make_train_step, replicate,
                           train_and_evaluate, unreplicate)
 from ambjax.train.config import replace_key
-from ambjax.train.steps import TrainStep, compile_steps
+from ambjax.train.steps import TrainStep, compile_steps, model_state
 from experiments.configs import make_config
 from conftest import TINY_PROGRAMS
 from experiments.train import main as train_main
@@ -101,7 +101,7 @@ def test_the_cpu_step_keeps_its_input_state_and_trains_as_a_donating_step(iemoca
     def compiled(donate):
         step = compile_steps(model, opt, 1, seed_axis=True, donate=donate)[0]
         return TrainStep(
-            step.gradients.lower(stacked, batch, jnp.asarray(True)).compile(as_run),
+            step.gradients.lower(model_state(stacked), batch, jnp.asarray(True)).compile(as_run),
             step.update.lower(stacked, stacked.params).compile(as_run))
 
     kept, donating = compiled(False), compiled(True)

@@ -20,7 +20,8 @@ from ambjax.train.report import summarize_seeds
 from ambjax.train.runs import LoadedRun, evaluate_checkpoint, load_run, read_run_config
 from ambjax.train.state import TrainState, create_optimizer, create_train_state
 from ambjax.train.steps import (TrainStep, compile_steps, make_eval_step, make_gradient_step,
-                                make_train_step, make_update_step, replicate, unreplicate)
+                                make_train_step, make_update_step, model_state, replicate,
+                                unreplicate)
 from ambjax.train.trainer import Trainer
 
 __all__ = [
@@ -32,6 +33,6 @@ __all__ = [
     "PreparedRun", "prepare_run", "train_and_evaluate", "RunProgress", "summarize_seeds",
     "LoadedRun", "evaluate_checkpoint", "load_run", "read_run_config",
     "TrainState", "create_optimizer", "create_train_state", "compile_steps", "make_eval_step",
-    "make_train_step", "make_gradient_step", "make_update_step", "TrainStep", "replicate",
-    "unreplicate", "Trainer",
+    "make_train_step", "make_gradient_step", "make_update_step", "model_state", "TrainStep",
+    "replicate", "unreplicate", "Trainer",
 ]

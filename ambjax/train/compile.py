@@ -39,7 +39,7 @@ from ambjax.errors import ResourceError  # noqa: F401 - re-exported
 from ambjax.graphs.batch import DialogueBatch
 from ambjax.train.cache import ensure_trusted_compile_cache
 from ambjax.train.executables import ExecutableStore
-from ambjax.train.steps import TrainStep
+from ambjax.train.steps import TrainStep, model_state
 
 logger = logging.getLogger("ambjax")
 
@@ -190,7 +190,7 @@ def compile_programs(train_step: TrainStep, eval_step, state,
 
     def train_program(key):
         return stored("gradients", key, lambda: alone(lambda: train_step.gradients.lower(
-            state, train_keyed[key], balance_active)))
+            model_state(state), train_keyed[key], balance_active)))
 
     def update_program(_):
         return stored("update", (), lambda: alone(lambda: train_step.update.lower(
@@ -311,7 +311,8 @@ def _check_members(train_step: TrainStep, state, batch, balance_active, members:
         x.shape[:axis] + (1,) + x.shape[axis + 1:], x.dtype), (state, batch))
     logger.info(f"estimating the memory of {members} seeds from one ...")
     compiled = stored("gradients-one-seed", batch_key(one[1]),
-                      lambda: train_step.gradients.lower(*one, balance_active))
+                      lambda: train_step.gradients.lower(model_state(one[0]), one[1],
+                                                         balance_active))
     per_member = program_bytes(compiled)
     if per_member is None:
         return

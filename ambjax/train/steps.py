@@ -11,7 +11,8 @@ It is the composition of two pure parts, `make_gradient_step` (state, batch, bal
 as two programs (`TrainStep`): the gradient program depends on the batch shape and is compiled
 per padding bucket, the optimiser's update does not and is compiled once for all of them
 (the update was ~3.5 s of the IEMOCAP train program's ~14 s of compile CPU on a 2-core AMD
-EPYC; benchmarks/README.md, eleventh session).
+EPYC; benchmarks/README.md, eleventh session). The gradient program receives the state
+without the optimiser's (`model_state`), so one compiled gradient program serves any optimiser.
 
 metrics: "loss" [], "confusion" int32 [C, C] (fused predictions), "modality_f1" [M], "q" [M],
 "utterances" int32 [] (real utterances in the global batch).
@@ -72,7 +73,8 @@ def make_gradient_step(model: DialogueModel, *, class_weights=None,
                        mask_rng: str = "hash") -> Callable:
     """Build the pure `gradient_step(state, batch, balance_active) -> (grads, metrics)`: the
     train step's forward and backward pass (arguments as for `make_train_step`); grads has the
-    structure, shapes and dtypes of `state.params` (summed over `axis_name` under pmap)."""
+    structure, shapes and dtypes of `state.params` (summed over `axis_name` under pmap). It
+    reads the state's step, rng and params only (`TrainStep` passes `model_state(state)`)."""
     if mask_rng not in MASK_KEYS:
         raise ConfigError(f"mask_rng must be one of {list(MASK_KEYS)}, got {mask_rng!r}")
     mask_keys = MASK_KEYS[mask_rng]
@@ -161,18 +163,27 @@ def make_train_step(model: DialogueModel, optimizer: optax.GradientTransformatio
                      make_update_step(optimizer))
 
 
+def model_state(state: TrainState) -> TrainState:
+    """`state` as the gradient step receives it: the optimiser's state left out
+    (`opt_state=()`; the forward and backward pass never read it), so that a compiled gradient
+    program does not depend on the optimiser: the executable store shares it between runs that
+    differ only in their optimiser (`Trainer.program_identity`). Works on concrete or abstract
+    (`jax.ShapeDtypeStruct`) states, with or without seed and device axes."""
+    return state.replace(opt_state=())
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-    """A train step in two parts, called like one: `gradients(state, batch, balance_active)
-    -> (grads, metrics)` and `update(state, grads) -> state`. Both pure (`make_train_step`) or
-    both wrapped (`compile_steps`: then each part is a program of its own, the update's one
-    for every batch shape)."""
+    """A train step in two parts, called like one: `gradients(model_state(state), batch,
+    balance_active) -> (grads, metrics)` and `update(state, grads) -> state`. Both pure
+    (`make_train_step`) or both wrapped (`compile_steps`: then each part is a program of its
+    own, the update's one for every batch shape)."""
 
     gradients: Callable
     update: Callable
 
     def __call__(self, state: TrainState, batch: DialogueBatch, balance_active):
-        grads, metrics = self.gradients(state, batch, balance_active)
+        grads, metrics = self.gradients(model_state(state), batch, balance_active)
         return self.update(state, grads), metrics
 
 

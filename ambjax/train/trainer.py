@@ -34,10 +34,16 @@ from ambjax.train.config import ConfigError, ExperimentConfig, fingerprint
 from ambjax.train.distributed import local_device_range
 from ambjax.train.executables import default_store
 from ambjax.train.state import create_optimizer, create_train_state, parameter_initialiser
-from ambjax.train.steps import compile_steps, replicate
+from ambjax.train.steps import compile_steps, model_state, replicate
 
 
 logger = logging.getLogger("ambjax")
+
+
+def _tree_identity(tree) -> list:
+    """A tree's structure and its leaves' shapes and dtypes, as text (a store key's part)."""
+    return [str(jax.tree_util.tree_structure(tree))] + [(tuple(x.shape), str(x.dtype))
+                                                       for x in jax.tree.leaves(tree)]
 
 
 def resolve_devices(n_devices: int | None) -> int:
@@ -319,21 +325,22 @@ class Trainer:
     def program_identity(self) -> dict:
         """What the compiled steps compute besides their batch shapes and the optimiser: the
         key of their entries in the executable store (`ambjax.train.executables`). The
-        gradients and eval programs depend on nothing else; the update program on
-        `optimiser_identity()` too, so runs that differ only in their optimiser, learning
-        rate or length share the other two."""
+        gradients and eval programs depend on nothing else (the gradients program receives
+        the state without the optimiser's, `ambjax.train.steps.model_state`); the update
+        program on `optimiser_identity()` too, so runs that differ only in their optimiser,
+        learning rate or length share the other two."""
         return {"model": repr(self.model), "mask_rng": self.config.model.mask_rng,
                 "unimodal_weight": self.config.optim.unimodal_weight,
                 "class_weights": None if self.class_weights is None
                 else np.asarray(self.class_weights).tolist(),
                 "devices": self.n_devices, "seeds": len(self.seeds),
-                "state": [str(jax.tree_util.tree_structure(self.abstract_state))]
-                + [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(self.abstract_state)]}
+                "state": _tree_identity(model_state(self.abstract_state))}
 
     def optimiser_identity(self) -> dict:
         """What the update program computes besides `program_identity()`: the optimiser's
-        settings and the schedule's length."""
-        return {"optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps}
+        settings, the schedule's length and the optimiser state's structure."""
+        return {"optim": dataclasses.asdict(self.config.optim), "total_steps": self.total_steps,
+                "opt_state": _tree_identity(self.abstract_state.opt_state)}
 
     def _describe_largest(self, batch) -> str:
         longest = max(self.dataset.dialogues.values(), key=len)
