@@ -35,10 +35,18 @@ jax.config.update("jax_compilation_cache_dir",
                   os.path.join(tempfile.gettempdir(), "ambjax-test-jax-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+import gc  # noqa: E402
 import hashlib  # noqa: E402
 import logging  # noqa: E402
 
 from ambjax.data import make_synthetic  # noqa: E402
+
+# the suite's CPU is mostly tracing and lowering, which allocate millions of objects that
+# live until a trace ends: Python's cyclic collector runs far less often (its youngest
+# generation every 50,000 allocations, not 700; the older ones every 50 and 100 of those, not
+# 10 and 10): tests/test_model.py alone 62.1 -> 47.3 s, tests/test_accelerators.py 44.6 /
+# 39.8 -> 34.1 / 31.1 s (2-core AMD EPYC; benchmarks/README.md, twenty-second session)
+gc.set_threshold(50_000, 50, 100)
 
 SMALL_DIMS = {"text": 12, "audio": 10, "visual": 8}
 # the tiny preset cut to the least that compiles a whole run (hidden 8, one attention layer,
@@ -110,3 +118,4 @@ def one_error_line(capsys, *needles) -> str:
     for needle in needles:
         assert needle in err[0], (needle, err[0])
     return err[0]
+
