@@ -288,8 +288,9 @@ class Trainer:
         if jax.process_count() > 1:
             # an ahead-of-time pmap executable expects global shapes when called in a
             # multi-process run, and lowering one costs a second compile: the pmapped steps
-            # compile when first called, without the memory check (and at every start: JAX
-            # 0.10.2 does not look multi-process programs up in its persistent cache)
+            # compile when first called, without the memory check (at every start, but for
+            # process 0: JAX 0.10.2 writes persistent-cache entries from process 0 only, and
+            # on the CPU its key for a program differs between processes)
             logger.info("multi-process run: programs compile at their first step")
             return
         store = self._store(self.program_identity(), self.n_devices,
