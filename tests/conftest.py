@@ -44,8 +44,9 @@ from ambjax.data import make_synthetic  # noqa: E402
 # the suite's CPU is mostly tracing and lowering, which allocate millions of objects that
 # live until a trace ends: Python's cyclic collector runs far less often (its youngest
 # generation every 50,000 allocations, not 700; the older ones every 50 and 100 of those, not
-# 10 and 10): tests/test_model.py alone 62.1 -> 47.3 s, tests/test_accelerators.py 44.6 /
-# 39.8 -> 34.1 / 31.1 s (2-core AMD EPYC; benchmarks/README.md, twenty-second session)
+# 10 and 10): tests/test_accelerators.py alone 6-24% faster in four alternating pairs, the whole
+# suite's CPU ~6% less in one hour (610 -> 573 s); 2-core AMD EPYC, benchmarks/README.md,
+# twenty-second session
 gc.set_threshold(50_000, 50, 100)
 
 SMALL_DIMS = {"text": 12, "audio": 10, "visual": 8}
@@ -118,4 +119,3 @@ def one_error_line(capsys, *needles) -> str:
     for needle in needles:
         assert needle in err[0], (needle, err[0])
     return err[0]
-
