@@ -1,5 +1,6 @@
 """The counter-hash key implementation (`ambjax.hash_prng`) and the one-member map of the steps:
-mask statistics, independence of derived keys, vmap == alone, and map_members == jax.vmap."""
+mask statistics, independence of derived keys, vmap == alone, no key-derivation loop in the
+train program, and map_members == jax.vmap."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from ambjax.hash_prng import HASH_PRNG, hash_bits, mix32
+from ambjax.train import Trainer, model_state
 from ambjax.train.steps import MASK_KEYS, map_members
+from experiments.configs import make_config
 
 
 def _key(seed):
@@ -57,10 +60,31 @@ def test_vmapped_keys_draw_what_each_key_draws_alone():
     keys = jax.random.split(jax.random.PRNGKey(5), 3)
 
     def mask(k):
-        return jax.random.bernoulli(MASK_KEYS["hash"](k)[0], 0.3, (17, 5))
+        return jax.random.bernoulli(MASK_KEYS["hash"](k, lambda key: key)[0], 0.3, (17, 5))
     together = jax.jit(jax.vmap(mask))(keys)
     for i in range(3):
         np.testing.assert_array_equal(together[i], mask(keys[i]))
+
+
+def _train_program_loops(iemocap_small, mask_rng: str) -> int:
+    """The loops in the lowered (CPU) train program of a small AMB-DSGDN drawing with
+    `mask_rng`."""
+    config = make_config("tiny", [f"model.mask_rng={mask_rng}", "model.hidden_dim=8",
+                                  "model.graphs=inter"])
+    trainer = Trainer.from_config(config, iemocap_small, n_devices=1)
+    budget = trainer.batcher.budgets_used(trainer.seeds, 1)["train"][-1]
+    batch = jax.tree.map(lambda x: x[None], trainer.batcher.build([], budget))
+    lowered = trainer.train_step.gradients.lower(model_state(trainer.abstract_state), batch,
+                                                 jnp.asarray(True))
+    return lowered.as_text().count("stablehlo.while")
+
+
+def test_hash_keys_are_derived_without_a_loop_in_the_train_program(iemocap_small):
+    # threefry derives every key (the step's, each module's dropout key, the modality
+    # members' and the balancing draw's) in a loop of the CPU program, a loop and its kernels
+    # for XLA to compile each; the hash in a few fused operations
+    assert _train_program_loops(iemocap_small, "threefry") > 10
+    assert _train_program_loops(iemocap_small, "hash") == 0
 
 
 def test_map_members_equals_vmap_for_one_and_several_members():

@@ -71,11 +71,13 @@ class ModelConfig:
         the release's) or "bfloat16" (mixed precision for GPU/TPU: parameters, attention
         softmax, norm statistics, heads, logits and loss stay float32).
       mask_rng: the generator of the dropout masks' random bits in training
-        (`ambjax.train.steps.MASK_KEYS`): "hash" (default: threefry keys, bits from the
-        counter hash of `ambjax.hash_prng`, which XLA fuses into the mask), "rbg" (XLA's
-        RngBitGenerator) or "threefry" (JAX's default); on CPU the latter two spend a
-        noticeable part of a step generating bits (`python -m benchmarks.twins`). The masks'
-        distribution is the same; the bits differ. Balancing draws use threefry either way.
+        (`ambjax.train.steps.MASK_KEYS`): "hash" (default: the step's keys and every
+        draw's bits from the counter hash of `ambjax.hash_prng`, which XLA fuses into the
+        mask; the balancing draws too), "rbg" (XLA's RngBitGenerator) or "threefry" (JAX's
+        default); on CPU the latter two spend a noticeable part of a step generating bits
+        (`python -m benchmarks.twins`) and their keys are threefry's, a loop in the program
+        per derived key. The masks' distribution is the same; the bits differ. With "rbg"
+        and "threefry" the balancing draws use threefry.
     """
 
     input_dims: tuple[tuple[str, int], ...] = ()

@@ -44,27 +44,27 @@ from ambjax.train.state import TrainState
 AXIS = "batch"
 
 
-def _threefry_mask_keys(key):
-    return tuple(jax.random.split(key))
+def _threefry_mask_keys(rng, fold):
+    return tuple(jax.random.split(fold(rng)))
 
 
-def _rbg_mask_keys(key):
+def _rbg_mask_keys(rng, fold):
     # the dropout masks (nearly all of a step's random bits) from XLA's RngBitGenerator,
     # seeded by four threefry words (one tiny call); the balancing draws stay threefry, so
     # that seeds vmapped draw what each seed alone does
-    dropout_key, balance_key = jax.random.split(key)
+    dropout_key, balance_key = jax.random.split(fold(rng))
     return (jax.random.wrap_key_data(jax.random.bits(dropout_key, (4,), jnp.uint32),
                                      impl="rbg"), balance_key)
 
 
-def _hash_mask_keys(key):
-    # the dropout masks from the counter-based hash generator (`ambjax.hash_prng`: threefry
-    # keys, hashed bits); the balancing draws stay threefry, as with "rbg"
-    dropout_key, balance_key = jax.random.split(key)
-    return jax.random.wrap_key_data(dropout_key, impl=HASH_PRNG), balance_key
+def _hash_mask_keys(rng, fold):
+    # every key of the step derived, and the dropout masks and balancing draws drawn, by the
+    # counter hash (`ambjax.hash_prng`): no threefry loop in the program
+    return tuple(jax.random.split(fold(jax.random.wrap_key_data(rng, impl=HASH_PRNG))))
 
 
-# ModelConfig.mask_rng -> (dropout key, balancing key) from a step's threefry key
+# ModelConfig.mask_rng -> (dropout key, balancing key) of a step from the run's key uint32 [2]
+# and `fold` (a key -> the step's key: the step count, under pmap the device, folded in)
 MASK_KEYS = {"threefry": _threefry_mask_keys, "rbg": _rbg_mask_keys, "hash": _hash_mask_keys}
 
 
@@ -80,10 +80,13 @@ def make_gradient_step(model: DialogueModel, *, class_weights=None,
     mask_keys = MASK_KEYS[mask_rng]
 
     def gradient_step(state: TrainState, batch: DialogueBatch, balance_active):
-        key = jax.random.fold_in(state.rng, state.step)
-        if axis_name is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        dropout_key, balance_key = mask_keys(key)
+        def fold(key):
+            key = jax.random.fold_in(key, state.step)
+            if axis_name is not None:
+                key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+            return key
+
+        dropout_key, balance_key = mask_keys(state.rng, fold)
         nodes = batch.nodes
 
         def loss_fn(params):
