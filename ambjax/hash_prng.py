@@ -72,7 +72,6 @@ def derived_words(key: jax.Array, counters: jax.Array, domain: int) -> jax.Array
     reads the key (a train program with those copies had not compiled after 20 minutes;
     benchmarks/README.md, twelfth session).
     """
-    key = key.astype(jnp.uint32)
     return _hash(counters, key[0] ^ jnp.uint32(domain), key[1]) % jnp.uint32(_MODULUS)
 
 
