@@ -2,11 +2,13 @@
 
 Device side (pure jax, jit/vmap/pmap-friendly, masked): `confusion_matrix`, `per_class_f1`,
 `weighted_f1`, `macro_f1`, and `modality_f1` (each modality's weighted F1 over the global batch,
-the P_m that modality balancing reads). Host side: `classification_report` turns counts into
+the P_m that modality balancing reads); the three F1s of confusion counts compute numpy
+arrays in numpy (`ambjax.array_namespace`: no XLA program for a host-side summary). Host side: `classification_report` turns counts into
 accuracy, weighted/macro F1 (scikit-learn's definitions: macro averages over the classes that
 occur in the labels or the predictions), per-class precision/recall/F1 and the matrix itself.
 
-This module sits on the ground floor: it imports nothing from `ambjax`.
+This module sits on the ground floor: it imports nothing from `ambjax` but
+`ambjax.array_namespace`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ambjax.array_namespace import namespace
 
 __all__ = ["confusion_matrix", "per_class_f1", "weighted_f1", "macro_f1", "modality_f1",
            "classification_report"]
@@ -40,11 +44,13 @@ def confusion_matrix(labels: jax.Array, predictions: jax.Array, mask: jax.Array,
 
 
 def per_class_f1(confusion: jax.Array) -> jax.Array:
-    """F1 of each class from a confusion matrix [..., C, C] -> [..., C] (0 where undefined)."""
-    confusion = confusion.astype(jnp.float32)
-    tp = jnp.diagonal(confusion, axis1=-2, axis2=-1)
+    """F1 of each class from a confusion matrix [..., C, C] -> float32 [..., C] (0 where
+    undefined)."""
+    xp = namespace(confusion)
+    confusion = confusion.astype(xp.float32)
+    tp = xp.diagonal(confusion, axis1=-2, axis2=-1)
     denom = confusion.sum(-1) + confusion.sum(-2)  # (tp + fn) + (tp + fp)
-    return jnp.where(denom > 0, 2 * tp / jnp.maximum(denom, 1), 0.0)
+    return xp.where(denom > 0, 2 * tp / xp.maximum(denom, 1), xp.float32(0))
 
 
 def weighted_f1(confusion: jax.Array) -> jax.Array:
@@ -57,10 +63,11 @@ def weighted_f1(confusion: jax.Array) -> jax.Array:
       >>> conf.tolist(), round(float(weighted_f1(conf)), 4)
       ([[1, 1], [0, 1]], 0.6667)
     """
-    support = confusion.sum(-1).astype(jnp.float32)
+    xp = namespace(confusion)
+    support = confusion.sum(-1).astype(xp.float32)
     total = support.sum(-1)
-    return jnp.where(total > 0, (per_class_f1(confusion) * support).sum(-1)
-                     / jnp.maximum(total, 1), 0.0)
+    return xp.where(total > 0, (per_class_f1(confusion) * support).sum(-1)
+                    / xp.maximum(total, 1), xp.float32(0))
 
 
 def modality_f1(labels: jax.Array, modality_logits, mask: jax.Array, num_classes: int,
@@ -85,11 +92,12 @@ def modality_f1(labels: jax.Array, modality_logits, mask: jax.Array, num_classes
 
 def macro_f1(confusion: jax.Array) -> jax.Array:
     """Mean F1 over the classes present in the labels or predictions: [..., C, C] -> [...]."""
-    confusion = confusion.astype(jnp.float32)
+    xp = namespace(confusion)
+    confusion = confusion.astype(xp.float32)
     present = (confusion.sum(-1) + confusion.sum(-2)) > 0
-    count = present.sum(-1)
-    return jnp.where(count > 0, jnp.where(present, per_class_f1(confusion), 0.0).sum(-1)
-                     / jnp.maximum(count, 1), 0.0)
+    count = present.sum(-1).astype(xp.float32)
+    return xp.where(count > 0, xp.where(present, per_class_f1(confusion), xp.float32(0)).sum(-1)
+                    / xp.maximum(count, 1), xp.float32(0))
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 
 def paired_interval(variant: Sequence[float], full: Sequence[float],
@@ -35,6 +34,9 @@ def paired_interval(variant: Sequence[float], full: Sequence[float],
     if len(d) < 2:
         return {"mean": mean, "low": mean, "high": mean, "n": 1,
                 "differences": d.tolist(), "significant": False}
+    # imported here, not above: scipy.stats takes ~1.4 s to import, which every importer of
+    # this module (the ablation tool, the test suite's collection) would pay
+    from scipy import stats
     half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d),
             "differences": d.tolist(), "significant": bool(mean - half > 0 or mean + half < 0)}

@@ -16,7 +16,7 @@ import pytest
 from ambjax.convert import release_forward, release_q
 from ambjax.graphs import Budget, GraphBatcher, build_batch, dialogue_edges
 from ambjax.losses import amb_loss
-from ambjax.metrics import confusion_matrix, per_class_f1, weighted_f1
+from ambjax.metrics import confusion_matrix, macro_f1, per_class_f1, weighted_f1
 from ambjax.nn import (AMBDSGDN, DifferentialGraphAttention, ModalityDropout,
                        count_parameters, create_model, drop_probabilities)
 from ambjax.train import create_train_state, make_train_step
@@ -302,6 +302,11 @@ def test_weighted_f1_matches_brute_force(seed):
     per_class, weighted = _f1_reference(labels[mask], preds[mask], c)
     np.testing.assert_allclose(per_class_f1(conf), per_class, atol=1e-6)
     np.testing.assert_allclose(float(weighted_f1(conf)), weighted, atol=1e-6)
+    # host counts (a run's epoch summaries) compute in numpy, to the same values
+    for f1 in (per_class_f1, weighted_f1, macro_f1):
+        on_host = f1(np.asarray(conf))
+        assert isinstance(on_host, np.ndarray) and on_host.dtype == np.float32
+        np.testing.assert_allclose(on_host, f1(conf), rtol=1e-6)
 
 
 def test_drop_probabilities_properties():

@@ -259,3 +259,39 @@ def test_merged_buckets_compile_fewer_programs_and_train_the_same():
     assert sum(merged.bucket_counts) == sum(every.bucket_counts)
     for a, b in zip(jax.tree.leaves(every.state.params), jax.tree.leaves(merged.state.params)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_an_epochs_host_summaries_compile_no_program():
+    """After the compile, an epoch as the loop records it (train, evaluation, each seed's
+    state and attention lambdas) runs no XLA program but the compiled steps: the summaries
+    of counts and parameters are computed in numpy (a `jnp` call on host arrays, or `x[k]`
+    on a device array, compiles a program per operation and shape)."""
+    from ambjax.nn.attention import lambda_parameters, layer_lambdas
+    from conftest import compiled_trainer
+    config = make_config("tiny", TINY_PROGRAMS + ["data.modalities=text,audio"])
+    trainer, _ = compiled_trainer(config, load_dataset(config.data))
+    compiles = []
+
+    def note(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    jax.clear_caches()        # every eager program compiled before is forgotten
+    jax.monitoring.register_event_duration_secs_listener(note)
+    try:
+        trainer.train_epoch(0)
+        valid = trainer.evaluate("valid")[0]
+        state = trainer.seed_state(0)
+        lambdas = layer_lambdas(trainer.seed_slice(lambda_parameters(trainer.state.params), 0))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(note)
+    assert not compiles
+    assert lambdas and all(isinstance(v, np.ndarray) for v in lambdas.values())
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(state.params))
+    # the numpy summaries are the jax ones
+    device_lambdas = layer_lambdas(jax.tree.map(lambda x: jnp.asarray(x)[0],
+                                                lambda_parameters(trainer.state.params)))
+    for name, value in lambdas.items():
+        np.testing.assert_allclose(value, device_lambdas[name], rtol=1e-6)
+    assert len(valid["modality_f1"]) == 2
+    assert all(0 <= f <= 1 for f in valid["modality_f1"].values())

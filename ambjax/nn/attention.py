@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import jraph
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from ambjax.array_namespace import namespace
 from ambjax.errors import ConfigError
 from ambjax.graphs.batch import DialogueLayout
 from ambjax.graphs.edges import NUM_EDGE_TYPES
@@ -81,9 +82,11 @@ LAMBDA_PARAMS = ("lambda_left1", "lambda_right1", "lambda_left2", "lambda_right2
 def differential_lambda(lambda_q1: jax.Array, lambda_k1: jax.Array, lambda_q2: jax.Array,
                         lambda_k2: jax.Array, lambda_init: float) -> jax.Array:
     """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init: a scalar for vectors [h],
-    [...] for vectors stacked along leading axes [..., h]."""
-    return (jnp.exp(jnp.sum(lambda_q1 * lambda_k1, -1))
-            - jnp.exp(jnp.sum(lambda_q2 * lambda_k2, -1)) + lambda_init)
+    [...] for vectors stacked along leading axes [..., h] (numpy arrays for numpy vectors,
+    `ambjax.array_namespace`)."""
+    xp = namespace(lambda_q1, lambda_k1, lambda_q2, lambda_k2)
+    return (xp.exp(xp.sum(lambda_q1 * lambda_k1, -1))
+            - xp.exp(xp.sum(lambda_q2 * lambda_k2, -1)) + lambda_init)
 
 
 def lambda_parameters(params) -> dict:

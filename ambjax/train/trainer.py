@@ -258,12 +258,15 @@ class Trainer:
 
     def seed_slice(self, tree, k: int):
         """Seed k's slice (no seed or device axis) of a tree stacked like the state (e.g. a
-        part of `state.params`), as a host copy read as `seed_state` reads it."""
+        part of `state.params`), as a host copy read as `seed_state` reads it. A CPU array
+        is sliced in host memory (`x[k]` would compile a program per leaf shape); an
+        accelerator's on the device, so that only the seed's slice is copied."""
         def pick(x):
             if self.n_devices > 1:
                 local = x.addressable_shards[0].data if hasattr(x, "addressable_shards") else x
                 return np.asarray(local)[0, k]
-            return np.asarray(x[k])
+            on_host = not isinstance(x, jax.Array) or {d.platform for d in x.devices()} == {"cpu"}
+            return np.asarray(x)[k] if on_host else np.asarray(x[k])
         return jax.tree.map(pick, tree)
 
     def _per_seed(self, outputs: list) -> list[list[dict]]:
@@ -355,7 +358,7 @@ class Trainer:
         """One pass over the train split for every seed (each in its own order); returns each
         seed's host-side epoch metrics."""
         cfg = self.config
-        active = jnp.asarray(cfg.model.balance and epoch >= cfg.schedule.balance_warmup)
+        active = np.asarray(cfg.model.balance and epoch >= cfg.schedule.balance_warmup)
         outputs = []
         n = self.batcher.num_batches("train")
         report_every = max(1, n // 4) if n >= 20 else 0
