@@ -5,9 +5,9 @@ A metric or an instrument written with `jnp` and called on numpy arrays (a run's
 summaries, read back with `jax.device_get`) runs every operation as an eager XLA program: one
 compile per operation and shape in every process (with the seed slices of the checkpoints,
 31 compiles and 1.3 s in the first epoch of the README's main job on a 2-core CPU;
-benchmarks/README.md, twenty-fourth session). With `namespace` the same
-code computes those calls in numpy, and under jit, vmap and grad (tracers) or on jax arrays in
-jax.numpy as before.
+benchmarks/README.md, twenty-fourth session). With `namespace` the same code computes those
+calls in numpy, and under jit, vmap and grad (tracers) or on jax arrays in jax.numpy as
+before.
 
 This module sits on the ground floor: it imports nothing from `ambjax`.
 """

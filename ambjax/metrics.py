@@ -3,9 +3,10 @@
 Device side (pure jax, jit/vmap/pmap-friendly, masked): `confusion_matrix`, `per_class_f1`,
 `weighted_f1`, `macro_f1`, and `modality_f1` (each modality's weighted F1 over the global batch,
 the P_m that modality balancing reads); the three F1s of confusion counts compute numpy
-arrays in numpy (`ambjax.array_namespace`: no XLA program for a host-side summary). Host side: `classification_report` turns counts into
-accuracy, weighted/macro F1 (scikit-learn's definitions: macro averages over the classes that
-occur in the labels or the predictions), per-class precision/recall/F1 and the matrix itself.
+arrays in numpy (`ambjax.array_namespace`: no XLA program for a host-side summary). Host
+side: `classification_report` turns counts into accuracy, weighted/macro F1 (scikit-learn's
+definitions: macro averages over the classes that occur in the labels or the predictions),
+per-class precision/recall/F1 and the matrix itself.
 
 This module sits on the ground floor: it imports nothing from `ambjax` but
 `ambjax.array_namespace`.

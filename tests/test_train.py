@@ -11,13 +11,14 @@ import pytest
 from ambjax.data import write_pickle
 from ambjax.graphs import GraphBatcher
 from ambjax.nn import create_model
+from ambjax.nn.attention import lambda_parameters, layer_lambdas
 from ambjax.train import (CheckpointError, RunFolderError, Trainer, create_train_state,
                           evaluate_checkpoint, load_dataset, make_train_step, replicate,
                           train_and_evaluate, unreplicate)
 from ambjax.train.config import replace_key
 from ambjax.train.steps import TrainStep, compile_steps, model_state
 from experiments.configs import make_config
-from conftest import TINY_PROGRAMS
+from conftest import TINY_PROGRAMS, compiled_trainer
 from experiments.train import main as train_main
 
 # one device: the same compiled programs as the benchmark test's tiny row (persistent cache);
@@ -266,8 +267,6 @@ def test_an_epochs_host_summaries_compile_no_program():
     state and attention lambdas) runs no XLA program but the compiled steps: the summaries
     of counts and parameters are computed in numpy (a `jnp` call on host arrays, or `x[k]`
     on a device array, compiles a program per operation and shape)."""
-    from ambjax.nn.attention import lambda_parameters, layer_lambdas
-    from conftest import compiled_trainer
     config = make_config("tiny", TINY_PROGRAMS + ["data.modalities=text,audio"])
     trainer, _ = compiled_trainer(config, load_dataset(config.data))
     compiles = []
