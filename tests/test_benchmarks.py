@@ -174,12 +174,13 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     showing it; the row then says so instead of quoting a ratio as if nothing happened."""
     from benchmarks.versus_release import compare, table
 
-    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0, probes=(), kept=False):
+    def run(release_epochs, ours_train, release_wall=200.0, loss=1.0, probes=(), kept=False,
+            compiling=0):
         release = {"epoch_s": release_epochs, "wall_s": release_wall,
                    "startup_s": release_wall - sum(release_epochs), "peak_rss_gb": 4.0,
                    "glibc_tunables": ""}
-        cold = {"epochs": [{"train_s": t, "test_s": 0.25, "train_loss": loss}
-                           for t in ours_train],
+        cold = {"epochs": [{"train_s": t, "test_s": 0.25, "train_loss": loss,
+                            "compiling": i < compiling} for i, t in enumerate(ours_train)],
                 "start_to_ready_s": 30.0, "compile_s": 25.0, "peak_rss_gb": 3.0,
                 "glibc_tunables": "", "kept_freed_memory": kept}
         return compare("iemocap", release, cold, {"start_to_ready_s": 7.0}, first=2,
@@ -197,6 +198,12 @@ def test_versus_release_marks_a_row_doubtful_when_a_side_was_slowed_during_its_r
     assert first_slowed["doubts"] == ["the release's first epochs up to 2.48x its steady median"]
     ours_first_slowed = run([12.0, 11.0, 10.0, 10.3, 10.1], [9.0, 4.1, 4.0, 4.1, 3.9])
     assert ours_first_slowed["doubts"] == ["ambjax's first epochs up to 2.18x its steady median"]
+    # an epoch that began while ambjax's later programs compiled is slow for that reason
+    compiled_beside = run([12.0, 11.0, 10.0, 10.3, 10.1], [9.0, 4.1, 4.0, 4.1, 3.9], compiling=1)
+    assert compiled_beside["doubts"] == []
+    compiled_late = run([12.0, 11.0, 10.0, 10.3, 10.1], [9.0, 8.0, 6.0, 4.1, 3.9], compiling=3)
+    assert compiled_late["doubts"][0] == (
+        "ambjax's later programs still compiled in its steady epoch(s) [3]")
     # a model whose loss is nan is timed doing nothing useful: the row says so
     diverged = run([12.0, 11.0, 10.0, 10.3, 10.1], [5.0, 4.1, 4.0, 4.1, 3.9], loss=float("nan"))
     assert diverged["doubts"] == [

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import pytest
 
 from ambjax.train import Trainer, load_dataset
-from ambjax.train.compile import compile_programs
+from ambjax.errors import ResourceError
+from ambjax.train.compile import batch_key, compile_programs
 from ambjax.train.steps import TrainStep
 from experiments.configs import make_config
 
@@ -20,8 +21,8 @@ class RecordingStep:
     heap was frozen then) and sleeps like a trace; `compile` gives a program without a memory
     count."""
 
-    def __init__(self, kind: str, log: list):
-        self.kind, self.log = kind, log
+    def __init__(self, kind: str, log: list, program_bytes: int = 0):
+        self.kind, self.log, self.program_bytes = kind, log, program_bytes
 
     def lower(self, state, batch, *rest):
         start = time.perf_counter()
@@ -30,7 +31,11 @@ class RecordingStep:
         nodes = batch.nodes.mask.shape[-1] if hasattr(batch, "nodes") else None   # the update
         self.log.append((self.kind, nodes, start, time.perf_counter(), frozen,
                          threading.current_thread() is threading.main_thread()))
-        return types.SimpleNamespace(compile=lambda: object())
+        counts = types.SimpleNamespace(argument_size_in_bytes=self.program_bytes,
+                                       output_size_in_bytes=0, temp_size_in_bytes=0,
+                                       alias_size_in_bytes=0)
+        program = types.SimpleNamespace(memory_analysis=lambda: counts, nodes=nodes)
+        return types.SimpleNamespace(compile=lambda: program)
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +44,19 @@ def buckets():
                                   "data.synthetic_scale": "0.1"})
     trainer = Trainer.from_config(config, load_dataset(config.data), n_devices=1)
     used = trainer.batcher.budgets_used(trainer.seeds, 1)
-    train = [trainer.batcher.build([], b) for b in used["train"]]
-    evals = [trainer.batcher.build([], b) for b in used["eval"]]
+    train = [("train", trainer.batcher.build([], b)) for b in used["train"]]
+    evals = [("eval", trainer.batcher.build([], b)) for b in used["eval"]]
     assert len(train) >= 2 and evals
     return trainer.abstract_seed_state, train, evals
 
 
-def _compile(buckets, log, while_compiling=None):
+def _compile(buckets, log, while_compiling=None, order=None, wait=True, train_bytes=0):
     state, train, evals = buckets
-    train_step = TrainStep(RecordingStep("train", log), RecordingStep("update", log))
+    train_step = TrainStep(RecordingStep("train", log, train_bytes), RecordingStep("update", log))
     return compile_programs(train_step, RecordingStep("eval", log), state,
-                            train, evals, jnp.asarray(True), describe=str,
-                            memory_limit=10 ** 12, workers=3, while_compiling=while_compiling)
+                            order or train + evals, jnp.asarray(True), describe=str,
+                            memory_limit=10 ** 12, workers=3, while_compiling=while_compiling,
+                            wait=wait)
 
 
 def test_programs_are_traced_one_at_a_time_the_largest_train_program_first(buckets):
@@ -61,11 +67,40 @@ def test_programs_are_traced_one_at_a_time_the_largest_train_program_first(bucke
     assert len(programs.train) == len(train) and len(programs.eval) == len(evals)
     assert [row[0] for row in log].count("update") == 1 and programs.update is not None
     first = min(log, key=lambda row: row[2])
-    assert first[:2] == ("train", max(b.nodes.mask.shape[-1] for b in train))
+    assert first[:2] == ("train", max(b.nodes.mask.shape[-1] for _, b in train))
     intervals = sorted(row[2:4] for row in log)
     for (_, end), (start, _) in zip(intervals, intervals[1:]):
         assert start >= end                      # no two traces overlap
     assert not any(row[5] for row in log)        # all in the worker threads
+
+
+def test_without_waiting_the_first_step_is_ready_first_and_the_rest_compiles_after(buckets):
+    log, initialised = [], []
+    _, train, evals = buckets
+    order = [train[0], *evals, *train[1:]]               # the smallest train bucket first
+    programs = _compile(buckets, log, order=order, wait=False,
+                        while_compiling=lambda: initialised.append(len(log)))
+    assert initialised
+    assert [row[:2] for row in sorted(log, key=lambda row: row[2])][:2] == [
+        ("train", train[0][1].nodes.mask.shape[-1]), ("update", None)]
+    assert programs.pending or len(log) == len(order) + 1
+    programs.wait()                                       # every program, traced in order
+    assert not programs.pending and programs.compiled_s is not None
+    traced = [row[:2] for row in sorted(log, key=lambda row: row[2])]
+    assert traced[2:] == [(kind, b.nodes.mask.shape[-1]) for kind, b in order[1:]]
+    assert len(programs.train) == len(train) and len(programs.eval) == len(evals)
+    batch = train[-1][1]
+    assert programs._program("train", batch_key(batch)).nodes == batch.nodes.mask.shape[-1]
+
+
+def test_a_largest_program_too_large_is_refused_at_its_first_use_when_not_waited_for(buckets):
+    _, train, evals = buckets
+    with pytest.raises(ResourceError, match="the largest padded batch"):
+        _compile(buckets, [], train_bytes=10 ** 13)       # waited for: refused at once
+    programs = _compile(buckets, [], order=[train[0], *evals, *train[1:]], wait=False,
+                        train_bytes=10 ** 13)             # the first is not the largest
+    with pytest.raises(ResourceError, match="the largest padded batch"):
+        programs.wait()
 
 
 def test_the_heap_is_frozen_while_compiling_and_a_callers_freeze_is_left_alone(buckets):

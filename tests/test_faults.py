@@ -83,7 +83,7 @@ def test_ctrl_c_while_compiling_stops_cleanly_and_writes_nothing(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-800:]
-    _one_line(err, "interrupted: stopped by SIGINT; no epoch had run; nothing was written")
+    _one_line(err, "interrupted: stopped by SIGINT; no epoch was recorded; nothing was written")
     assert not out.exists()
 
 

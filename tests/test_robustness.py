@@ -312,15 +312,22 @@ def test_entry_points_answer_bad_input_with_one_line(tmp_path):
             (argv, result.stderr[-400:])
 
 
-def test_a_diverging_run_stops_with_one_line(tmp_path, capsys):
+def test_a_diverging_run_stops_with_one_line_and_leaves_a_run_it_would_replace(tmp_path,
+                                                                                capsys):
     out = tmp_path / "run"
     capsys.readouterr()
-    assert train_main(TINY + ["--set", "optim.lr=1e30", "--epochs", "3",
-                              "--out", str(out)]) == 2
+    diverging = TINY + ["--set", "optim.lr=1e30", "--epochs", "3", "--out", str(out)]
+    assert train_main(diverging) == 2
     line = one_error_line(capsys)
     assert "training diverged: the train loss of epoch 1 is nan" in line
-    assert "optim.lr" in line and f"nothing is kept in {out}" in line
-    assert not os.listdir(out / "checkpoints")
+    assert "optim.lr" in line and line.endswith("nothing was written") and not out.exists()
+    # over a finished run, `--overwrite` removes nothing before the first epoch is recorded
+    assert train_main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train_main(diverging + ["--overwrite"]) == 2
+    assert one_error_line(capsys).endswith(f"{out} is as it was")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_divergence_names_the_seeds_whose_loss_is_not_finite():

@@ -237,6 +237,36 @@ def test_presets_and_overrides():
     assert cfg.model.graphs == ("intra",) and cfg.data.path == "x.pkl"
 
 
+def test_a_trainer_compiling_in_the_background_trains_as_one_that_waited():
+    """`compile(wait=False)`: the programs compile in the order the run first needs them
+    (`GraphBatcher.use_order`), training starts once the first step's are ready, and every
+    number is the one a trainer that waited for all of them computes."""
+    config = _tiny(**{"data.budget_growth": 1.25, "data.compile_node_steps": 0,
+                      "data.synthetic_scale": 0.1, "schedule.epochs": 2,
+                      "optim.optimizer": "sgd", "optim.lr": 0.1, "model.graph_heads": 1,
+                      "model.graphs": "inter", "data.modalities": "text"})
+    dataset = load_dataset(config.data)
+    results = []
+    for wait in (True, False):
+        trainer = Trainer.from_config(config, dataset, n_devices=1)
+        order = [(kind, b.n_node) for kind, b in trainer.batcher.use_order(trainer.seeds, 2)]
+        epoch0 = [b.nodes.mask.shape[-1]
+                  for b in trainer.batcher.seed_batches("train", trainer.seeds, epoch=0)]
+        # the first epoch's buckets in the order it meets them, then evaluation's
+        assert order[:len(set(epoch0)) + 1] == [
+            ("train", n) for n in dict.fromkeys(epoch0)] + [("eval", order[len(set(epoch0))][1])]
+        trainer.compile(wait=wait)
+        metrics = [([{k: v for k, v in seed.items() if k not in ("seconds", "steps_per_s")}
+                     for seed in trainer.train_epoch(epoch)],
+                    trainer.evaluate("valid"), trainer.evaluate("test")) for epoch in range(2)]
+        trainer.wait_compiled()
+        assert not trainer.programs.pending and trainer.programs.compiled_s is not None
+        results.append((jax.device_get(trainer.state.params), metrics))
+    assert len({kind for kind, _ in order}) == 2 and len(order) >= 3
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_merged_buckets_compile_fewer_programs_and_train_the_same():
     """Padding a small bucket's batches into a larger bucket (`data.compile_node_steps`)
     compiles fewer programs and changes no parameter, dropout included (SGD: Adam would turn

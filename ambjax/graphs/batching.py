@@ -424,16 +424,23 @@ class GraphBatcher:
         return runs + [slice(start, len(dialogues))] if dialogues else runs
 
     def _run(self, seeds: Sequence[int], epochs: int):
-        """The steps of a run of `epochs` epochs, as (kind, groups, budget): "train" for the
-        train steps of `seed_batches("train", seeds, epoch=e)`, e < `epochs`, then "eval" for
-        the `batches` of valid and test (once: the same every epoch)."""
+        """The steps of a run of `epochs` epochs in the order it takes them, as (kind, groups,
+        budget): "train" for the train steps of `seed_batches("train", seeds, epoch=e)`,
+        e < `epochs`, and after the first epoch's "eval" for the `batches` of valid and test
+        (once: the same every epoch; alone when `epochs` is 0)."""
+        def evaluation():
+            for split in ("valid", "test"):
+                for groups, budget in self._steps(split, self._orders(split, None, 0),
+                                                  evaluation=True):
+                    yield "eval", groups, budget
+
         for epoch in range(epochs):
             for groups, budget in self._steps("train", self._orders("train", seeds, epoch)):
                 yield "train", groups, budget
-        for split in ("valid", "test"):
-            for groups, budget in self._steps(split, self._orders(split, None, 0),
-                                              evaluation=True):
-                yield "eval", groups, budget
+            if epoch == 0:
+                yield from evaluation()
+        if epochs == 0:
+            yield from evaluation()
 
     def run_steps(self, seeds: Sequence[int], epochs: int) -> dict[Budget, dict[str, int]]:
         """Steps per budget over a run of `epochs` epochs: {budget: {"train": n, "eval": m}},
@@ -452,6 +459,15 @@ class GraphBatcher:
         counts = self.run_steps(seeds, epochs)
         return {kind: sorted(b for b, n in counts.items() if n.get(kind))
                 for kind in ("train", "eval")}
+
+    def use_order(self, seeds: Sequence[int], epochs: int) -> list[tuple[str, Budget]]:
+        """The (kind, budget) pairs of `budgets_used` in the order a run of `epochs` epochs
+        first needs them ("train" or "eval"): the order in which to compile their programs."""
+        order: list[tuple[str, Budget]] = []
+        for kind, _, budget in self._run(seeds, epochs):
+            if (kind, budget) not in order:
+                order.append((kind, budget))
+        return order
 
     def with_packed_rows(self, seeds: Sequence[int], epochs: int) -> "GraphBatcher":
         """This batcher with each used budget's dense view packed (`Budget.n_row`): as many

@@ -13,6 +13,14 @@ compile beside the largest one, and the state initialises, from the start, so th
 a small machine stay busy (a refusal then abandons them); near the limit nothing else starts
 before the check has passed.
 
+A run need not wait for all of them (`wait=False`; `ambjax.train.train_and_evaluate` does
+not): far below the limit, the programs then compile in the order the run first needs them,
+and training starts once the first step's two (its gradients and the update) are compiled
+and the state initialised; the others compile beside the first steps, and a step whose
+program is still compiling waits for it. On a 2-core CPU an IEMOCAP run's first step comes
+about half the cold compile earlier (its eval program and largest bucket, needed at the
+first epoch's end and in 3 of its 427 steps, compile during the first epoch).
+
 With several members (seeds vmapped over a leading axis) the need is estimated before any of
 them is compiled, from abstract shapes only: first the train state's own bytes (input and
 output state, `jax.eval_shape`), then XLA's count of one member's largest train program times
@@ -85,22 +93,55 @@ def program_bytes(compiled) -> int | None:
 @dataclasses.dataclass
 class Programs:
     """Compiled train (gradient) and eval programs by `batch_key`, and the one update program;
-    called like the jitted steps (a shape that was not compiled ahead goes to the jitted
-    step, which compiles it then)."""
+    called like the jitted steps. A program still compiling (`compile_programs` with
+    `wait=False`) is waited for at its first use; a shape that was not compiled ahead goes to
+    the jitted step, which compiles it then."""
 
     train: dict[tuple, Any]
     eval: dict[tuple, Any]
     update: Any
-    largest_train_bytes: int | None       # XLA's count for the largest bucket's gradients
+    largest_key: tuple                    # the largest bucket's train program
     jit_train: TrainStep
     jit_eval: Callable
+    pending: dict[tuple[str, tuple], concurrent.futures.Future] = dataclasses.field(
+        default_factory=dict)             # ("train" | "eval", key) -> its compile
+    compiled_s: float | None = None       # seconds from the start to the last compile's end
+
+    def _program(self, kind: str, key: tuple):
+        done = self.train if kind == "train" else self.eval
+        future = self.pending.get((kind, key))
+        if future is not None:
+            done[key] = future.result()   # its compile's error, if any, is raised here
+            del self.pending[(kind, key)]
+        return done.get(key)
 
     def train_step(self, state, batch, balance_active):
-        gradients = self.train.get(batch_key(batch), self.jit_train.gradients)
+        gradients = self._program("train", batch_key(batch)) or self.jit_train.gradients
         return TrainStep(gradients, self.update)(state, batch, balance_active)
 
     def eval_step(self, params, batch):
-        return self.eval.get(batch_key(batch), self.jit_eval)(params, batch)
+        return (self._program("eval", batch_key(batch)) or self.jit_eval)(params, batch)
+
+    def wait(self) -> None:
+        """Wait until every program is compiled (the largest train program's memory checked).
+
+        Raises:
+          ResourceError, or any error of a compile still under way.
+        """
+        for kind, key in list(self.pending):
+            self._program(kind, key)
+
+    def cancel(self) -> None:
+        """Drop the compiles not started yet (the ones under way finish in their threads);
+        their shapes then compile at their first step, if any comes."""
+        for job, future in list(self.pending.items()):
+            if future.cancel():
+                del self.pending[job]
+
+    @property
+    def largest_train_bytes(self) -> int | None:
+        """XLA's count for the largest bucket's gradients (waits for its compile)."""
+        return program_bytes(self._program("train", self.largest_key))
 
     def flops(self, kind: str, batch) -> float:
         """FLOPs of one call of the compiled `kind` ("train": gradients and update, or
@@ -109,18 +150,18 @@ class Programs:
         Raises:
           KeyError: no program of that kind was compiled for that shape.
         """
-        if kind == "train":
-            return _flops(self.train[batch_key(batch)]) + _flops(self.update)
-        return _flops(self.eval[batch_key(batch)])
+        program = self._program(kind, batch_key(batch))
+        if program is None:
+            raise KeyError(f"no {kind} program compiled for {batch_key(batch)}")
+        return _flops(program) + (_flops(self.update) if kind == "train" else 0.0)
 
 
-def stored_programs(store: ExecutableStore, train_batches: Sequence[DialogueBatch],
-                    eval_batches: Sequence[DialogueBatch]) -> bool:
+def stored_programs(store: ExecutableStore, batches: Sequence[tuple[str, DialogueBatch]]) -> bool:
     """Whether `store` holds every program that `compile_programs` would compile for these
     batches (the gradients of each train shape, the update, each eval shape)."""
-    return (all(store.has("gradients", batch_key(b)) for b in train_batches)
-            and store.has("update", ()) and all(store.has("eval", batch_key(b))
-                                                 for b in eval_batches))
+    names = {"train": "gradients", "eval": "eval"}
+    return store.has("update", ()) and all(store.has(names[kind], batch_key(b))
+                                           for kind, b in batches)
 
 
 def _flops(compiled) -> float:
@@ -130,21 +171,22 @@ def _flops(compiled) -> float:
 
 
 def compile_programs(train_step: TrainStep, eval_step, state,
-                     train_batches: Sequence[DialogueBatch],
-                     eval_batches: Sequence[DialogueBatch], balance_active, *,
+                     batches: Sequence[tuple[str, DialogueBatch]], balance_active, *,
                      describe: Callable[[DialogueBatch], str],
                      memory_limit: int | None = None, workers: int | None = None,
                      store: ExecutableStore | None = None, members: int = 1,
                      member_axis: int = 0,
-                     while_compiling: Callable[[], None] | None = None) -> Programs:
+                     while_compiling: Callable[[], None] | None = None,
+                     wait: bool = True) -> Programs:
     """Compile `train_step` and `eval_step` (jit- or pmap-wrapped) for every batch shape.
 
     Args:
       train_step, eval_step: the wrapped steps (`compile_steps`).
       state: the train state, or its `jax.ShapeDtypeStruct`s (only shapes are used).
-      train_batches, eval_batches: one batch of each shape to compile, largest last (e.g.
-        all-padding `GraphBatcher.build([], budget)` for the buckets a run will use; train
-        batches carry the seed axis when the steps are vmapped over seeds).
+      batches: ("train" | "eval", batch): one batch of each shape to compile, in the order
+        the run first needs them (`GraphBatcher.use_order`; e.g. all-padding
+        `GraphBatcher.build([], budget)`; train batches carry the seed axis when the steps are
+        vmapped over seeds); at least one train batch.
       balance_active: an example of the balancing switch (a bool scalar).
       describe: names what the largest batch holds, for the memory message.
       memory_limit: bytes a program may use (default: `available_memory_bytes()`).
@@ -156,6 +198,12 @@ def compile_programs(train_step: TrainStep, eval_step, state,
       while_compiling: work for the calling thread while the other programs compile (the
         trainer initialises the train state there): at once when the state is far below the
         memory limit (`ACTIVATION_FACTOR`), else once the memory check has passed.
+      wait: return once every program is compiled (the largest train program first, for the
+        memory check). False: where the state is far below the memory limit, the programs
+        compile in the order of `batches`, the update right after the first, and this returns
+        once those two are compiled (and `while_compiling` is done); the others go on
+        compiling in the background, each step waits for its own (`Programs.wait` for all;
+        the largest's memory check raises at its first use). Near the limit, as with `wait`.
 
     Raises:
       ResourceError: the largest bucket's train program needs more memory than the device has.
@@ -164,10 +212,11 @@ def compile_programs(train_step: TrainStep, eval_step, state,
     """
     start = time.perf_counter()
     ensure_trusted_compile_cache()
-    train_keyed = {batch_key(b): b for b in train_batches}
-    eval_keyed = {batch_key(b): b for b in eval_batches}
-    order = list(train_keyed)[::-1]              # largest first
-    logger.info(f"compiling {len(train_keyed)} train and {len(eval_keyed)} eval shape(s) ...")
+    keyed = {(kind, batch_key(b)): b for kind, b in batches}
+    largest = max((k for k in keyed if k[0] == "train"),
+                  key=lambda k: keyed[k].nodes.mask.shape[-1])
+    logger.info(f"compiling {sum(k[0] == 'train' for k in keyed)} train and "
+                f"{sum(k[0] == 'eval' for k in keyed)} eval shape(s) ...")
 
     loaded = []
 
@@ -183,86 +232,103 @@ def compile_programs(train_step: TrainStep, eval_step, state,
 
     def alone(lower: Callable):
         # tracing holds the GIL: programs traced side by side all reach XLA late; one at a
-        # time, in the order submitted (the largest train program first), each goes on to
-        # XLA's compile (which runs outside the GIL) as soon as it is traced
+        # time, in the order submitted (the first needed first), each goes on to XLA's
+        # compile (which runs outside the GIL) as soon as it is traced
         with lowering:
             return lower()
 
-    def train_program(key):
-        return stored("gradients", key, lambda: alone(lambda: train_step.gradients.lower(
-            model_state(state), train_keyed[key], balance_active)))
-
-    def update_program(_):
-        return stored("update", (), lambda: alone(lambda: train_step.update.lower(
-            state, state.params)))
-
-    def eval_program(key):
-        return stored("eval", key, lambda: alone(lambda: eval_step.lower(
-            state.params, eval_keyed[key])))
-
     limit = available_memory_bytes() if memory_limit is None else memory_limit
-    train_jobs = [(train_program, k) for k in order[1:]] + [(update_program, None)]
-    eval_jobs = [(eval_program, k) for k in eval_keyed]
-    jobs = train_jobs + eval_jobs
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) + 1))
-    # every compile runs in a worker thread, so that the main thread, waiting on it, takes
-    # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
-    pool = concurrent.futures.ThreadPoolExecutor(workers)
+
+    def program(job):
+        kind, key = job
+        if kind == "update":
+            return stored("update", (), lambda: alone(lambda: train_step.update.lower(
+                state, state.params)))
+        batch = keyed[job]
+        if kind == "eval":
+            return stored("eval", key, lambda: alone(lambda: eval_step.lower(
+                state.params, batch)))
+        compiled = stored("gradients", key, lambda: alone(lambda: train_step.gradients.lower(
+            model_state(state), batch, balance_active)))
+        need = program_bytes(compiled) if job == largest else None
+        if need is not None and limit is not None and need > limit:
+            raise ResourceError(
+                f"the largest padded batch ({describe(batch)}) needs {need / 1e9:.1f} GB for "
+                f"one train step; {limit / 1e9:.1f} GB are available. Lower data.batch_size, "
+                "split or drop the longest dialogues, lower model.hidden_dim, or use a device "
+                "with more memory")
+        return compiled
+
     # far below the limit a refusal is unlikely: everything compiles at once (and the state
     # initialises) while the largest program's memory is checked; near it, nothing else starts
     # before that check has passed
     at_once = limit is None or _nbytes(state) * ACTIVATION_FACTOR <= limit
-
-    def start_the_rest() -> list:
-        """Submit the other train programs and the update, then do the caller's work while
-        they compile."""
-        started = [pool.submit(fn, k) for fn, k in train_jobs]
-        if while_compiling is not None:
-            while_compiling()
-        return started
-
+    background = at_once and not wait
+    update = ("update", ())
+    if background:           # in the order of first use, the update right after the first
+        order = list(keyed)[:1] + [update] + list(keyed)[1:]
+        ready = order[:2]
+    else:                    # the largest train program first: its memory check
+        order = [largest] + [k for k in keyed if k != largest and k[0] == "eval"] + [
+            k for k in keyed if k != largest and k[0] == "train"] + [update]
+        ready = order
+    workers = max(1, min(workers or os.cpu_count() or 1, len(order)))
+    # every compile runs in a worker thread, so that the main thread, waiting on it, takes
+    # Ctrl-C / SIGTERM at once (a signal is only handled between Python bytecodes)
+    pool = concurrent.futures.ThreadPoolExecutor(workers)
+    futures = {}
     try:
         with _objects_so_far_frozen():
             if members > 1 and limit is not None:
-                _check_members(train_step, state, train_keyed[order[0]], balance_active, members,
+                _check_members(train_step, state, keyed[largest], balance_active, members,
                                member_axis, limit,
                                lambda *a: pool.submit(stored, *a).result())
-            first = pool.submit(train_program, order[0])
-            # the eval programs need no memory check: they compile beside the largest train one
-            eval_futures = [pool.submit(fn, k) for fn, k in eval_jobs]
-            futures = start_the_rest() if at_once else None
-            largest = first.result()
-            need = program_bytes(largest)
-            if need is not None and limit is not None and need > limit:
-                raise ResourceError(
-                    f"the largest padded batch ({describe(train_keyed[order[0]])}) needs "
-                    f"{need / 1e9:.1f} GB for one train step; {limit / 1e9:.1f} GB are available. "
-                    "Lower data.batch_size, split or drop the longest dialogues, lower "
-                    "model.hidden_dim, or use a device with more memory")
-            if futures is None:
-                futures = start_the_rest()
-            results = [f.result() for f in futures + eval_futures]
+            if at_once:
+                futures = {job: pool.submit(program, job) for job in order}
+                if while_compiling is not None:
+                    while_compiling()
+            else:        # the eval programs need no memory check: beside the largest
+                futures = {job: pool.submit(program, job) for job in order
+                           if job == largest or job[0] == "eval"}
+                futures[largest].result()
+                futures.update({job: pool.submit(program, job) for job in order
+                                if job not in futures})
+                if while_compiling is not None:
+                    while_compiling()
+            results = {job: futures[job].result() for job in ready}
     except BaseException:
         # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the
         # ones running finish in their threads before the interpreter exits (never torn down
         # mid-compile)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown()
-    train = {order[0]: largest}
-    evals = {}
-    for (fn, key), compiled in zip(jobs, results):
-        if fn is update_program:
-            update = compiled
-        else:
-            (train if fn is train_program else evals)[key] = compiled
+    pool.shutdown(wait=False)          # the background compiles, if any, go on
+    pending = {job: f for job, f in futures.items() if job not in results}
+    programs = Programs(
+        train={key: c for (kind, key), c in results.items() if kind == "train"},
+        eval={key: c for (kind, key), c in results.items() if kind == "eval"},
+        update=results[update], largest_key=largest[1], jit_train=train_step,
+        jit_eval=eval_step, pending=pending)
     from_store = f" ({len(loaded)} from the executable store)" if loaded else ""
-    logger.info(f"compiled {len(jobs) + 1} programs in "
-                f"{time.perf_counter() - start:.1f}s{from_store}"
-                + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
-    return Programs(train=train, eval=evals, update=update,
-                    largest_train_bytes=need,
-                    jit_train=train_step, jit_eval=eval_step)
+    took = time.perf_counter() - start
+    if not pending:
+        programs.compiled_s = took
+        need = programs.largest_train_bytes
+        logger.info(f"compiled {len(order)} programs in {took:.1f}s{from_store}"
+                    + (f"; largest train step {need / 1e9:.2f} GB" if need is not None else ""))
+        return programs
+    logger.info(f"compiled {len(results)} of {len(order)} programs in {took:.1f}s{from_store}; "
+                f"the other {len(pending)} compile beside the first steps")
+    last, watched = threading.Lock(), list(pending.values())
+
+    def when_all_done(_):
+        with last:
+            if programs.compiled_s is None and all(f.done() for f in watched):
+                programs.compiled_s = time.perf_counter() - start
+
+    for future in watched:
+        future.add_done_callback(when_all_done)
+    return programs
 
 
 @contextlib.contextmanager

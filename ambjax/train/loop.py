@@ -90,7 +90,10 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
     The configuration, the data and the folder are checked (`run_folder.check`: a folder
     holding anything but a run is refused; `resume` must keep the seeds, the model, the data
     and, unless `allow_changes`, every other setting but the epoch count), the folders locked,
-    and every program compiled (with a memory check), before anything on disk is changed. With
+    and every program compiled (with a memory check), before anything on disk is changed: a
+    run that does not resume trains its first epoch while its later programs compile
+    (`Trainer.compile(wait=False)`), and clears the folder (`overwrite`) and writes only once
+    they are compiled and that epoch is computed. With
     the default hooks a run folder holds config.json, metrics.jsonl (one object per epoch),
     checkpoints/ (orbax), report.json and report.md (and plots with matplotlib, tensorboard/
     with tensorboardX). Progress is logged to the "ambjax" logger.
@@ -112,6 +115,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                            overwrite=overwrite, allow_changes=allow_changes)
     existed = os.path.isdir(out_dir)
     locks = run_folder.lock_all(out_dir, prepared.folders) if primary else []
+    trainer = None
     try:
         try:
             trainer = Trainer.from_config(config, prepared.dataset, model=prepared.model,
@@ -128,14 +132,23 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                            if trainer.bucket_counts[1] else "") + tag)
             if primary:   # again under the locks (and with the model's own fingerprint)
                 run_folder.check(out_dir, fingerprint=trainer.fingerprint, **prepared.plan)
-            trainer.compile()
+            # a fresh run's first epoch trains while its later programs compile; nothing on
+            # disk changes before every program is compiled (and the memory checked)
+            trainer.compile(wait=resume)
+            first = (_compute_epoch(trainer, 0)
+                     if not resume and config.schedule.epochs > 0 else None)
+            trainer.wait_compiled()
         except BaseException as e:
+            if trainer is not None:
+                trainer.stop_compiling()
             run_folder.release_all(locks, cleanup=True)   # refused before any work
             locks = []
+            unchanged = f"{out_dir} is as it was" if existed else "nothing was written"
             if isinstance(e, (KeyboardInterrupt, Interrupted)):
                 raise Interrupted(getattr(e, "signum", signal.SIGINT),
-                                  f"no epoch had run; {out_dir} is as it was" if existed
-                                  else "no epoch had run; nothing was written") from None
+                                  f"no epoch was recorded; {unchanged}") from None
+            if isinstance(e, DivergedError):
+                raise DivergedError(f"{e}; {unchanged}") from None
             raise
         if primary and overwrite:
             run_folder.clear(out_dir)
@@ -151,7 +164,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                          stats=prepared.stats,
                          data_fingerprint=prepared.plan["data_fingerprint"],
                          extra_config={"model_class": type(trainer.model).__name__})
-        reports = _train(run, hooks)
+        reports = _train(run, hooks, first)
         if not seeds:
             return reports[0]
         summary = summarize_seeds(dict(zip(trainer.seeds, reports)))
@@ -166,6 +179,8 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
         return {"seeds": list(trainer.seeds), "reports": dict(zip(trainer.seeds, reports)),
                 "summary": summary}
     finally:
+        if trainer is not None:
+            trainer.stop_compiling()
         run_folder.release_all(locks)
 
 
@@ -213,8 +228,10 @@ def restore(run: RunContext) -> None:
     logger.info(f"resumed from epoch {start}")
 
 
-def _train(run: RunContext, hooks: list[Hook]) -> list[dict]:
-    """The epochs of `train_and_evaluate` in checked, locked run folders (one per seed)."""
+def _train(run: RunContext, hooks: list[Hook], first: tuple | None = None) -> list[dict]:
+    """The epochs of `train_and_evaluate` in checked, locked run folders (one per seed);
+    `first`: the first epoch already computed (`_compute_epoch`, a run that does not
+    resume)."""
     trainer = run.trainer
     if run.resume:
         restore(run)
@@ -222,7 +239,9 @@ def _train(run: RunContext, hooks: list[Hook]) -> list[dict]:
         hook.on_start(run)
     try:
         for epoch in range(run.start_epoch, trainer.config.schedule.epochs):
-            _epoch(run, epoch, hooks)
+            computed = first if epoch == 0 and first is not None else \
+                _compute_epoch(trainer, epoch)
+            _record_epoch(run, epoch, hooks, computed)
     except (KeyboardInterrupt, Interrupted) as e:
         raise Interrupted(getattr(e, "signum", signal.SIGINT), _kept(run)) from None
     except DivergedError as e:
@@ -263,16 +282,25 @@ def check_finite_loss(trains: Sequence[Mapping], seeds: Sequence[int], epoch: in
 METRIC_KEYS = ("loss", "accuracy", "weighted_f1", "macro_f1", "modality_f1")
 
 
-def _epoch(run: RunContext, epoch: int, hooks: list[Hook]) -> None:
-    """Train and evaluate epoch `epoch` for every seed, then hand each seed's result to the
-    hooks with signals held (`interrupts.deferred`), so an epoch is recorded whole or not at
-    all."""
-    trainer = run.trainer
-    selection = trainer.config.run.selection
+def _compute_epoch(trainer: Trainer, epoch: int) -> tuple:
+    """Train and evaluate epoch `epoch` (0-based) for every seed: (trains, valids, tests,
+    lambda parameters), nothing recorded yet.
+
+    Raises:
+      DivergedError: a seed's train loss is not finite.
+    """
     trains = trainer.train_epoch(epoch)
     check_finite_loss(trains, trainer.seeds, epoch + 1)
     valids, tests = trainer.evaluate("valid"), trainer.evaluate("test")
-    lambda_params = lambda_parameters(trainer.state.params)     # a few numbers per layer
+    return trains, valids, tests, lambda_parameters(trainer.state.params)  # a few per layer
+
+
+def _record_epoch(run: RunContext, epoch: int, hooks: list[Hook], computed: tuple) -> None:
+    """Hand each seed's result of epoch `epoch` (`_compute_epoch`) to the hooks with signals
+    held (`interrupts.deferred`), so an epoch is recorded whole or not at all."""
+    trainer = run.trainer
+    selection = trainer.config.run.selection
+    trains, valids, tests, lambda_params = computed
     with interrupts.deferred():
         for k, (train, valid, test) in enumerate(zip(trains, valids, tests)):
             score = (valid if selection == "valid" else test)["weighted_f1"]

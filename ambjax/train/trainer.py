@@ -177,6 +177,7 @@ class Trainer:
         self.num_parameters = count_parameters(one.params)
         self.fingerprint = model_fingerprint(model, one.params)
         self._state = None
+        self.programs = None           # after `compile`: the compiled executables by shape
         self.dims = {m: int(dataset.dims[m]) for m in dataset.modalities}
 
     @classmethod
@@ -279,15 +280,16 @@ class Trainer:
 
     # --- compilation -------------------------------------------------------------------------
 
-    def compile(self, *, memory_limit: int | None = None) -> None:
+    def compile(self, *, memory_limit: int | None = None, wait: bool = True) -> None:
         """Compile every bucket's train and eval program now (concurrently), checking the
         largest one's memory first against `memory_limit` bytes (default: what the device
-        has; `ambjax.train.compile`); steps then dispatch to them."""
+        has; `ambjax.train.compile`); steps then dispatch to them. `wait=False`: return once
+        the first step can run, the other programs compiling in the background in the order
+        the run needs them (`compile_programs`; `self.programs.wait()` waits for them all)."""
         axis = 1 if self.n_devices > 1 else 0
-        used = self.batcher.budgets_used(self.seeds, self.config.schedule.epochs)
-        train = [jax.tree.map(lambda x: np.stack([x] * len(self.seeds), axis=axis),
-                              self.batcher.build([], b)) for b in used["train"]]
-        evals = [self.batcher.build([], b) for b in used["eval"]]
+        batches = [(kind, self.batcher.build([], b) if kind == "eval" else jax.tree.map(
+            lambda x: np.stack([x] * len(self.seeds), axis=axis), self.batcher.build([], b)))
+            for kind, b in self.batcher.use_order(self.seeds, self.config.schedule.epochs)]
         if jax.process_count() > 1:
             # an ahead-of-time pmap executable expects global shapes when called in a
             # multi-process run, and lowering one costs a second compile: the pmapped steps
@@ -299,22 +301,38 @@ class Trainer:
         store = self._store(self.program_identity(), self.n_devices,
                             {"update": self.optimiser_identity()})
         kept = store is not None and freed_memory_kept()
-        stored = kept and stored_programs(store, train, evals)
+        stored = kept and stored_programs(store, batches)
         if kept and not stored:
             # XLA's compile threads would queue on this process's one malloc arena
             # (`ambjax.host_memory`): a helper process compiles into the store instead
             stored = (compile_in_own_process(self, memory_limit=memory_limit)
-                      and stored_programs(store, train, evals))
+                      and stored_programs(store, batches))
         # on that one arena, one thread loads stored programs faster than two (IEMOCAP's
         # five: 1.8 s against 2.6 s on a 2-core AMD EPYC)
         workers = 1 if stored else None
-        programs = compile_programs(self.train_step, self.eval_step, self.abstract_state, train,
-                                    evals, jnp.asarray(True), describe=self._describe_largest,
+        programs = compile_programs(self.train_step, self.eval_step, self.abstract_state,
+                                    batches, jnp.asarray(True), describe=self._describe_largest,
                                     memory_limit=memory_limit, store=store, workers=workers,
                                     members=len(self.seeds), member_axis=axis,
-                                    while_compiling=self.init_state)
-        self.programs = programs       # compiled executables by shape (`Programs`)
+                                    while_compiling=self.init_state, wait=wait)
+        self.programs = programs
         self.train_step, self.eval_step = programs.train_step, programs.eval_step
+
+    def wait_compiled(self) -> None:
+        """Wait for the programs that `compile(wait=False)` left compiling (at once when
+        none are).
+
+        Raises:
+          ResourceError (the largest train step cannot fit), or what a compile raised.
+        """
+        if self.programs is not None:
+            self.programs.wait()
+
+    def stop_compiling(self) -> None:
+        """Drop the compiles that `compile(wait=False)` queued and did not start (the ones
+        under way finish); their shapes compile at their first step, if any comes."""
+        if self.programs is not None:
+            self.programs.cancel()
 
     def program_flops(self, kind: str, batch) -> float:
         """FLOPs of one compiled `kind` ("train" or "eval") step on `batch`'s shape (after
