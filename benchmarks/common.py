@@ -28,6 +28,14 @@ def train_batches_by_shape(trainer, epoch: int) -> dict[tuple, list]:
     return groups
 
 
+def compile_cell(first_step_s: float, all_s: float | None) -> str:
+    """A cold compile for a table: seconds to the first step, and to the last program where
+    that is later (a run that compiled beside its first epochs)."""
+    if all_s is None or all_s - first_step_s < 0.05:
+        return f"{first_step_s:.1f}"
+    return f"{first_step_s:.1f} (first step), {all_s:.1f} (all)"
+
+
 def process_age_s() -> float:
     """Seconds since this process started (kept across an `exec`, e.g. the command-line tools'
     restart with huge pages; 10 ms resolution); 0 where /proc is not readable."""

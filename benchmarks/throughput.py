@@ -9,8 +9,9 @@ Sweeps: `--batch-sizes 4 16 64 128`, `--lengths 10 50 110` (every dialogue that 
 `--dtype float32 bfloat16` (mixed precision); every combination is one row.
 
 Each row runs in two fresh processes that share a new, empty XLA compilation cache: the first
-compiles every shape the run uses ahead of time (the cold compile, timed to the first
-step's programs, which is when a run starts training, and to the last program), then runs a first
+compiles every shape the run uses ahead of time as a run does (the cold compile; on an
+accelerator, where a run starts training once its first step's programs are compiled, timed to
+that and to the last program), then runs a first
 training epoch (timed apart: every program's first run) and times a second full training epoch
 of all its seeds and one valid and one test pass, host-side batching included;
 the second measures a warm start (process start to every program ready, from the cache).
@@ -47,9 +48,9 @@ from ambjax.cli import ArgumentParser, run_main
 from ambjax.data import make_synthetic
 from ambjax.host_memory import keep_freed_memory_if_wanted
 from ambjax.train import Trainer, load_dataset
-from ambjax.train.compile import ResourceError
+from ambjax.train.compile import ResourceError, compiles_beside_steps
 from ambjax.train.executables import dataset_store
-from benchmarks.common import (cpu_name, environment, keep_this_process_on_cpu,
+from benchmarks.common import (compile_cell, cpu_name, environment, keep_this_process_on_cpu,
                                matmul_flops, write_results)
 from experiments.configs import load as load_preset, make_config
 
@@ -90,8 +91,8 @@ def bench_preset(preset: str, *, hidden: int, batch_size: int | None, devices: i
             "batch_size": config.data.batch_size, "devices": devices, "dtype": dtype,
             "seeds": seeds, "parameters": trainer.num_parameters}
     start = time.perf_counter()
-    try:      # as a run does: ready once the first step's programs are (`compile`'s `wait`)
-        trainer.compile(wait=False)
+    try:      # as a run does (on an accelerator: ready once the first step's programs are)
+        trainer.compile(wait=not compiles_beside_steps(jax.default_backend()))
         ready = {"first_step_s": time.perf_counter() - start,
                  "start_to_first_step_s": time.perf_counter() - start_all}
         trainer.wait_compiled()            # then every program, before anything is timed
@@ -253,8 +254,8 @@ def main(argv=None) -> dict:
             if env["device"].startswith("cpu") and max(args.devices) > 1 else "")
     lines = [f"Device: {env['device']} ({cpu_name(env)}), {env['cpu_count']} CPUs, "
              f"jax {env['jax']}{fake}", "",
-             "| preset | batch | length | devices | dtype | seeds | cold compile: first step / "
-             "all (s) | warm start (s) | shapes | train epoch (s) | test pass (s) | "
+             "| preset | batch | length | devices | dtype | seeds | cold compile (s) | warm start "
+             "(s) | shapes | train epoch (s) | test pass (s) | "
              "utterance-seeds/s | real/padded nodes | peak RSS (GB) | % of matmul peak | "
              "roofline train + test (s) |",
              "|" + "---|" * 16]
@@ -264,8 +265,9 @@ def main(argv=None) -> dict:
         if "refused" in r:
             lines.append(head + f"refused: {r['refused']} |" + " |" * 9)
             continue
-        lines.append(head + (f"{r['first_step_s']:.1f} / " if "first_step_s" in r else "")
-                     + f"{r['cold_compile_s']:.1f} | {r['warm_start_s']:.1f} | "
+        lines.append(head + compile_cell(r.get("first_step_s", r["cold_compile_s"]),
+                                          r["cold_compile_s"])
+                     + f" | {r['warm_start_s']:.1f} | "
                      f"{r['distinct_shapes_per_epoch']} | "
                      f"{r['train_epoch_s']:.2f} | {r['eval_pass_s']:.2f} | "
                      f"{r['train_utterance_seeds_per_s']:.0f} | "

@@ -184,6 +184,32 @@ def test_resume_is_bit_for_bit(three_epochs, tmp_path):
     assert [json.loads(l)["epoch"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_run_compiling_beside_its_first_epoch_records_what_a_waiting_run_does(
+        three_epochs, tmp_path, monkeypatch):
+    """As on an accelerator (`compiles_beside_steps`): the first epoch trains while the later
+    programs compile; the run's parameters and records are the same bit for bit."""
+    import ambjax.train.loop as loop
+    straight, _ = three_epochs
+    waits = []
+    compile_ = Trainer.compile
+    monkeypatch.setattr(loop, "compiles_beside_steps", lambda platform: True)
+    monkeypatch.setattr(Trainer, "compile",
+                        lambda self, **kw: waits.append(kw["wait"]) or compile_(self, **kw))
+    out = tmp_path / "beside"
+    train_and_evaluate(_tiny(**{"schedule.epochs": 3}), str(out), **QUIET)
+    assert waits == [False]
+    for x, y in zip(jax.tree.leaves(_params(straight, 3)), jax.tree.leaves(_params(out, 3))):
+        np.testing.assert_array_equal(x, y)
+
+    def records(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for line in lines:
+            del line["train"]["seconds"], line["train"]["steps_per_s"]
+        return lines
+
+    assert records(out) == records(straight)
+
+
 def test_refuses_to_reuse_or_mix_runs(three_epochs, tmp_path):
     straight, _ = three_epochs
     with pytest.raises(RunFolderError, match="already holds a run"):

@@ -13,13 +13,12 @@ compile beside the largest one, and the state initialises, from the start, so th
 a small machine stay busy (a refusal then abandons them); near the limit nothing else starts
 before the check has passed.
 
-A run need not wait for all of them (`wait=False`; `ambjax.train.train_and_evaluate` does
-not): far below the limit, the programs then compile in the order the run first needs them,
-and training starts once the first step's two (its gradients and the update) are compiled
-and the state initialised; the others compile beside the first steps, and a step whose
-program is still compiling waits for it. On a 2-core CPU an IEMOCAP run's first step comes
-about half the cold compile earlier (its eval program and largest bucket, needed at the
-first epoch's end and in 3 of its 427 steps, compile during the first epoch).
+A run need not wait for all of them (`wait=False`): far below the limit, the programs then
+compile in the order the run first needs them, and training starts once the first step's two
+(its gradients and the update) are compiled and the state initialised; the others compile
+beside the first steps, and a step whose program is still compiling waits for it.
+`ambjax.train.train_and_evaluate` does so where the steps leave the host's cores to the
+compile (`compiles_beside_steps`: on accelerators), not on the CPU.
 
 With several members (seeds vmapped over a leading axis) the need is estimated before any of
 them is compiled, from abstract shapes only: first the train state's own bytes (input and
@@ -162,6 +161,20 @@ def stored_programs(store: ExecutableStore, batches: Sequence[tuple[str, Dialogu
     names = {"train": "gradients", "eval": "eval"}
     return store.has("update", ()) and all(store.has(names[kind], batch_key(b))
                                            for kind, b in batches)
+
+
+def compiles_beside_steps(platform: str) -> bool:
+    """Whether a run whose steps run on `platform` ("cpu", "gpu", "tpu", ...) starts training
+    before every program is compiled (`compile_programs`' `wait=False`). On an accelerator
+    it does: the steps leave the host's cores to XLA's compile (not measured here: no
+    accelerator was lent). On the CPU it does not: the compile and the steps share the same
+    cores, so the first step comes earlier but the first epoch takes about as much longer.
+    The release-size IEMOCAP run (seed 2094 needs its 1024-node bucket at its first step, its
+    832-node one at its second, its eval program at the first epoch's end) on a 2-core AMD
+    EPYC (Zen 3), four alternating pairs of fresh processes: its first step after 21.1-26.0 s
+    instead of 32.8-35.7 s, its second epoch done after 49.5-64.8 s against 55.4-58.8 s, no
+    gain beyond the machine's swing (benchmarks/README.md, twenty-fifth session)."""
+    return platform != "cpu"
 
 
 def _flops(compiled) -> float:

@@ -89,7 +89,10 @@ class EpochResult:
 
 
 class Hook:
-    """A hook that does nothing: subclass it and override what you need."""
+    """A hook that does nothing: subclass it and override what you need. `on_start` runs
+    before the first epoch is recorded (in a run that does not resume, once that epoch is
+    computed: the folder is not touched before), `on_epoch` after each epoch, `on_end` once
+    the run is done."""
 
     def on_start(self, run: RunContext) -> None:
         pass

@@ -24,6 +24,7 @@ from ambjax.errors import ConfigError, DivergedError, Interrupted, RunFolderErro
 from ambjax.nn.attention import lambda_parameters, layer_lambdas
 from ambjax.nn.model import AMBDSGDN
 from ambjax.nn.protocol import DialogueModel
+from ambjax.train.compile import compiles_beside_steps
 from ambjax.train.config import ExperimentConfig, fingerprint, to_dict, validate
 from ambjax.train.executables import dataset_store
 from ambjax.train.hooks import EpochResult, Hook, RunContext, default_hooks
@@ -91,9 +92,9 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
     holding anything but a run is refused; `resume` must keep the seeds, the model, the data
     and, unless `allow_changes`, every other setting but the epoch count), the folders locked,
     and every program compiled (with a memory check), before anything on disk is changed: a
-    run that does not resume trains its first epoch while its later programs compile
-    (`Trainer.compile(wait=False)`), and clears the folder (`overwrite`) and writes only once
-    they are compiled and that epoch is computed. With
+    run that does not resume clears the folder (`overwrite`) and writes only once its first
+    epoch is computed too (on an accelerator that epoch trains while the later programs
+    compile: `ambjax.train.compile.compiles_beside_steps`). With
     the default hooks a run folder holds config.json, metrics.jsonl (one object per epoch),
     checkpoints/ (orbax), report.json and report.md (and plots with matplotlib, tensorboard/
     with tensorboardX). Progress is logged to the "ambjax" logger.
@@ -132,9 +133,10 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                            if trainer.bucket_counts[1] else "") + tag)
             if primary:   # again under the locks (and with the model's own fingerprint)
                 run_folder.check(out_dir, fingerprint=trainer.fingerprint, **prepared.plan)
-            # a fresh run's first epoch trains while its later programs compile; nothing on
-            # disk changes before every program is compiled (and the memory checked)
-            trainer.compile(wait=resume)
+            # on an accelerator a fresh run's first epoch trains while its later programs
+            # compile; nothing on disk changes before every program is compiled (the memory
+            # checked) and the first epoch computed
+            trainer.compile(wait=resume or not compiles_beside_steps(jax.default_backend()))
             first = (_compute_epoch(trainer, 0)
                      if not resume and config.schedule.epochs > 0 else None)
             trainer.wait_compiled()
