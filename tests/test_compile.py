@@ -21,13 +21,13 @@ class RecordingStep:
     heap was frozen then) and sleeps like a trace; `compile` gives a program without a memory
     count."""
 
-    def __init__(self, kind: str, log: list, program_bytes: int = 0):
-        self.kind, self.log, self.program_bytes = kind, log, program_bytes
+    def __init__(self, kind: str, log: list, program_bytes: int = 0, seconds: float = 0.05):
+        self.kind, self.log, self.program_bytes, self.seconds = kind, log, program_bytes, seconds
 
     def lower(self, state, batch, *rest):
         start = time.perf_counter()
         frozen = gc.get_freeze_count() > 0
-        time.sleep(0.05)
+        time.sleep(self.seconds)
         nodes = batch.nodes.mask.shape[-1] if hasattr(batch, "nodes") else None   # the update
         self.log.append((self.kind, nodes, start, time.perf_counter(), frozen,
                          threading.current_thread() is threading.main_thread()))
@@ -90,6 +90,21 @@ def test_without_waiting_the_first_step_is_ready_first_and_the_rest_compiles_aft
     assert len(programs.train) == len(train) and len(programs.eval) == len(evals)
     batch = train[-1][1]
     assert programs._program("train", batch_key(batch)).nodes == batch.nodes.mask.shape[-1]
+
+
+def test_compiles_not_started_are_dropped_and_their_shapes_left_to_the_jitted_step(buckets):
+    log = []
+    state, train, evals = buckets
+    train_step = TrainStep(RecordingStep("train", log), RecordingStep("update", log))
+    slow = RecordingStep("eval", log, seconds=1.0)        # under way while it is cancelled
+    programs = compile_programs(train_step, slow, state, [train[0], *evals, *train[1:]],
+                                jnp.asarray(True), describe=str, memory_limit=10 ** 12,
+                                workers=1, wait=False)
+    queued = len(programs.pending)
+    programs.cancel()                                     # one may be under way: it finishes
+    assert queued >= 2 and len(programs.pending) <= 1
+    programs.wait()
+    assert len(log) <= 3 and programs._program("train", batch_key(train[-1][1])) is None
 
 
 def test_a_largest_program_too_large_is_refused_at_its_first_use_when_not_waited_for(buckets):
