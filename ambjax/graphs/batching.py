@@ -455,14 +455,14 @@ class GraphBatcher:
 
     def budgets_used(self, seeds: Sequence[int], epochs: int) -> dict[str, list[Budget]]:
         """The budgets that a run of `epochs` epochs (`run_steps`) uses, smallest first:
-        {"train": [...], "eval": [...]} (what it has to compile)."""
-        counts = self.run_steps(seeds, epochs)
-        return {kind: sorted(b for b, n in counts.items() if n.get(kind))
-                for kind in ("train", "eval")}
+        {"train": [...], "eval": [...]} (what it has to compile; `use_order` sorted)."""
+        order = self.use_order(seeds, epochs)
+        return {kind: sorted(b for k, b in order if k == kind) for kind in ("train", "eval")}
 
     def use_order(self, seeds: Sequence[int], epochs: int) -> list[tuple[str, Budget]]:
-        """The (kind, budget) pairs of `budgets_used` in the order a run of `epochs` epochs
-        first needs them ("train" or "eval"): the order in which to compile their programs."""
+        """The (kind, budget) pairs a run of `epochs` epochs uses ("train" or "eval"; the
+        steps of `run_steps`), in the order it first needs them: the order in which to compile
+        their programs."""
         order: list[tuple[str, Budget]] = []
         for kind, _, budget in self._run(seeds, epochs):
             if (kind, budget) not in order:

@@ -141,8 +141,6 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
                      if not resume and config.schedule.epochs > 0 else None)
             trainer.wait_compiled()
         except BaseException as e:
-            if trainer is not None:
-                trainer.stop_compiling()
             run_folder.release_all(locks, cleanup=True)   # refused before any work
             locks = []
             unchanged = f"{out_dir} is as it was" if existed else "nothing was written"
@@ -181,7 +179,7 @@ def train_and_evaluate(config: ExperimentConfig, out_dir: str, *,
         return {"seeds": list(trainer.seeds), "reports": dict(zip(trainer.seeds, reports)),
                 "summary": summary}
     finally:
-        if trainer is not None:
+        if trainer is not None:       # compiles not started yet, after a failure: dropped
             trainer.stop_compiling()
         run_folder.release_all(locks)
 
