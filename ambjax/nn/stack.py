@@ -7,7 +7,7 @@ modality axis M (`flax.linen.vmap`) instead of once per modality: the traced and
 program holds one copy of the layer instead of M, which shortens tracing and XLA compilation of
 those layers (the whole IEMOCAP-size program compiles 25-30% faster), and the M members'
 matmuls run as batched matmuls. On a 2-core CPU the step is 5-8% slower, as XLA no longer
-overlaps three independent streams (README "Benchmarks").
+overlaps three independent streams (`benchmarks/RUNS.md`).
 
 Each member keeps its own parameters (every leaf gains the leading axis M, members initialised
 from their own split of the "params" key) and its own dropout masks (the "dropout" key is split
