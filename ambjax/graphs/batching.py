@@ -463,11 +463,7 @@ class GraphBatcher:
         """The (kind, budget) pairs a run of `epochs` epochs uses ("train" or "eval"; the
         steps of `run_steps`), in the order it first needs them: the order in which to compile
         their programs."""
-        order: list[tuple[str, Budget]] = []
-        for kind, _, budget in self._run(seeds, epochs):
-            if (kind, budget) not in order:
-                order.append((kind, budget))
-        return order
+        return list(dict.fromkeys((kind, budget) for kind, _, budget in self._run(seeds, epochs)))
 
     def with_packed_rows(self, seeds: Sequence[int], epochs: int) -> "GraphBatcher":
         """This batcher with each used budget's dense view packed (`Budget.n_row`): as many

@@ -298,16 +298,14 @@ def compile_programs(train_step: TrainStep, eval_step, state,
                                lambda *a: pool.submit(stored, *a).result())
             if at_once:
                 futures = {job: pool.submit(program, job) for job in order}
-                if while_compiling is not None:
-                    while_compiling()
             else:        # the eval programs need no memory check: beside the largest
                 futures = {job: pool.submit(program, job) for job in order
                            if job == largest or job[0] == "eval"}
                 futures[largest].result()
                 futures.update({job: pool.submit(program, job) for job in order
                                 if job not in futures})
-                if while_compiling is not None:
-                    while_compiling()
+            if while_compiling is not None:
+                while_compiling()
             results = {job: futures[job].result() for job in ready}
     except BaseException:
         # Ctrl-C / SIGTERM, a refusal or a failed compile: drop the programs not started; the

@@ -287,9 +287,14 @@ class Trainer:
         the first step can run, the other programs compiling in the background in the order
         the run needs them (`compile_programs`; `self.programs.wait()` waits for them all)."""
         axis = 1 if self.n_devices > 1 else 0
-        batches = [(kind, self.batcher.build([], b) if kind == "eval" else jax.tree.map(
-            lambda x: np.stack([x] * len(self.seeds), axis=axis), self.batcher.build([], b)))
-            for kind, b in self.batcher.use_order(self.seeds, self.config.schedule.epochs)]
+
+        def example(kind: str, budget):    # an all-padding batch; train ones per seed
+            batch = self.batcher.build([], budget)
+            return batch if kind == "eval" else jax.tree.map(
+                lambda x: np.stack([x] * len(self.seeds), axis=axis), batch)
+
+        batches = [(kind, example(kind, b))
+                   for kind, b in self.batcher.use_order(self.seeds, self.config.schedule.epochs)]
         if jax.process_count() > 1:
             # an ahead-of-time pmap executable expects global shapes when called in a
             # multi-process run, and lowering one costs a second compile: the pmapped steps
